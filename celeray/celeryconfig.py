@@ -1,0 +1,82 @@
+"""Celery configuration shared by the workers (``tasks``) and the senders (CLI, API).
+
+The CLI and the API send tasks by name through :func:`make_client`; they never import the
+``tasks`` package, so they need neither Ray nor the task code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from celeray.settings import Settings
+
+__all__ = ["IO_QUEUE", "RAY_QUEUE", "TASK_NAMES", "celery_config", "make_client"]
+
+IO_QUEUE = "io"  # light I/O: listing, staging, commits (prefork pool)
+RAY_QUEUE = "ray"  # drives Ray (threads pool: ray.init is unsafe in prefork children)
+
+TASK_NAMES = {
+    "start_run": "tasks.start_run",
+    "stage_batch": "tasks.stage_batch",
+    "transform_batch": "tasks.transform_batch",
+    "commit_batch": "tasks.commit_batch",
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for ``settings``; see the comment on each for why."""
+    visibility = settings.effective_visibility_timeout
+    # Kombu scans for unacked messages to restore every interval x throttle seconds; the
+    # defaults (10 s x 10) would add 100 s to every redelivery after a worker dies.
+    restore_interval = max(1, min(10, visibility // 10))
+    transport = {
+        "visibility_timeout": visibility,  # above the hard limit: no redelivery mid-task
+        "unacked_restore_interval": restore_interval,
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "broker_connection_retry_on_startup": True,
+        # JSON only: messages carry URLs, ids and small dicts; pickle would run code.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": (Queue(IO_QUEUE), Queue(RAY_QUEUE)),
+        "task_default_queue": IO_QUEUE,
+        "task_routes": {
+            TASK_NAMES["start_run"]: {"queue": IO_QUEUE},
+            TASK_NAMES["stage_batch"]: {"queue": IO_QUEUE},
+            TASK_NAMES["transform_batch"]: {"queue": RAY_QUEUE},
+            TASK_NAMES["commit_batch"]: {"queue": IO_QUEUE},
+        },
+        # Ack after the task ends, and give the message back when its worker dies, so a
+        # SIGKILL mid-task means redelivery instead of loss.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # a long task must not sit on a queued one
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1, int(settings.task_time_limit * 0.9)),
+        "result_expires": settings.result_expires,
+        "result_extended": True,  # name and args in the backend, for Flower and the API
+        "task_track_started": True,
+        "worker_send_task_events": True,  # Flower shows every run's tasks by name
+        "task_send_sent_event": True,
+        # celery#7185: crashes the worker on a Redis restart; leave it off.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+    }
+
+
+def make_client(settings: Settings) -> Celery:
+    """A Celery app that can send celeray's tasks by name and read their results."""
+    app = Celery("celeray-client")
+    app.conf.update(celery_config(settings))
+    return app

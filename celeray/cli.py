@@ -1,0 +1,234 @@
+"""The ``celeray`` command: validate the pipeline file, trigger runs, follow them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from celeray.errors import CelerayError, PipelineFileError, RunActiveError
+from celeray.settings import Settings, get_settings
+from celeray.sizes import format_size
+
+__all__ = ["main"]
+
+console = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED = 1  # the run failed, or the pipeline file has problems
+EXIT_USAGE = 2  # bad arguments, unknown pipeline, unusable settings
+EXIT_BUSY = 3  # the pipeline is already running (and --wait was not given)
+_NO_WORKER_HINT_AFTER = 15.0  # seconds a run may sit QUEUED before we suggest a cause
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from celeray.runstate import RunStore
+
+    return RunStore.from_url(
+        settings.effective_state_url,
+        lock_ttl=settings.run_lock_ttl,
+        record_ttl=settings.result_expires,
+    )
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the pipeline file and print every problem with its pipeline and key."""
+    from celeray.pipelines import format_issues, load_pipelines
+
+    path = Path(args.file) if args.file else settings.pipelines
+    try:
+        pipelines = load_pipelines(path)
+    except PipelineFileError as exc:
+        err.print(f"[red]{path}: {len(exc.issues)} problem(s)[/red]", highlight=False)
+        err.print(format_issues(exc.issues), highlight=False, markup=False)
+        return EXIT_FAILED
+    console.print(f"{path}: ok, {len(pipelines)} pipeline(s): {', '.join(sorted(pipelines))}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Trigger a run exactly as beat does; with --wait, follow it to its end."""
+    from celeray.celeryconfig import IO_QUEUE, TASK_NAMES, make_client
+    from celeray.pipelines import get_pipeline, load_pipelines
+    from celeray.runs import new_run_id, reserve_run
+
+    get_pipeline(load_pipelines(settings.pipelines), args.name)
+    store = _store(settings)
+    client = make_client(settings)
+    run_id = new_run_id()
+    try:
+        reserve_run(store, args.name, run_id, trigger="cli")
+    except RunActiveError as exc:
+        console.print(f"{args.name} is already running as run {exc.run_id}")
+        if not args.wait:
+            return EXIT_BUSY
+        return _follow(client, store, exc.run_id, args.timeout)
+    try:
+        client.send_task(
+            TASK_NAMES["start_run"],
+            args=[args.name],
+            kwargs={"trigger": "cli"},
+            task_id=run_id,
+            queue=IO_QUEUE,
+        )
+    except Exception:
+        store.release(args.name, run_id)
+        raise
+    console.print(f"run {run_id} of {args.name} queued")
+    if not args.wait:
+        return 0
+    return _follow(client, store, run_id, args.timeout)
+
+
+def _follow(client: Any, store: Any, run_id: str, timeout: float | None) -> int:
+    """Show a progress bar fed by the run's PROGRESS state until it ends."""
+    result = client.AsyncResult(run_id)
+    started = time.monotonic()
+    hinted = False
+    columns = (
+        TextColumn("[bold]{task.fields[pipeline]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files  {task.fields[rows]} rows"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("run", total=None, pipeline="queued", rows="0")
+        while True:
+            state = result.state
+            info = result.info if isinstance(result.info, dict) else {}
+            if state == "PROGRESS":
+                bar.update(
+                    task,
+                    total=info.get("files_total") or None,
+                    completed=info.get("files_done", 0),
+                    pipeline=info.get("pipeline", ""),
+                    rows=f"{info.get('rows_out', 0):,}",
+                )
+            if state in ("SUCCESS", "FAILURE", "REVOKED"):
+                break
+            waited = time.monotonic() - started
+            if state == "PENDING" and waited > _NO_WORKER_HINT_AFTER and not hinted:
+                bar.console.print(
+                    "[yellow]still queued: is an io worker running "
+                    "(celery -A tasks worker -Q io)?[/yellow]"
+                )
+                hinted = True
+            if timeout is not None and waited > timeout:
+                err.print(f"gave up waiting after {timeout:.0f}s; run {run_id} goes on")
+                return EXIT_FAILED
+            time.sleep(0.3)
+        if state == "SUCCESS" and isinstance(result.result, dict):
+            total = result.result.get("files_total") or 0
+            bar.update(task, total=total or 1, completed=total or 1)
+    record = store.get(run_id) or {}
+    if state == "SUCCESS":
+        summary = result.result if isinstance(result.result, dict) else {}
+        if summary.get("status") == "skipped":
+            console.print(f"skipped: run {summary.get('running')} was already running")
+            return 0
+        _print_summary(summary)
+        return 0
+    err.print(f"[red]run {run_id} {state}[/red]: {result.result}", highlight=False)
+    if record:
+        from celeray.runs import summary_of
+
+        _print_summary(summary_of(record))
+    return EXIT_FAILED
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    table = Table(title=f"run {s.get('run_id')} of {s.get('pipeline')}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("files", f"{s.get('files_listed', 0)} listed, {s.get('files_skipped', 0)} already "
+                  f"done, {s.get('files_committed', 0)} committed, "
+                  f"{s.get('files_quarantined', 0)} quarantined"),
+        ("rows", f"{s.get('rows_in', 0):,} in, {s.get('rows_out', 0):,} out"),
+        ("bytes", f"{format_size(s.get('bytes_in', 0))} in, "
+                  f"{format_size(s.get('bytes_out', 0))} out"),
+        ("time", f"{s.get('seconds', 0):.1f} s, {s.get('mb_per_s', 0)} MB/s"),
+        ("sink", str(s.get("sink"))),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    for q in s.get("quarantined", []):
+        where = f" line {q['line']}" if q.get("line") else ""
+        console.print(f"[yellow]quarantined[/yellow] {q['url']}{where}: {q['error']}",
+                      highlight=False)
+    for e in s.get("errors", []):
+        err.print(f"[red]batch {e['batch_id']} failed[/red]: {e['error']}", highlight=False)
+    for url in s.get("changed_after_commit", []):
+        console.print(f"[yellow]changed after commit, skipped[/yellow] {url}", highlight=False)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    """List recent runs, newest first, from the run records."""
+    from celeray.pipelines import load_pipelines
+    from celeray.runs import summary_of
+
+    names = [args.name] if args.name else sorted(load_pipelines(settings.pipelines))
+    store = _store(settings)
+    table = Table("run", "pipeline", "state", "started", "files", "quarantined", "rows out",
+                  "seconds")
+    for name in names:
+        for run_id in store.recent(name, args.limit):
+            rec = store.get(run_id)
+            if not rec:
+                continue
+            s = summary_of(rec)
+            created = datetime.fromtimestamp(float(rec.get("created_at", 0)), UTC)
+            table.add_row(run_id, name, str(rec.get("state")), created.strftime("%F %T"),
+                          str(s["files_committed"]), str(s["files_quarantined"]),
+                          f"{s['rows_out']:,}", f"{s['seconds']:.1f}")
+    console.print(table)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="celeray", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a pipeline file")
+    v.add_argument("file", nargs="?", help="default: $CELERAY_PIPELINES (./pipelines.toml)")
+    v.set_defaults(func=cmd_validate)
+    r = sub.add_parser("run", help="trigger a run of one pipeline")
+    r.add_argument("name")
+    r.add_argument("--wait", action="store_true", help="follow the run; exit 1 if it fails")
+    r.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    r.set_defaults(func=cmd_run)
+    ls = sub.add_parser("runs", help="list recent runs")
+    ls.add_argument("name", nargs="?")
+    ls.add_argument("--limit", type=int, default=10)
+    ls.set_defaults(func=cmd_runs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``celeray`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        err.print(f"[red]bad settings:[/red] {exc}", highlight=False)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args, settings))
+    except PipelineFileError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        return EXIT_FAILED
+    except CelerayError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The one exception root of celeray and the specific failures under it.
+
+Every error a user can meet derives from :class:`CelerayError`, so callers can catch the
+project's failures without catching programming errors. Input errors carry enough to write
+a quarantine record: which file, where in it (line or row, when known) and what was wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CelerayError",
+    "ConfigError",
+    "DecompressionError",
+    "EmptyInputError",
+    "InputError",
+    "InputTooLargeError",
+    "LedgerError",
+    "LockLostError",
+    "ParseError",
+    "PipelineFileError",
+    "PipelineIssue",
+    "RayUnavailableError",
+    "RunActiveError",
+    "RunFailedError",
+    "SchemaError",
+    "StorageError",
+    "TransformError",
+    "TransientIOError",
+    "UnknownPipelineError",
+]
+
+
+class CelerayError(Exception):
+    """Root of every error celeray raises on purpose."""
+
+
+class ConfigError(CelerayError):
+    """A setting from the environment is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class PipelineIssue:
+    """One problem in the pipeline file: which pipeline, which key, what is wrong."""
+
+    pipeline: str | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = ".".join(p for p in ("pipelines", self.pipeline, self.key) if p)
+        return f"{where}: {self.message}" if self.pipeline or self.key else self.message
+
+
+class PipelineFileError(CelerayError):
+    """The pipeline file cannot be used; ``issues`` lists every problem found."""
+
+    def __init__(self, path: str, issues: list[PipelineIssue]) -> None:
+        self.path = path
+        self.issues = issues
+        lines = "\n".join(f"  {i}" for i in issues)
+        super().__init__(f"{path}: {len(issues)} problem(s)\n{lines}")
+
+
+class UnknownPipelineError(CelerayError):
+    """A run was asked for a pipeline the pipeline file does not define."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown pipeline {name!r}; known: {', '.join(known) or '(none)'}")
+
+
+class RunActiveError(CelerayError):
+    """Another run of the same pipeline holds the run lock."""
+
+    def __init__(self, pipeline: str, run_id: str) -> None:
+        self.pipeline = pipeline
+        self.run_id = run_id
+        super().__init__(f"pipeline {pipeline!r} is already running as run {run_id}")
+
+
+class RunFailedError(CelerayError):
+    """A run ended with failed batches; their inputs stay uncommitted for the next run."""
+
+
+class LockLostError(CelerayError):
+    """This run no longer holds its pipeline's lock: a newer run superseded it."""
+
+
+class StorageError(CelerayError):
+    """Reading or writing through fsspec failed for a reason that retrying will not fix."""
+
+
+class TransientIOError(StorageError):
+    """A network or storage hiccup that is worth retrying with backoff."""
+
+
+class LedgerError(StorageError):
+    """The ledger under ``<sink>/_celeray/`` is unreadable or inconsistent."""
+
+
+class RayUnavailableError(CelerayError):
+    """The Ray cluster cannot be reached at the configured address."""
+
+
+class TransformError(CelerayError):
+    """The pipeline's SQL or Python transform failed: a pipeline bug, not bad input.
+
+    Such a failure fails the batch instead of quarantining its files, so the files are
+    picked up again once the pipeline is fixed.
+    """
+
+
+class InputError(CelerayError):
+    """An input file is unusable; the file is quarantined with this reason.
+
+    ``line`` is 1-based in the decompressed text, ``row`` is 1-based among data rows;
+    either is ``None`` where the reader cannot tell.
+    """
+
+    kind = "input"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.message = message
+        self.url = url
+        self.line = line
+        self.row = row
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = []
+        if self.url:
+            where.append(self.url)
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able reason written to quarantine and into the run summary."""
+        return {
+            "url": self.url,
+            "kind": self.kind,
+            "error": self.message,
+            "line": self.line,
+            "row": self.row,
+        }
+
+
+class DecompressionError(InputError):
+    """The file is not valid zstd/gzip data, or is truncated."""
+
+    kind = "decompression"
+
+
+class InputTooLargeError(InputError):
+    """The file, its decompressed stream or one of its rows exceeds a configured cap."""
+
+    kind = "too_large"
+
+
+class ParseError(InputError):
+    """Malformed CSV, JSON lines or Parquet content."""
+
+    kind = "parse"
+
+
+class SchemaError(InputError):
+    """A value does not cast to the declared type, or the columns do not fit."""
+
+    kind = "schema"
+
+
+class EmptyInputError(InputError):
+    """The file holds no data at all (zero bytes or no rows)."""
+
+    kind = "empty"

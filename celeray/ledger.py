@@ -1,0 +1,161 @@
+"""The ledger under ``<sink>/_celeray/``: the truth about which inputs are done.
+
+Layout::
+
+    <sink>/_celeray/ledger/<batch_id>.json      one entry per committed batch (the commit)
+    <sink>/_celeray/staging/<batch_id>/...      a batch's Parquet before its commit
+    <sink>/_celeray/quarantine/<key>.json       one reason record per quarantined input
+
+A batch's Parquet is written under ``staging/``, which pyarrow.dataset skips (leading ``_``)
+and partition globs do not reach. Committing writes the ledger entry atomically; that is the
+commit point. The staged files are then renamed into the partition folders. A crash between
+the two is repaired by :meth:`Ledger.recover`, which finishes the moves of every entry whose
+staging folder is still there (redo, never undo). So output reaches readers only after its
+entry exists, and an input listed in an entry is never processed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+from celeray import storage
+from celeray.errors import LedgerError
+
+__all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for"]
+
+LEDGER_VERSION = 1
+_CACHE_LOCK = threading.Lock()
+# Entries never change once written, so each process reads each one once.
+_ENTRY_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def batch_id_for(pipeline: str, files: list[dict[str, Any]]) -> str:
+    """A batch id derived from its inputs and their fingerprints.
+
+    The same inputs give the same id, so a retried batch writes the same output names and
+    the same ledger entry, and can only overwrite, never add.
+    """
+    h = hashlib.sha256(pipeline.encode())
+    for f in sorted(files, key=lambda f: f["url"]):
+        h.update(f"\0{f['url']}\0{f['size']}\0{f.get('etag') or f.get('mtime')}".encode())
+    return h.hexdigest()[:24]
+
+
+def _quarantine_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+class Ledger:
+    """The committed state of one sink."""
+
+    def __init__(self, sink_url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.sink = sink_url.rstrip("/")
+        self.storage_options = storage_options
+        self.root = storage.join(self.sink, "_celeray")
+
+    def entry_url(self, batch_id: str) -> str:
+        """Where the entry of ``batch_id`` lives once committed."""
+        return storage.join(self.root, "ledger", f"{batch_id}.json")
+
+    def staging_url(self, batch_id: str) -> str:
+        """Where the Ray tasks of ``batch_id`` write Parquet before the commit."""
+        return storage.join(self.root, "staging", batch_id)
+
+    def quarantine_url(self, url: str) -> str:
+        """Where the reason record for input ``url`` lives."""
+        return storage.join(self.root, "quarantine", f"{_quarantine_key(url)}.json")
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every committed entry, oldest first."""
+        urls = [
+            u
+            for u in storage.list_files(storage.join(self.root, "ledger"), self.storage_options)
+            if u.endswith(".json") and not u.rsplit("/", 1)[-1].startswith(".")
+        ]
+        out = []
+        for url in urls:
+            with _CACHE_LOCK:
+                entry = _ENTRY_CACHE.get(url)
+            if entry is None:
+                try:
+                    entry = storage.read_json(url, self.storage_options)
+                except (OSError, ValueError) as exc:
+                    raise LedgerError(f"unreadable ledger entry {url}: {exc}") from exc
+                with _CACHE_LOCK:
+                    _ENTRY_CACHE[url] = entry
+            out.append(entry)
+        return sorted(out, key=lambda e: e.get("committed_at", 0))
+
+    def done_inputs(self) -> dict[str, dict[str, Any]]:
+        """Input URL -> its record (committed or quarantined) from every entry."""
+        done: dict[str, dict[str, Any]] = {}
+        for entry in self.entries():
+            for f in entry.get("inputs", []):
+                done[f["url"]] = f
+            for q in entry.get("quarantined", []):
+                done[q["url"]] = q
+        return done
+
+    def is_committed(self, batch_id: str) -> bool:
+        """Whether the entry of ``batch_id`` exists."""
+        return storage.exists(self.entry_url(batch_id), self.storage_options)
+
+    def commit(self, entry: dict[str, Any]) -> bool:
+        """Commit one batch: quarantine records, the entry (the commit point), the moves.
+
+        Returns False when the batch was committed before (a redelivered commit); the moves
+        are finished all the same, so a crash after the entry is repaired here too.
+        """
+        batch_id = entry["batch_id"]
+        already = self.is_committed(batch_id)
+        if already:
+            entry = storage.read_json(self.entry_url(batch_id), self.storage_options)
+        else:
+            for record in entry.get("quarantined", []):
+                storage.atomic_write_json(
+                    self.quarantine_url(record["url"]),
+                    {**record, "batch_id": batch_id, "run_id": entry.get("run_id")},
+                    self.storage_options,
+                )
+            entry = {**entry, "version": LEDGER_VERSION, "committed_at": time.time()}
+            storage.atomic_write_json(self.entry_url(batch_id), entry, self.storage_options)
+        self.roll_forward(entry)
+        return not already
+
+    def roll_forward(self, entry: dict[str, Any]) -> None:
+        """Move a committed batch's staged files into place and drop its staging folder."""
+        staging = self.staging_url(entry["batch_id"])
+        if not storage.exists(staging, self.storage_options):
+            return
+        for out in entry.get("outputs", []):
+            src = storage.join(staging, out["path"])
+            if storage.exists(src, self.storage_options):
+                storage.move(src, storage.join(self.sink, out["path"]), self.storage_options)
+        storage.remove_tree(staging, self.storage_options)
+
+    def recover(self, keep: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """Finish interrupted commits and drop staging left by batches that never committed.
+
+        ``keep`` names batch ids still in flight whose staging must stay. Call it only while
+        holding the pipeline's run lock.
+        """
+        committed = {e["batch_id"]: e for e in self.entries()}
+        rolled = dropped = 0
+        staging_root = storage.join(self.root, "staging")
+        fs, path = storage.open_fs(staging_root, self.storage_options)
+        fs.invalidate_cache()
+        try:
+            names = [i["name"].rstrip("/").rsplit("/", 1)[-1] for i in fs.ls(path, detail=True)]
+        except FileNotFoundError:
+            names = []
+        for batch_id in names:
+            if batch_id in committed:
+                self.roll_forward(committed[batch_id])
+                rolled += 1
+            elif batch_id not in keep:
+                storage.remove_tree(self.staging_url(batch_id), self.storage_options)
+                dropped += 1
+        return {"rolled_forward": rolled, "dropped": dropped}

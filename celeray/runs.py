@@ -1,0 +1,247 @@
+"""The life of one run, as plain functions the Celery tasks call.
+
+Each function takes its connections (a :class:`RunStore`, settings) as arguments, so it runs
+the same under a worker, in the CLI, or in a test without a broker.
+
+A run moves QUEUED -> RUNNING -> SUCCESS | FAILURE. Its id is the id of its ``start_run``
+task message. Every batch is finished exactly once (committed, or failed with its error);
+the task that finishes the last one finalizes the run and releases the lock.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from celeray import storage
+from celeray.errors import LockLostError, RunActiveError
+from celeray.ledger import Ledger
+from celeray.pipelines import Pipeline
+from celeray.planner import needs_staging, plan_batches
+from celeray.runstate import RunStore
+from celeray.settings import Settings
+
+__all__ = [
+    "FINAL_STATES",
+    "abort_run",
+    "begin_run",
+    "commit_job",
+    "fail_job",
+    "finalize_run",
+    "new_run_id",
+    "progress_of",
+    "reserve_run",
+    "staged_job",
+    "summary_of",
+]
+
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})
+_SUMMARY_COUNTERS = (
+    "files_total",
+    "files_done",
+    "files_committed",
+    "files_quarantined",
+    "rows_in",
+    "rows_out",
+    "bytes_in",
+    "bytes_out",
+    "batches_total",
+    "batches_done",
+    "batches_failed",
+)
+
+
+def new_run_id() -> str:
+    """A fresh run id (also the id of the run's ``start_run`` message)."""
+    return str(uuid.uuid4())
+
+
+def reserve_run(store: RunStore, pipeline: str, run_id: str, trigger: str) -> None:
+    """Take the pipeline's lock for a run about to be sent, or raise RunActiveError.
+
+    The CLI and the API reserve before they send, so they can answer "already running"
+    at once; beat sends without reserving and ``start_run`` takes the lock itself.
+    """
+    holder = store.acquire(pipeline, run_id)
+    if holder != run_id:
+        raise RunActiveError(pipeline, holder)
+    store.create(run_id, pipeline, trigger=trigger)
+
+
+def _job_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
+    return {
+        **pipeline.to_plan(),
+        "limits": settings.limits(),
+        "storage_options": None,  # credentials reach Ray nodes from their environment
+        "threads": 1,  # each Ray task has one CPU; its pyarrow and DuckDB get one thread
+    }
+
+
+def begin_run(
+    run_id: str, pipeline: Pipeline, store: RunStore, settings: Settings, *, trigger: str
+) -> dict[str, Any]:
+    """Lock, repair the ledger, list the source, plan batches; return the jobs to send.
+
+    Returns ``{"status": "skipped", "running": id}`` when another run holds the lock,
+    ``{"status": "planned", "jobs": [...], ...}`` otherwise (``jobs`` may be empty).
+    A redelivered start of a run that was already planned returns its unfinished jobs.
+    """
+    if not store.hold(pipeline.name, run_id):
+        return {"status": "skipped", "running": store.holder(pipeline.name)}
+    store.create(run_id, pipeline.name, trigger=trigger)
+    if (store.get(run_id) or {}).get("state") == "RUNNING":
+        jobs = store.load_jobs(run_id)
+        pending = store.pending(run_id)
+        return {"status": "planned", "jobs": [jobs[b] for b in sorted(pending) if b in jobs]}
+
+    ledger = Ledger(pipeline.sink)
+    repaired = ledger.recover()
+    listed = storage.list_source(pipeline.source)
+    plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
+    job_plan = _job_plan(pipeline, settings)
+    jobs = [
+        {
+            "run_id": run_id,
+            "pipeline": pipeline.name,
+            "batch_id": b.batch_id,
+            "files": b.files,
+            "sink": pipeline.sink,
+            "staging_url": storage.join(settings.effective_staging_url, pipeline.name, b.batch_id),
+            "plan": job_plan,
+        }
+        for b in plan.batches
+    ]
+    store.save_jobs(run_id, jobs)
+    store.plan(
+        run_id,
+        [b.batch_id for b in plan.batches],
+        files_total=plan.files_total,
+        files_listed=plan.listed,
+        files_skipped=plan.already_done,
+        changed_after_commit=plan.changed_after_commit,
+        listed_bytes=plan.bytes_total,
+        sink=pipeline.sink,
+        source=pipeline.source,
+        ledger_repair=repaired,
+    )
+    return {
+        "status": "planned",
+        "jobs": jobs,
+        "listed": plan.listed,
+        "skipped": plan.already_done,
+    }
+
+
+def staged_job(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` with each file's ``read_url`` set where Ray will read it from."""
+    files = []
+    for i, f in enumerate(job["files"]):
+        read_url = f["url"]
+        if needs_staging(f["url"]):
+            name = f["url"].rstrip("/").rsplit("/", 1)[-1]
+            read_url = storage.join(job["staging_url"], f"{i:05d}-{name}")
+        files.append({**f, "read_url": read_url})
+    return {**job, "files": files}
+
+
+def _check_fence(store: RunStore, job: dict[str, Any]) -> None:
+    if not store.hold(job["pipeline"], job["run_id"]):
+        raise LockLostError(
+            f"run {job['run_id']} of {job['pipeline']!r} lost its lock to run "
+            f"{store.holder(job['pipeline'])}; its batch {job['batch_id']} is not committed "
+            "and will be picked up by the newer run"
+        )
+
+
+def commit_job(
+    job: dict[str, Any], result: dict[str, Any], store: RunStore
+) -> tuple[bool, int | None]:
+    """Write the batch's ledger entry and count it; return (newly committed, remaining).
+
+    Refuses with LockLostError when a newer run holds the lock (the fencing check).
+    ``remaining`` is None when this batch was already counted (a redelivered commit).
+    """
+    _check_fence(store, job)
+    ledger = Ledger(job["sink"])
+    listed = {f["url"]: f for f in job["files"]}
+    entry = {
+        "batch_id": job["batch_id"],
+        "pipeline": job["pipeline"],
+        "run_id": job["run_id"],
+        "inputs": [
+            {**{k: listed[f["url"]].get(k) for k in ("size", "mtime", "etag")}, **f}
+            for f in result["files"]
+        ],
+        "quarantined": result["quarantined"],
+        "outputs": result["outputs"],
+        **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
+    }
+    fresh = ledger.commit(entry)
+    remaining = store.finish_batch(
+        job["run_id"],
+        job["batch_id"],
+        {
+            "files_done": len(job["files"]),
+            "files_committed": len(result["files"]),
+            "files_quarantined": len(result["quarantined"]),
+            **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
+        },
+        quarantined=result["quarantined"],
+    )
+    if any(needs_staging(f["url"]) for f in job["files"]):
+        storage.remove_tree(job["staging_url"])
+    return fresh, remaining
+
+
+def fail_job(job: dict[str, Any], error: str, store: RunStore) -> int | None:
+    """Count a batch as failed (its inputs stay uncommitted); return batches remaining."""
+    return store.finish_batch(job["run_id"], job["batch_id"], {}, error=error)
+
+
+def progress_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The PROGRESS meta of a run record, as the API and the CLI show it."""
+    return {
+        "run_id": record.get("run_id"),
+        "pipeline": record.get("pipeline"),
+        **{k: int(record.get(k) or 0) for k in _SUMMARY_COUNTERS},
+    }
+
+
+def summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary, as stored in the result backend when it ends."""
+    started = float(record.get("started_at") or record.get("created_at") or time.time())
+    finished = float(record.get("finished_at") or time.time())
+    seconds = max(finished - started, 0.0)
+    return {
+        **progress_of(record),
+        "status": "failed" if record.get("batches_failed") else "committed",
+        "files_listed": int(record.get("files_listed") or 0),
+        "files_skipped": int(record.get("files_skipped") or 0),
+        "changed_after_commit": record.get("changed_after_commit") or [],
+        "quarantined": record.get("quarantined", []),
+        "errors": record.get("errors", []),
+        "source": record.get("source"),
+        "sink": record.get("sink"),
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(int(record.get("bytes_in") or 0) / 1e6 / seconds, 2) if seconds else 0,
+    }
+
+
+def abort_run(run_id: str, pipeline: str, error: str, store: RunStore) -> None:
+    """Mark a run that failed before its batches were sent; release its lock."""
+    store.create(run_id, pipeline)
+    store.set_fields(run_id, state="FAILURE", finished_at=time.time(), error=error)
+    store.release(pipeline, run_id)
+
+
+def finalize_run(run_id: str, store: RunStore) -> tuple[str, dict[str, Any]]:
+    """End a run whose batches are all finished: state, summary, lock released."""
+    record = store.get(run_id) or {"run_id": run_id}
+    state = "FAILURE" if record.get("batches_failed") else "SUCCESS"
+    store.set_fields(run_id, state=state, finished_at=time.time())
+    record.update(state=state, finished_at=time.time())
+    summary = summary_of(record)
+    if record.get("pipeline"):
+        store.release(str(record["pipeline"]), run_id)
+    return state, summary

@@ -1,0 +1,256 @@
+"""Run locks, run records and progress, kept in Redis.
+
+Redis holds only what a run needs while it goes: the lock, its batches, its counters. The
+truth about committed data lives in the ledger, so losing Redis loses no truth.
+
+The lock is ``SET NX PX`` with the run id as its value, and the run id is the fencing token:
+a task may commit only while :meth:`RunStore.hold` says the lock is (still, or again) its
+run's. A run whose lock expired and was taken by a newer run can no longer commit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+__all__ = ["RunStore"]
+
+_PREFIX = "celeray"
+_COUNTERS = (
+    "files_total",
+    "files_done",
+    "files_committed",
+    "files_quarantined",
+    "rows_in",
+    "rows_out",
+    "bytes_in",
+    "bytes_out",
+    "batches_total",
+    "batches_done",
+    "batches_failed",
+)
+
+# Keep the lock if it is ours, take it if it is free, refuse if another run has it.
+_HOLD = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+elseif not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Mark a batch finished exactly once; return the batches still pending, or -1 when the
+# batch was already finished (a redelivered task must not count twice).
+_FINISH = """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then
+  return -1
+end
+return redis.call('SCARD', KEYS[1])
+"""
+
+
+class RunStore:
+    """Locks and records of runs in one Redis database."""
+
+    def __init__(self, client: redis.Redis, *, lock_ttl: int, record_ttl: int) -> None:
+        self.r = client
+        self.lock_ttl_ms = lock_ttl * 1000
+        self.record_ttl = record_ttl
+        self._hold = client.register_script(_HOLD)
+        self._release = client.register_script(_RELEASE)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, *, lock_ttl: int, record_ttl: int) -> RunStore:
+        """A store on the Redis at ``url``."""
+        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(client, lock_ttl=lock_ttl, record_ttl=record_ttl)
+
+    # -- the run lock -----------------------------------------------------------------
+
+    def _lock_key(self, pipeline: str) -> str:
+        return f"{_PREFIX}:lock:{pipeline}"
+
+    def acquire(self, pipeline: str, run_id: str) -> str:
+        """Try to take the lock for ``run_id``; return the run id that holds it now."""
+        if self._hold(keys=[self._lock_key(pipeline)], args=[run_id, self.lock_ttl_ms]):
+            return run_id
+        return self.holder(pipeline) or run_id
+
+    def hold(self, pipeline: str, run_id: str) -> bool:
+        """Renew the lock if ``run_id`` holds it, take it if free; False if another has it."""
+        return bool(self._hold(keys=[self._lock_key(pipeline)], args=[run_id, self.lock_ttl_ms]))
+
+    def release(self, pipeline: str, run_id: str) -> None:
+        """Drop the lock if ``run_id`` holds it."""
+        self._release(keys=[self._lock_key(pipeline)], args=[run_id])
+
+    def holder(self, pipeline: str) -> str | None:
+        """The run id holding the pipeline's lock, if any."""
+        value = self.r.get(self._lock_key(pipeline))
+        return str(value) if value else None
+
+    # -- run records ------------------------------------------------------------------
+
+    def _run_key(self, run_id: str) -> str:
+        return f"{_PREFIX}:run:{run_id}"
+
+    def _touch(self, pipe: Any, run_id: str) -> None:
+        for suffix in ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs"):
+            pipe.expire(self._run_key(run_id) + suffix, self.record_ttl)
+
+    def create(self, run_id: str, pipeline: str, **fields: Any) -> None:
+        """Record a triggered run (state QUEUED) and list it under its pipeline."""
+        now = time.time()
+        pipe = self.r.pipeline()
+        pipe.hsetnx(self._run_key(run_id), "created_at", now)
+        pipe.hset(self._run_key(run_id), mapping={"run_id": _enc(run_id), "pipeline": _enc(pipeline)})
+        pipe.hsetnx(self._run_key(run_id), "state", _enc("QUEUED"))
+        if fields:
+            pipe.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
+        runs = f"{_PREFIX}:runs:{pipeline}"
+        pipe.zadd(runs, {run_id: now}, nx=True)
+        pipe.zremrangebyscore(runs, 0, now - self.record_ttl)
+        pipe.expire(runs, self.record_ttl)
+        self._touch(pipe, run_id)
+        pipe.execute()
+
+    def plan(self, run_id: str, batch_ids: list[str], **fields: Any) -> None:
+        """Record the batches a run will commit and its totals; the run is RUNNING."""
+        pipe = self.r.pipeline()
+        pipe.hset(
+            self._run_key(run_id),
+            mapping={
+                "state": _enc("RUNNING"),
+                "started_at": time.time(),
+                "batches_total": len(batch_ids),
+                **{k: _enc(v) for k, v in fields.items()},
+            },
+        )
+        pipe.delete(self._run_key(run_id) + ":pending")
+        if batch_ids:
+            pipe.sadd(self._run_key(run_id) + ":pending", *batch_ids)
+        self._touch(pipe, run_id)
+        pipe.execute()
+
+    def pending(self, run_id: str) -> set[str]:
+        """Batch ids of the run not yet finished."""
+        return {str(b) for b in self.r.smembers(self._run_key(run_id) + ":pending")}
+
+    def set_fields(self, run_id: str, **fields: Any) -> None:
+        """Set plain fields of the run record."""
+        self.r.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
+
+    def set_batch_progress(self, run_id: str, batch_id: str, progress: dict[str, int]) -> None:
+        """Replace the live progress of one batch still being transformed."""
+        pipe = self.r.pipeline()
+        pipe.hset(self._run_key(run_id) + ":progress", batch_id, json.dumps(progress))
+        self._touch(pipe, run_id)
+        pipe.execute()
+
+    def finish_batch(
+        self,
+        run_id: str,
+        batch_id: str,
+        counters: dict[str, int],
+        quarantined: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        error: str | None = None,
+    ) -> int | None:
+        """Count a batch as finished once; return the batches still pending.
+
+        Returns None when this batch was finished before, in which case nothing is counted.
+        """
+        remaining = int(self._finish(keys=[self._run_key(run_id) + ":pending"], args=[batch_id]))
+        if remaining < 0:
+            return None
+        pipe = self.r.pipeline()
+        key = self._run_key(run_id)
+        for name, value in counters.items():
+            if value:
+                pipe.hincrby(key, name, int(value))
+        pipe.hincrby(key, "batches_failed" if error else "batches_done", 1)
+        pipe.hdel(key + ":progress", batch_id)
+        for record in quarantined:
+            pipe.rpush(key + ":quarantined", json.dumps(record))
+        if error:
+            pipe.rpush(key + ":errors", json.dumps({"batch_id": batch_id, "error": error}))
+        self._touch(pipe, run_id)
+        pipe.execute()
+        return remaining
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record with counters as ints and live progress folded in."""
+        key = self._run_key(run_id)
+        pipe = self.r.pipeline()
+        pipe.hgetall(key)
+        pipe.hvals(key + ":progress")
+        pipe.lrange(key + ":quarantined", 0, -1)
+        pipe.lrange(key + ":errors", 0, -1)
+        raw, live, quarantined, errors = pipe.execute()
+        if not raw:
+            return None
+        rec: dict[str, Any] = {k: _dec(v) for k, v in raw.items()}
+        for name in _COUNTERS:
+            rec[name] = int(rec.get(name) or 0)
+        for item in live:
+            for name, value in json.loads(item).items():
+                if name in _COUNTERS:
+                    rec[name] += int(value)
+        rec["quarantined"] = [json.loads(q) for q in quarantined]
+        rec["errors"] = [json.loads(e) for e in errors]
+        return rec
+
+    def recent(self, pipeline: str, limit: int = 20) -> list[str]:
+        """Run ids of the pipeline, newest first."""
+        return [str(r) for r in self.r.zrevrange(f"{_PREFIX}:runs:{pipeline}", 0, limit - 1)]
+
+    def count_delivery(self, task_id: str) -> int:
+        """Count one more delivery of a task message; Redis itself keeps no such count."""
+        key = f"{_PREFIX}:deliveries:{task_id}"
+        pipe = self.r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, self.record_ttl)
+        return int(pipe.execute()[0])
+
+    def save_jobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:
+        """Keep the run's batch jobs so a redelivered start can resend the unfinished ones."""
+        key = self._run_key(run_id) + ":jobs"
+        pipe = self.r.pipeline()
+        pipe.delete(key)
+        if jobs:
+            pipe.hset(key, mapping={j["batch_id"]: json.dumps(j) for j in jobs})
+        pipe.expire(key, self.record_ttl)
+        pipe.execute()
+
+    def load_jobs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's batch jobs by batch id; empty when the run was never planned."""
+        raw = self.r.hgetall(self._run_key(run_id) + ":jobs")
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(self.r.ping())
+
+
+def _enc(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _dec(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+

@@ -1,0 +1,152 @@
+"""The one typed settings object, read from ``CELERAY_*`` environment variables.
+
+Every default works on one machine with Redis on 127.0.0.1:6379; each says why it is what
+it is. Secrets (the API token, Redis passwords inside URLs) are ``SecretStr`` or stay in
+URLs that :func:`redact_url` masks before anything is logged.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from celeray.sizes import parse_size
+
+__all__ = ["Settings", "get_settings", "redact_url"]
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+# Named defaults, each with the reason it has this value.
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"  # the Redis every dev machine runs
+DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"  # same server, own db: flushable apart
+DEFAULT_RAY_PORT = 6380  # Ray's own default 6379 is Redis's port
+DEFAULT_TASK_TIME_LIMIT = 1800  # a batch of 256 MiB takes seconds; 30 min means it hangs
+DEFAULT_VISIBILITY_MARGIN = 600  # redelivery must never start while the task still runs
+DEFAULT_RUN_LOCK_TTL = 120  # a dead run's lock frees within 2 min; live tasks renew it
+DEFAULT_RESULT_EXPIRES = 7 * 24 * 3600  # runs stay visible a week, then Redis forgets them
+DEFAULT_MAX_FILE_BYTES = 10 * 1024**3  # a landing file over 10 GiB is likely a mistake
+DEFAULT_MAX_DECOMPRESSED_BYTES = 50 * 1024**3  # stops bombs; real data rarely inflates 5x+
+DEFAULT_MAX_ROW_BYTES = 16 * 1024**2  # pyarrow's block must hold a row; 16 MiB is generous
+DEFAULT_ZSTD_MAX_WINDOW = 128 * 1024**2  # zstd's own default limit (window log 27)
+DEFAULT_RAY_MAX_IN_FLIGHT = 0  # 0 = twice the cluster's CPUs: keeps cores fed, memory bounded
+DEFAULT_MIN_FREE_MEMORY = 0.10  # below 10% free memory the dispatcher waits before submitting
+DEFAULT_UNIT_BYTES = 32 * 1024**2  # small files grouped to ~32 MiB per Ray task (>100 ms work)
+DEFAULT_MAX_DELIVERIES = 3  # a batch whose worker died this often is quarantined as poison
+
+
+class Settings(BaseSettings):
+    """celeray's configuration; see the README's settings table for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="CELERAY_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(default=Path(".celeray"), description="supervisor files, logs, staging")
+    pipelines: Path = Field(default=Path("pipelines.toml"), description="the pipeline file")
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = DEFAULT_RESULT_BACKEND
+    state_url: str | None = Field(
+        default=None,
+        description="Redis for run locks and run records; default: the result backend",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CELERAY_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="host:port of the Ray head; default: the head on 127.0.0.1:ray_port",
+    )
+    ray_port: int = DEFAULT_RAY_PORT
+    api_token: SecretStr | None = None
+    api_port: int = 8000
+    flower_port: int = 5555
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
+    staging_url: str | None = Field(default=None, description="default: file://$HOME/staging")
+
+    task_time_limit: int = Field(default=DEFAULT_TASK_TIME_LIMIT, gt=0)
+    visibility_timeout: int | None = Field(
+        default=None, description="default: task_time_limit + 600 s; must exceed it"
+    )
+    run_lock_ttl: int = Field(default=DEFAULT_RUN_LOCK_TTL, gt=0)
+    result_expires: int = Field(default=DEFAULT_RESULT_EXPIRES, gt=0)
+    max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1)
+
+    max_file_bytes: Size = DEFAULT_MAX_FILE_BYTES
+    max_decompressed_bytes: Size = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_row_bytes: Size = DEFAULT_MAX_ROW_BYTES
+    zstd_max_window_bytes: Size = DEFAULT_ZSTD_MAX_WINDOW
+    unit_bytes: Size = DEFAULT_UNIT_BYTES
+
+    ray_max_in_flight: int = Field(default=DEFAULT_RAY_MAX_IN_FLIGHT, ge=0)
+    min_free_memory: float = Field(default=DEFAULT_MIN_FREE_MEMORY, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                f"CELERAY_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
+                f"CELERAY_TASK_TIME_LIMIT ({self.task_time_limit}s), or a running task is "
+                "delivered a second time"
+            )
+        return self
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        """Seconds a delivered, unacknowledged message waits before Redis gives it back."""
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return self.task_time_limit + DEFAULT_VISIBILITY_MARGIN
+
+    @property
+    def effective_state_url(self) -> str:
+        """Redis URL for run locks and run records."""
+        return self.state_url or self.result_backend
+
+    @property
+    def effective_ray_address(self) -> str:
+        """``host:port`` of the Ray head to connect to."""
+        return self.ray_address or f"127.0.0.1:{self.ray_port}"
+
+    @property
+    def effective_staging_url(self) -> str:
+        """Where I/O tasks stage inputs that Ray cannot read in place."""
+        if self.staging_url:
+            return self.staging_url
+        return (self.home.resolve() / "staging").as_uri()
+
+    def limits(self) -> dict[str, int]:
+        """The input caps as the plain dict Ray tasks receive."""
+        return {
+            "max_file_bytes": self.max_file_bytes,
+            "max_decompressed_bytes": self.max_decompressed_bytes,
+            "max_row_bytes": self.max_row_bytes,
+            "zstd_max_window_bytes": self.zstd_max_window_bytes,
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def env_for_children(settings: Settings, **extra: Any) -> dict[str, str]:
+    """The environment a child process needs to see the same settings."""
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

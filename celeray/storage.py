@@ -1,0 +1,217 @@
+"""File access through fsspec: listing with fingerprints, atomic writes, moves.
+
+Listings never come from fsspec's listing cache, so a file that landed a moment ago is seen.
+Writes that must be all-or-nothing go to a temporary file in the same folder, are fsynced
+and renamed into place on local disks; object stores get a single PUT, which is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from celeray.errors import StorageError
+
+__all__ = [
+    "FileInfo",
+    "atomic_write_json",
+    "exists",
+    "join",
+    "list_files",
+    "list_source",
+    "move",
+    "open_fs",
+    "read_json",
+    "remove_tree",
+]
+
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One listed input file and its fingerprint (size and mtime, or etag)."""
+
+    url: str
+    size: int
+    mtime: float | None = None
+    etag: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A string that changes whenever the file's content may have changed."""
+        return f"{self.size}:{self.etag or self.mtime}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for messages and ledger entries."""
+        return asdict(self)
+
+
+def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem and the protocol-free path for ``url``."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise StorageError(f"cannot open {url!r}: {exc}") from exc
+    return fs, path
+
+
+def _is_local(fs: Any) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _unstrip(fs: Any, path: str) -> str:
+    """The URL for a path that ``fs`` returned from a listing."""
+    return fs.unstrip_protocol(path)
+
+
+def join(url: str, *parts: str) -> str:
+    """``url`` with path parts appended, for any fsspec URL."""
+    return posixpath.join(url.rstrip("/"), *parts)
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str) and value:
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def _etag(info: dict[str, Any]) -> str | None:
+    for key in ("ETag", "etag", "md5Hash", "md5"):
+        value = info.get(key)
+        if value:
+            return str(value).strip('"')
+    return None
+
+
+def _hidden(path: str) -> bool:
+    name = posixpath.basename(path.rstrip("/"))
+    return name.startswith(("_", "."))
+
+
+def list_source(url: str, storage_options: dict[str, Any] | None = None) -> list[FileInfo]:
+    """Every file the source URL (a glob, a folder or one file) names, sorted by URL.
+
+    Names starting with ``_`` or ``.`` are skipped, as pyarrow.dataset does: that is where
+    writers keep partial files. The listing cache is dropped first so new files are seen.
+    """
+    fs, path = open_fs(url, storage_options)
+    fs.invalidate_cache()
+    try:
+        if any(c in path for c in GLOB_CHARS):
+            found = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            found = {i["name"]: i for i in fs.ls(path, detail=True)}
+        elif fs.exists(path):
+            found = {path: fs.info(path)}
+        else:
+            found = {}
+    except (FileNotFoundError, NotADirectoryError):
+        found = {}
+    except OSError as exc:
+        raise StorageError(f"cannot list {url!r}: {exc}") from exc
+    files = [
+        FileInfo(
+            url=_unstrip(fs, name),
+            size=int(info.get("size") or 0),
+            mtime=_mtime(info),
+            etag=_etag(info),
+        )
+        for name, info in found.items()
+        if info.get("type", "file") == "file" and not _hidden(name)
+    ]
+    return sorted(files, key=lambda f: f.url)
+
+
+def list_files(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """URLs of the files directly inside folder ``url``; empty when it does not exist."""
+    fs, path = open_fs(url, storage_options)
+    fs.invalidate_cache()
+    try:
+        return sorted(
+            _unstrip(fs, i["name"]) for i in fs.ls(path, detail=True) if i["type"] == "file"
+        )
+    except FileNotFoundError:
+        return []
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` names an existing file or folder."""
+    fs, path = open_fs(url, storage_options)
+    fs.invalidate_cache()
+    return bool(fs.exists(path))
+
+
+def read_json(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The parsed JSON document at ``url``."""
+    fs, path = open_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def atomic_write_json(url: str, doc: Any, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``doc`` as JSON so readers see the old state or the whole new file, never a part.
+
+    Local: a temporary file in the same folder, fsync, ``os.replace``, fsync of the folder.
+    Object stores: one PUT, which they make visible atomically.
+    """
+    data = json.dumps(doc, sort_keys=True, indent=1).encode()
+    fs, path = open_fs(url, storage_options)
+    if not _is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def move(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Move one file, replacing the destination; a rename on local disks."""
+    fs, src = open_fs(src_url, storage_options)
+    _, dst = open_fs(dst_url, storage_options)
+    if _is_local(fs):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+    else:
+        fs.mv(src, dst)
+
+
+def remove_tree(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Delete a folder and everything below it; nothing happens when it is absent."""
+    fs, path = open_fs(url, storage_options)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,148 @@
+"""Open an input file as a stream of its decompressed bytes (zstd, gzip or plain).
+
+The codec is decided by the file's first bytes (zstd ``28 B5 2F FD``, gzip ``1F 8B``); a
+name ending in ``.zst``/``.zstd``/``.gz``/``.gzip`` must agree with them. Decompression is
+always streamed and counted, never one-shot: a frame that declares (or inflates to) more
+than ``max_decompressed_bytes`` stops with ``InputTooLargeError`` after at most one read
+buffer of output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import posixpath
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, BinaryIO, cast
+
+import fsspec
+import zstandard
+
+from celeray.errors import (
+    DecompressionError,
+    EmptyInputError,
+    InputTooLargeError,
+    StorageError,
+)
+from celeray.sizes import format_size
+from ray_jobs._streams import CappedReader, CountingSource
+from ray_jobs._zstd_frames import ZSTD_MAGIC, FrameTracker
+
+__all__ = ["codec_from_name", "open_input", "strip_codec_suffix"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+READ_BUFFER = 1024 * 1024  # decompressed bytes handed out per read; bounds overshoot
+_SUFFIXES = {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip", ".gzip": "gzip"}
+
+
+def codec_from_name(name: str) -> str | None:
+    """``"zstd"``, ``"gzip"`` or ``None`` as the file name's last suffix claims."""
+    _, ext = posixpath.splitext(_path_of(name).lower())
+    return _SUFFIXES.get(ext)
+
+
+def strip_codec_suffix(name: str) -> str:
+    """``name`` without its path, query and compression suffix: ``a/b.csv.zst`` → ``b.csv``."""
+    base = posixpath.basename(_path_of(name))
+    stem, ext = posixpath.splitext(base)
+    return stem if ext.lower() in _SUFFIXES else base
+
+
+@contextmanager
+def open_input(
+    url: str, *, limits: dict[str, int], storage_options: dict[str, Any] | None = None
+) -> Iterator[BinaryIO]:
+    """Open ``url`` through fsspec and yield a binary stream of its decompressed content.
+
+    Uses ``limits``' ``max_file_bytes``, ``max_decompressed_bytes`` and
+    ``zstd_max_window_bytes``. A plain file comes back as fsspec's own (seekable) file
+    object; a compressed one as a forward-only buffered stream. Errors about the content
+    are ``InputError`` subclasses carrying ``url`` (``EmptyInputError``,
+    ``InputTooLargeError``, ``DecompressionError``), raised here or while reading; a file
+    that does not exist raises ``StorageError``.
+    """
+    max_file = int(limits["max_file_bytes"])
+    max_out = int(limits["max_decompressed_bytes"])
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    size = _size_of(fs, path, url)
+    if size == 0:
+        raise EmptyInputError("the file is empty (0 bytes)", url=url)
+    if size is not None and size > max_file:
+        raise InputTooLargeError(
+            f"the file has {format_size(size)}, over the cap of {format_size(max_file)} "
+            "(max_file_bytes)",
+            url=url,
+        )
+    with ExitStack() as stack:
+        raw = stack.enter_context(fs.open(path, "rb"))
+        magic = raw.read(4)
+        raw.seek(0)
+        codec = _codec_from_magic(magic)
+        claimed = codec_from_name(path)
+        if claimed is not None and codec != claimed:
+            raise DecompressionError(
+                f"name says {claimed} but the content is not {claimed} data "
+                f"(first bytes: {magic.hex(' ') or 'none'})",
+                url=url,
+            )
+        if codec is None and size is not None:
+            if size > max_out:
+                raise InputTooLargeError(
+                    f"the file has {format_size(size)}, over the cap of "
+                    f"{format_size(max_out)} (max_decompressed_bytes)",
+                    url=url,
+                )
+            yield cast(BinaryIO, raw)
+            return
+        yield _decoded(raw, codec or "none", url=url, limits=limits, max_file=max_file)
+
+
+def _decoded(raw: Any, codec: str, *, url: str, limits: dict[str, int], max_file: int) -> BinaryIO:
+    max_out = int(limits["max_decompressed_bytes"])
+    at_end = None
+    inner: Any
+    if codec == "zstd":
+        tracker = FrameTracker(
+            url=url, max_content=max_out, max_window=int(limits["zstd_max_window_bytes"])
+        )
+        source = CountingSource(raw, url=url, max_bytes=max_file, feed=tracker.feed)
+        inner = zstandard.ZstdDecompressor(
+            max_window_size=int(limits["zstd_max_window_bytes"])
+        ).stream_reader(cast(Any, source), read_across_frames=True, closefd=False)
+
+        def at_end() -> None:
+            if not tracker.complete:
+                raise DecompressionError(
+                    f"truncated zstd data: the file ends inside a frame ({tracker.where}) "
+                    f"after {format_size(source.count)} of compressed input",
+                    url=url,
+                )
+
+    elif codec == "gzip":
+        source = CountingSource(raw, url=url, max_bytes=max_file)
+        inner = gzip.GzipFile(fileobj=cast(Any, source), mode="rb")
+    else:
+        inner = CountingSource(raw, url=url, max_bytes=max_file)
+    capped = CappedReader(inner, url=url, codec=codec, max_bytes=max_out, at_end=at_end)
+    return cast(BinaryIO, io.BufferedReader(capped, buffer_size=READ_BUFFER))
+
+
+def _codec_from_magic(magic: bytes) -> str | None:
+    if magic.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    return None
+
+
+def _size_of(fs: Any, path: str, url: str) -> int | None:
+    try:
+        size = fs.size(path)
+    except FileNotFoundError as exc:
+        raise StorageError(f"{url}: no such file") from exc
+    return None if size is None else int(size)
+
+
+def _path_of(name: str) -> str:
+    return name.split("?", 1)[0].split("#", 1)[0]

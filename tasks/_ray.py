@@ -1,0 +1,54 @@
+"""The one Ray connection of a ``ray``-queue worker process, made on first use."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celeray.errors import RayUnavailableError
+from celeray.settings import get_settings
+
+__all__ = ["ensure_ray"]
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+
+
+def _in_prefork_child() -> bool:
+    try:
+        from billiard.process import current_process
+    except ImportError:  # pragma: no cover - billiard ships with celery
+        return False
+    return current_process().name.startswith("ForkPoolWorker")
+
+
+def ensure_ray() -> None:
+    """Connect this process to the configured Ray cluster once; later calls return at once.
+
+    Refuses inside a prefork child (ray#31157): the ``ray`` queue's worker runs a threads
+    pool. Connects to the explicit ``host:port`` from settings, never ``auto``, so a second
+    Ray on the same machine cannot be picked by mistake.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    with _lock:
+        if ray.is_initialized():
+            return
+        if _in_prefork_child():
+            raise RayUnavailableError(
+                "Ray cannot be driven from a prefork child; run the 'ray' queue's worker "
+                "with '-P threads'"
+            )
+        address = get_settings().effective_ray_address
+        try:
+            ray.init(
+                address=address,
+                namespace="celeray",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc
+        log.info("connected to Ray at %s", address)

@@ -1,0 +1,60 @@
+"""The Celery app of celeray's workers and beat, configured from settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.beat import PersistentScheduler
+
+from celeray.celeryconfig import celery_config
+from celeray.runstate import RunStore
+from celeray.settings import get_settings
+
+__all__ = ["PipelineScheduler", "app", "run_store"]
+
+log = logging.getLogger(__name__)
+
+
+class PipelineScheduler(PersistentScheduler):
+    """Beat's scheduler, with the schedule read from the pipeline file when beat starts.
+
+    Reading it here, not at import, keeps a broken pipeline file from stopping workers,
+    while beat itself refuses to start on one and says why.
+    """
+
+    def setup_schedule(self) -> None:
+        from beat_schedule import load_beat_schedule
+
+        path = get_settings().pipelines
+        self.app.conf.beat_schedule = load_beat_schedule(path)
+        log.info("beat: %d scheduled pipeline(s) from %s", len(self.app.conf.beat_schedule), path)
+        super().setup_schedule()
+
+
+def _make_app() -> Celery:
+    settings = get_settings()
+    celery = Celery("celeray")
+    conf: dict[str, Any] = celery_config(settings)
+    conf["beat_scheduler"] = "tasks.app:PipelineScheduler"
+    # Each stack keeps its own beat state, so two stacks on one machine do not mix.
+    conf["beat_schedule_filename"] = str(settings.home / "beat-schedule")
+    celery.conf.update(conf)
+    return celery
+
+
+app = _make_app()
+
+_store: RunStore | None = None
+
+
+def run_store() -> RunStore:
+    """This process's RunStore, connected on first use."""
+    global _store
+    if _store is None:
+        s = get_settings()
+        _store = RunStore.from_url(
+            s.effective_state_url, lock_ttl=s.run_lock_ttl, record_ttl=s.result_expires
+        )
+    return _store

@@ -1,0 +1,267 @@
+"""The tasks of one run. Each is thin: the logic lives in :mod:`celeray.runs` and ``ray_jobs``.
+
+``start_run`` (io) plans and sends one chain per batch:
+``stage_batch`` (io) -> ``transform_batch`` (ray) -> ``commit_batch`` (io).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis.exceptions
+from celery import Task, chain, states
+from celery.exceptions import SoftTimeLimitExceeded
+
+from celeray import runs
+from celeray.errors import (
+    CelerayError,
+    LockLostError,
+    RunFailedError,
+    TransientIOError,
+)
+from celeray.pipelines import get_pipeline, load_pipelines
+from celeray.settings import get_settings
+from celeray.staging import stage_files
+from tasks.app import app, run_store
+
+__all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch"]
+
+log = logging.getLogger(__name__)
+
+# Worth retrying with backoff; everything else is a real failure of the batch.
+TRANSIENT = (
+    TransientIOError,
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+def publish_progress(run_id: str) -> None:
+    """Store the run's aggregated progress as its PROGRESS state, unless it has ended."""
+    record = run_store().get(run_id)
+    if record and record.get("state") not in runs.FINAL_STATES:
+        app.backend.store_result(run_id, runs.progress_of(record), "PROGRESS")
+
+
+def finalize(run_id: str) -> None:
+    """End the run: its summary (or its failure) goes to the result backend."""
+    state, summary = runs.finalize_run(run_id, run_store())
+    if state == states.SUCCESS:
+        app.backend.store_result(run_id, summary, states.SUCCESS)
+    else:
+        errors = "; ".join(e["error"] for e in summary["errors"][:3])
+        exc = RunFailedError(
+            f"{summary['batches_failed']} of {summary['batches_total']} batch(es) failed; "
+            f"their files stay uncommitted for the next run: {errors}"
+        )
+        app.backend.store_result(run_id, exc, states.FAILURE)
+    log.info("run %s ended %s: %s", run_id, state, {k: summary[k] for k in ("rows_out",)})
+
+
+class BatchTask(Task):  # type: ignore[misc]
+    """A task of one batch: when it fails for good, the batch is counted as failed."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
+        job = args[0] if args else kwargs.get("job")
+        if not isinstance(job, dict) or "batch_id" not in job:
+            return
+        remaining = runs.fail_job(job, f"{type(exc).__name__}: {exc}", run_store())
+        if remaining == 0:
+            finalize(job["run_id"])
+        else:
+            publish_progress(job["run_id"])
+
+
+class StartTask(Task):  # type: ignore[misc]
+    """``start_run``: when it fails for good, the run fails and its lock is released."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
+        pipeline = args[0] if args else kwargs.get("pipeline")
+        if isinstance(pipeline, str):
+            runs.abort_run(task_id, pipeline, f"{type(exc).__name__}: {exc}", run_store())
+
+
+@contextmanager
+def _heartbeat(job: dict[str, Any]) -> Iterator[threading.Event]:
+    """Keep the run's lock alive while a long step runs; the event is set if it was lost."""
+    store = run_store()
+    lost = threading.Event()
+    stop = threading.Event()
+    interval = max(1.0, get_settings().run_lock_ttl / 3)
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                if not store.hold(job["pipeline"], job["run_id"]):
+                    lost.set()
+            except redis.exceptions.RedisError:
+                log.warning("run %s: lock renewal failed; will retry", job["run_id"])
+
+    t = threading.Thread(target=beat, name=f"lock-{job['batch_id']}", daemon=True)
+    t.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        t.join()
+
+
+@app.task(
+    name="tasks.start_run",
+    bind=True,
+    base=StartTask,
+    ignore_result=True,  # the run's own result is stored when its last batch ends
+    store_errors_even_if_ignored=True,
+    **RETRY,
+)
+def start_run(self: Task, pipeline: str, trigger: str = "beat") -> dict[str, Any]:
+    """Plan a run of ``pipeline`` and send a chain per batch; the run id is this task's id."""
+    run_id = self.request.id
+    settings = get_settings()
+    store = run_store()
+    spec = get_pipeline(load_pipelines(settings.pipelines), pipeline)
+    out = runs.begin_run(run_id, spec, store, settings, trigger=trigger)
+    if out["status"] == "skipped":
+        log.info("run %s of %s skipped: run %s holds the lock", run_id, pipeline, out["running"])
+        app.backend.store_result(
+            run_id, {"status": "skipped", "running": out["running"]}, states.SUCCESS
+        )
+        return out
+    jobs = out.pop("jobs")
+    if not jobs:
+        finalize(run_id)
+        return {**out, "batches": 0}
+    publish_progress(run_id)
+    for job in jobs:
+        chain(stage_batch.si(job), transform_batch.s(), commit_batch.s()).apply_async()
+    return {**out, "batches": len(jobs)}
+
+
+@app.task(name="tasks.stage_batch", bind=True, base=BatchTask, **RETRY)
+def stage_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    """Copy what Ray cannot read in place into staging; quarantine files over the size cap."""
+    if not run_store().hold(job["pipeline"], job["run_id"]):
+        raise LockLostError(f"run {job['run_id']} was superseded before staging")
+    return stage_files(runs.staged_job(job), get_settings())
+
+
+@app.task(name="tasks.transform_batch", bind=True, base=BatchTask, **RETRY)
+def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    """Drive Ray over the batch's files, reporting progress as Ray tasks finish."""
+    from ray_jobs.dispatcher import run_units
+    from ray_jobs.units import plan_units
+    from tasks._ray import ensure_ray
+
+    settings = get_settings()
+    store = run_store()
+    deliveries = store.count_delivery(self.request.id) - self.request.retries
+    if deliveries > settings.max_deliveries:
+        log.error("batch %s: delivered %d times; quarantining it", job["batch_id"], deliveries)
+        return {**job, "result": poison_result(job, deliveries)}
+    if not store.hold(job["pipeline"], job["run_id"]):
+        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
+    ensure_ray()
+    from celeray.ledger import Ledger
+
+    out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
+    readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
+    units = [
+        {"batch_id": job["batch_id"], "unit": i, "files": files, "out_url": out_url}
+        for i, files in enumerate(plan_units(readable, unit_bytes=settings.unit_bytes))
+    ]
+    done = {"files_done": 0, "rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0}
+
+    def on_result(r: dict[str, Any]) -> None:
+        done["files_done"] += len(r["files"]) + len(r["quarantined"])
+        for k in ("rows_in", "rows_out", "bytes_in", "bytes_out"):
+            done[k] += r[k]
+        store.set_batch_progress(job["run_id"], job["batch_id"], done)
+        publish_progress(job["run_id"])
+
+    with _heartbeat(job) as lost:
+        try:
+            results = run_units(
+                job["plan"],
+                units,
+                max_in_flight=settings.ray_max_in_flight,
+                min_free_memory=settings.min_free_memory,
+                on_result=on_result,
+            )
+        except SoftTimeLimitExceeded as exc:
+            raise CelerayError(
+                f"batch {job['batch_id']} exceeded the time limit of "
+                f"{settings.task_time_limit}s; its files stay uncommitted"
+            ) from exc
+    if lost.is_set():
+        raise LockLostError(f"run {job['run_id']} lost its lock while transforming")
+    return {**job, "result": merge_results(job, results)}
+
+
+@app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
+def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    """Commit the batch to the ledger; the last batch of the run finalizes it."""
+    fresh, remaining = runs.commit_job(job, job["result"], run_store())
+    if remaining == 0:
+        finalize(job["run_id"])
+    elif remaining is not None:
+        publish_progress(job["run_id"])
+    result = job["result"]
+    return {
+        "batch_id": job["batch_id"],
+        "committed": fresh,
+        "files": len(result["files"]),
+        "quarantined": len(result["quarantined"]),
+        "rows_out": result["rows_out"],
+    }
+
+
+def merge_results(job: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch result from its units' results and the files staging quarantined."""
+    merged: dict[str, Any] = {
+        "files": [],
+        "quarantined": list(job.get("prequarantined", {}).values()),
+        "outputs": [],
+        "rows_in": 0,
+        "rows_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+    }
+    for r in results:
+        for key in ("files", "quarantined", "outputs"):
+            merged[key].extend(r[key])
+        for key in ("rows_in", "rows_out", "bytes_in", "bytes_out"):
+            merged[key] += r[key]
+    return merged
+
+
+def poison_result(job: dict[str, Any], deliveries: int) -> dict[str, Any]:
+    """A result that quarantines every file of a batch whose worker keeps dying."""
+    reason = (
+        f"the worker transforming this file's batch died {deliveries - 1} times; "
+        "quarantined as a poison input"
+    )
+    return {
+        "files": [],
+        "quarantined": [
+            {"url": f["url"], "kind": "poison", "error": reason, "line": None, "row": None}
+            for f in job["files"]
+        ],
+        "outputs": [],
+        "rows_in": 0,
+        "rows_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+    }

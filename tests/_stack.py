@@ -1,0 +1,271 @@
+"""Real parts for tests: a Ray head, Celery workers, on free ports and private folders.
+
+Everything started here is stopped here, by the pid (and process group) we started; nothing
+is stopped by name. Redis is the one on 127.0.0.1:6379, with database numbers of our own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+VENV_BIN = Path(sys.executable).parent
+REDIS_HOST = os.environ.get("CELERAY_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("CELERAY_TEST_REDIS_PORT", "6379"))
+# Databases of our own on the shared Redis; flushed when a stack starts.
+BROKER_DB = int(os.environ.get("CELERAY_TEST_BROKER_DB", "13"))
+BACKEND_DB = int(os.environ.get("CELERAY_TEST_BACKEND_DB", "14"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - reported on timeout
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    """A child process in a session of its own, stopped by its pid and process group."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], log: Path, cwd: Path) -> None:
+        self.argv = argv
+        self.log = log
+        self._fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=self._fh, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def children(self) -> list[int]:
+        """Pids of the direct children of this process."""
+        import psutil
+
+        try:
+            return [c.pid for c in psutil.Process(self.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """TERM the process group we created, then KILL it if it lingers."""
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # whatever of our group is left
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.popen.poll() is None:
+            self.popen.wait(10)
+        self._fh.close()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class RayHead:
+    """``ray start --head --block`` on free ports with its own temp dir."""
+
+    def __init__(self, root: Path, num_cpus: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Unix socket paths are limited to 107 bytes: keep the temp dir short.
+        self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")
+        ports = {
+            "--dashboard-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--ray-client-server-port": free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+        }
+        argv = [
+            str(VENV_BIN / "ray"), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+            "--temp-dir", self.temp_dir, "--num-cpus", str(num_cpus),
+            "--object-store-memory", str(200 * 1024**2),
+            "--include-dashboard", "false", "--disable-usage-stats",
+            "--min-worker-port", "0", "--max-worker-port", "0",
+        ]
+        for k, v in ports.items():
+            argv += [k, str(v)]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        self.proc = Proc(argv, env=env, log=root / "ray-head.log", cwd=root)
+        wait_for(self._ready, 90, f"Ray head on {self.address}\n{self.proc.tail()}")
+
+    def _ready(self) -> bool:
+        if not self.proc.alive():
+            raise RuntimeError(f"ray head exited:\n{self.proc.tail()}")
+        return "--block" in self.proc.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=30)
+
+
+def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
+    """The environment of every celeray process of a test stack."""
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith("CELERAY_") or k == "RAY_ADDRESS":
+            del env[k]
+    env.update(
+        {
+            "CELERAY_HOME": str(root / "home"),
+            "CELERAY_PIPELINES": str(root / "pipelines.toml"),
+            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
+            "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BACKEND_DB}",
+            "CELERAY_RAY_ADDRESS": ray_address,
+            # Short limits so a killed worker's message comes back within seconds.
+            "CELERAY_TASK_TIME_LIMIT": "20",
+            "CELERAY_VISIBILITY_TIMEOUT": "25",
+            "CELERAY_RUN_LOCK_TTL": "30",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class Worker:
+    """A real ``celery -A tasks worker`` process."""
+
+    def __init__(
+        self, root: Path, env: dict[str, str], *, queue: str, pool: str, concurrency: int,
+        name: str,
+    ) -> None:
+        self.name = f"{name}@{socket.gethostname()}"
+        argv = [
+            str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", queue, "-P", pool,
+            "-c", str(concurrency), "-n", self.name, "-l", "INFO",
+            "--without-mingle", "--without-gossip",
+        ]
+        self.proc = Proc(argv, env=env, log=root / f"worker-{name}.log", cwd=root)
+
+    def wait_ready(self, client: Any, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if not self.proc.alive():
+                raise RuntimeError(f"worker {self.name} exited:\n{self.proc.tail()}")
+            return bool(client.control.ping(destination=[self.name], timeout=0.5))
+
+        wait_for(ready, timeout, f"worker {self.name}")
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=30)
+
+
+def flush_test_dbs() -> None:
+    """Empty the Redis databases the tests own."""
+    for db in (BROKER_DB, BACKEND_DB):
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+
+
+class Stack:
+    """Ray head + an io worker (prefork) + a ray worker (threads), as the README runs them."""
+
+    def __init__(self, root: Path) -> None:
+        from celeray.celeryconfig import make_client
+        from celeray.runstate import RunStore
+        from celeray.settings import Settings
+
+        self.root = root
+        (root / "home").mkdir(parents=True, exist_ok=True)
+        self.pipelines_file = root / "pipelines.toml"
+        self.pipelines_file.write_text("")
+        self._pipelines: dict[str, str] = {}
+        flush_test_dbs()
+        self.ray = RayHead(root)
+        self.env = stack_env(root, self.ray.address)
+        self.settings = Settings(
+            **{
+                k.removeprefix("CELERAY_").lower(): v
+                for k, v in self.env.items()
+                if k.startswith("CELERAY_")
+            }
+        )
+        self.client = make_client(self.settings)
+        self.store = RunStore.from_url(
+            self.settings.effective_state_url,
+            lock_ttl=self.settings.run_lock_ttl,
+            record_ttl=self.settings.result_expires,
+        )
+        self.io = self.start_worker("io")
+        self.rayw = self.start_worker("ray")
+
+    def start_worker(self, kind: str, suffix: str = "") -> Worker:
+        if kind == "io":
+            w = Worker(self.root, self.env, queue="io", pool="prefork", concurrency=2,
+                       name=f"io{suffix}")
+        else:
+            w = Worker(self.root, self.env, queue="ray", pool="threads", concurrency=2,
+                       name=f"ray{suffix}")
+        w.wait_ready(self.client)
+        return w
+
+    def add_pipeline(self, name: str, body: str) -> None:
+        """Add (or replace) ``[pipelines.<name>]`` in the stack's pipeline file."""
+        self._pipelines[name] = f"[pipelines.{name}]\n{body.strip()}\n"
+        self.pipelines_file.write_text("\n".join(self._pipelines.values()))
+
+    def celeray(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run the ``celeray`` command as a user would, with the stack's environment."""
+        return subprocess.run(
+            [str(VENV_BIN / "celeray"), *args], env={**self.env, "COLUMNS": "200"},
+            cwd=self.root, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def wait_run(self, run_id: str, timeout: float = 180) -> Any:
+        """The run's final AsyncResult once it has ended."""
+        result = self.client.AsyncResult(run_id)
+        wait_for(lambda: result.state in ("SUCCESS", "FAILURE"), timeout, f"run {run_id}")
+        return result
+
+    def stop(self) -> None:
+        for part in (self.io, self.rayw):
+            part.stop()
+        self.ray.stop()
+        self.client.close()
+        flush_test_dbs()

@@ -1,0 +1,214 @@
+"""End to end: landing files -> committed Parquet through real Redis, Celery workers and Ray.
+
+The stack (a Ray head, an io worker with a prefork pool, a ray worker with a threads pool)
+is started once per session by the ``stack`` fixture; each test has its own pipeline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+
+from tests._data import COMPARE_COLUMNS, raw_relation_sql, write_landing
+from tests._stack import Stack, wait_for
+
+pytestmark = pytest.mark.stack
+
+SQL = "SELECT *, distance / air_time * 60 AS mph FROM input WHERE dep_delay IS NOT NULL"
+
+
+def _pipeline(stack: Stack, name: str, landing: Path, sink: Path, **extra: str) -> None:
+    lines = [
+        f'source = "{landing.as_uri()}/*"',
+        f'sink = "{sink.as_uri()}"',
+        f'sql = "{SQL}"',
+        'partition_by = ["year", "month"]',
+        f'batch_bytes = "{extra.pop("batch_bytes", "2MiB")}"',
+        *[f"{k} = {v}" for k, v in extra.items()],
+        f"[pipelines.{name}.schema]",
+        'time_hour = "timestamp[s, tz=UTC]"',
+    ]
+    stack.add_pipeline(name, "\n".join(lines))
+
+
+def _sink_rows(sink: Path) -> int:
+    """Rows in the sink as pyarrow.dataset (hive partitions) sees them."""
+    return ds.dataset(str(sink), format="parquet", partitioning="hive").count_rows()
+
+
+def _assert_sink_matches(sink: Path, landing: list[Path]) -> int:
+    """The sink holds exactly the rows DuckDB computes from the raw files: no more, no less."""
+    expected = f"SELECT *, distance / air_time * 60 AS mph FROM ({raw_relation_sql(landing)}) " \
+               "WHERE dep_delay IS NOT NULL"
+    table = ds.dataset(str(sink), format="parquet", partitioning="hive").to_table()
+    con = duckdb.connect()
+    con.register("sink_table", table)
+    got = f"SELECT {COMPARE_COLUMNS}, epoch(time_hour) AS th, mph FROM sink_table"
+    want = f"SELECT {COMPARE_COLUMNS}, th, mph FROM ({expected})"
+    missing = con.sql(f"SELECT count(*) FROM ({want} EXCEPT ALL {got})").fetchone()[0]
+    extra = con.sql(f"SELECT count(*) FROM ({got} EXCEPT ALL {want})").fetchone()[0]
+    n_want = con.sql(f"SELECT count(*) FROM ({want})").fetchone()[0]
+    assert (missing, extra) == (0, 0), f"{missing} rows missing, {extra} rows extra"
+    assert table.num_rows == n_want
+    return int(n_want)
+
+
+def _summary(stack: Stack, out: str) -> dict:
+    run_id = out.split("run ", 1)[1].split()[0]
+    result = stack.client.AsyncResult(run_id)
+    assert result.state == "SUCCESS", (result.state, result.result)
+    return dict(result.result)
+
+
+def test_flights_exactly_once_then_only_new_files(stack: Stack, flights_df, tmp_path: Path):
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = write_landing(flights_df, landing, 24)
+    _pipeline(stack, "flights", landing, sink)
+
+    first = stack.celeray("run", "flights", "--wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    s1 = _summary(stack, first.stdout)
+    assert s1["files_committed"] == 24 and s1["files_quarantined"] == 0
+    rows = _assert_sink_matches(sink, files)
+    assert s1["rows_out"] == rows and s1["rows_in"] == len(flights_df)
+    assert "committed" in first.stdout and "rows" in first.stdout
+
+    second = stack.celeray("run", "flights", "--wait")
+    assert second.returncode == 0, second.stdout + second.stderr
+    s2 = _summary(stack, second.stdout)
+    assert (s2["files_committed"], s2["files_skipped"], s2["rows_out"]) == (0, 24, 0)
+    assert _sink_rows(sink) == rows
+
+    added = write_landing(flights_df.iloc[:30_000], landing, 3, start=24)
+    third = stack.celeray("run", "flights", "--wait")
+    assert third.returncode == 0, third.stdout + third.stderr
+    s3 = _summary(stack, third.stdout)
+    assert (s3["files_committed"], s3["files_skipped"]) == (3, 24)
+    _assert_sink_matches(sink, files + added)
+
+    runs = stack.celeray("runs", "flights")
+    assert runs.returncode == 0 and runs.stdout.count("SUCCESS") >= 3
+
+
+def test_corrupt_files_are_quarantined_and_the_rest_committed(
+    stack: Stack, flights_df, tmp_path: Path
+):
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    good = write_landing(flights_df.iloc[:40_000], landing, 4)
+    (landing / "broken-000.csv.zst").write_bytes(os.urandom(2048))
+    truncated = gzip.compress(flights_df.iloc[:5000].to_csv(index=False).encode())
+    (landing / "broken-001.csv.gz").write_bytes(truncated[: len(truncated) // 2])
+    _pipeline(stack, "corrupt", landing, sink, batch_bytes='"64MiB"')
+
+    run = stack.celeray("run", "corrupt", "--wait")
+    assert run.returncode == 0, run.stdout + run.stderr
+    s = _summary(stack, run.stdout)
+    assert (s["files_committed"], s["files_quarantined"]) == (4, 2)
+    _assert_sink_matches(sink, good)
+    reasons = {Path(q["url"]).name: q for q in s["quarantined"]}
+    assert set(reasons) == {"broken-000.csv.zst", "broken-001.csv.gz"}
+    assert all(q["error"] for q in reasons.values())
+    assert "quarantined" in run.stdout
+    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("*.json")]
+    assert {Path(r["url"]).name for r in records} == set(reasons)
+
+    again = stack.celeray("run", "corrupt", "--wait")
+    s2 = _summary(stack, again.stdout)
+    assert (s2["files_committed"], s2["files_quarantined"], s2["files_skipped"]) == (0, 0, 6)
+
+
+def _kill_when_active(stack: Stack, worker_name: str, task: str, which: str) -> int:
+    """SIGKILL the process running ``task`` on ``worker_name``: its pool child or its main."""
+    inspect = stack.client.control.inspect([worker_name], timeout=0.5)
+
+    def running() -> int | None:
+        for info in (inspect.active() or {}).get(worker_name, []):
+            if info["name"] == task:
+                return int(info["worker_pid"])
+        return None
+
+    pid = wait_for(running, 60, f"{task} running on {worker_name}", interval=0.05)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_sigkill_of_io_child_and_ray_worker_loses_nothing(
+    stack: Stack, flights_df, tmp_path: Path
+):
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = write_landing(flights_df, landing, 24)
+    _pipeline(stack, "killed", landing, sink, batch_bytes='"1MiB"')
+    run = stack.celeray("run", "killed")
+    assert run.returncode == 0, run.stderr
+    run_id = run.stdout.split("run ", 1)[1].split()[0]
+
+    killed_child = _kill_when_active(stack, stack.io.name, "tasks.commit_batch", "child")
+    assert stack.io.proc.alive() and killed_child != stack.io.proc.pid
+    ray_pid = stack.rayw.proc.pid
+    assert _kill_when_active(stack, stack.rayw.name, "tasks.transform_batch", "main") == ray_pid
+    stack.rayw.proc.popen.wait(10)
+    stack.rayw = stack.start_worker("ray", suffix="b")  # what supervisor would do
+
+    result = stack.wait_run(run_id, timeout=240)
+    assert result.state == "SUCCESS", result.result
+    _assert_sink_matches(sink, files)
+    assert result.result["files_committed"] == 24
+
+
+def test_ten_concurrent_triggers_start_one_run(stack: Stack, flights_df, tmp_path: Path):
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = write_landing(flights_df.iloc[:60_000], landing, 8)
+    _pipeline(stack, "busy", landing, sink)
+    outs: list = [None] * 10
+
+    def trigger(i: int) -> None:
+        outs[i] = stack.celeray("run", "busy")
+
+    threads = [threading.Thread(target=trigger, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [o for o in outs if o.returncode == 0]
+    busy = [o for o in outs if o.returncode == 3]
+    assert len(started) == 1 and len(busy) == 9, [(o.returncode, o.stdout) for o in outs]
+    run_id = started[0].stdout.split("run ", 1)[1].split()[0]
+    assert all(run_id in o.stdout for o in busy)
+    assert stack.wait_run(run_id).state == "SUCCESS"
+
+    # Beat-style triggers send the task without reserving: still only one does the work.
+    ids = [stack.client.send_task("tasks.start_run", args=["busy"]).id for _ in range(10)]
+    results = [stack.wait_run(i) for i in ids]
+    assert all(r.state == "SUCCESS" for r in results)
+    _assert_sink_matches(sink, files)
+    entries = list((sink / "_celeray/ledger").glob("*.json"))
+    assert sum(len(json.loads(e.read_text())["inputs"]) for e in entries) == 8
+
+
+def test_validate_names_pipeline_and_key(stack: Stack, tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        f"""
+[pipelines.a]
+source = "{tmp_path.as_uri()}/in/*.csv"
+sink = "{tmp_path.as_uri()}/in/out"
+schedule = "*/5 * *"
+format = "xml"
+colour = "blue"
+sql = "SELECT * FROM landing"
+"""
+    )
+    out = stack.celeray("validate", str(bad))
+    assert out.returncode == 1
+    text = out.stdout + out.stderr
+    for key in ("pipelines.a.schedule", "pipelines.a.format", "pipelines.a.colour",
+                "pipelines.a.sql", "pipelines.a.sink"):
+        assert key in text, text

@@ -1,0 +1,46 @@
+"""Run locks and records against the real Redis, in a database of the tests' own."""
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from celeray.runstate import RunStore
+from tests._stack import BACKEND_DB, REDIS_HOST, REDIS_PORT
+
+UNIT_DB = BACKEND_DB + 1  # 15: not shared with the stack's databases
+
+
+@pytest.fixture
+def store() -> Iterator[RunStore]:
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=UNIT_DB, decode_responses=True)
+    client.flushdb()
+    yield RunStore(client, lock_ttl=5, record_ttl=60)
+    client.flushdb()
+
+
+def test_one_holder_at_a_time_and_fencing(store: RunStore) -> None:
+    assert store.acquire("p", "r1") == "r1"
+    assert store.acquire("p", "r2") == "r1"
+    assert store.hold("p", "r1") and not store.hold("p", "r2")
+    store.release("p", "r2")  # not the holder: no effect
+    assert store.holder("p") == "r1"
+    store.release("p", "r1")
+    assert store.hold("p", "r2")  # a free lock is taken by whoever holds on
+    assert not store.hold("p", "r1")  # the old run is fenced off
+
+
+def test_batches_finish_once_and_counters_add_up(store: RunStore) -> None:
+    store.create("r1", "p", trigger="test")
+    store.plan("r1", ["b1", "b2"], files_total=3)
+    store.set_batch_progress("r1", "b1", {"files_done": 1, "rows_out": 10})
+    assert store.get("r1")["rows_out"] == 10
+    assert store.finish_batch("r1", "b1", {"files_done": 2, "rows_out": 20}) == 1
+    assert store.finish_batch("r1", "b1", {"files_done": 2, "rows_out": 20}) is None
+    assert store.finish_batch("r1", "b2", {}, error="boom") == 0
+    rec = store.get("r1")
+    assert rec["state"] == "RUNNING" and rec["files_total"] == 3
+    assert rec["files_done"] == 2 and rec["rows_out"] == 20
+    assert rec["batches_done"] == 1 and rec["batches_failed"] == 1
+    assert rec["errors"] == [{"batch_id": "b2", "error": "boom"}]
+    assert store.recent("p") == ["r1"]
