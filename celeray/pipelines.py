@@ -5,8 +5,8 @@ with its pipeline and key. Validation never touches the data: URLs are checked b
 syntax, SQL by DuckDB's parser only (nothing is bound or read) and transforms by their form
 (imported only with ``check_imports=True``). Plain paths in ``source``/``sink`` become
 ``file://`` URLs of absolute paths, resolved against the pipeline file's folder.
-Celery, pyarrow and DuckDB are imported only by the checks that use them, so Ray nodes
-(no Celery there) can import this module for :func:`arrow_type`.
+Celery and DuckDB are imported only by the checks that use them. Column type names are
+read by :mod:`celeray.arrow_types`, which the Ray side shares.
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ from pydantic import (
     field_validator,
 )
 
+from celeray.arrow_types import arrow_type
 from celeray.errors import PipelineFileError, PipelineIssue, UnknownPipelineError
 from celeray.sizes import parse_size
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 __all__ = [
     "Pipeline",
     "ScheduleSpec",
-    "arrow_type",
     "format_issues",
     "get_pipeline",
     "load_pipelines",
@@ -66,11 +66,6 @@ _SAME_FS = {"local": "file", "s3a": "s3", "gcs": "gs", "az": "abfs", "abfss": "a
 _INPUT_EXT = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
               ".pq": "parquet"}  # fmt: skip
 _COMPRESSED_EXT = (".zst", ".zstd", ".gz", ".gzip")
-_DECIMAL = re.compile(r"^decimal(32|64|128|256)?\(\s*(\d+)\s*(?:,\s*(-?\d+)\s*)?\)$", re.I)
-_TIMESTAMP = re.compile(r"^timestamp\[\s*(s|ms|us|ns)\s*(?:,\s*tz\s*=\s*([^\]]+?)\s*)?\]$", re.I)
-_FIXED_BINARY = re.compile(r"^fixed_size_binary\[\s*(\d+)\s*\]$", re.I)
-_TYPE_HELP = ("use a pyarrow type name such as int64, double, string, bool, date32, "
-              "timestamp[us], timestamp[s, tz=UTC] or decimal128(10, 2)")  # fmt: skip
 
 
 def _context(info: ValidationInfo) -> dict[str, Any]:
@@ -174,35 +169,6 @@ def _schedule_value(value: Any) -> str | float | None:
             raise ValueError(f"schedule of {value!r} seconds: must be a number greater than 0")
         return float(value)
     raise ValueError(f"schedule must be a cron string or a number of seconds, got {_show(value)}")
-
-
-def arrow_type(name: str) -> pa.DataType:
-    """The pyarrow type a schema entry names, e.g. ``int32`` or ``timestamp[s, tz=UTC]``.
-
-    Accepts ``pyarrow.type_for_alias`` names plus ``decimal128(p, s)`` (and 32/64/256),
-    ``timestamp[unit, tz=Zone]`` and ``fixed_size_binary[n]``; ``str()`` of the result
-    reads back the same type. Raises ``ValueError`` saying what is accepted.
-    """
-    import pyarrow as pa
-
-    text = name.strip()
-    try:
-        if m := _DECIMAL.match(text):
-            factory = getattr(pa, f"decimal{m.group(1) or '128'}")
-            return factory(int(m.group(2)), int(m.group(3) or 0))
-        if m := _TIMESTAMP.match(text):
-            tz = m.group(2)
-            if tz and not re.fullmatch(r"[+-]\d\d:\d\d", tz):
-                from zoneinfo import ZoneInfo
-
-                ZoneInfo(tz)
-            return pa.timestamp(m.group(1).lower(), tz=tz)
-        if m := _FIXED_BINARY.match(text):
-            return pa.binary(int(m.group(1)))
-        return pa.type_for_alias(text)
-    except (ValueError, TypeError, LookupError, OSError) as exc:
-        detail = str(exc) if "alias" not in str(exc) else _TYPE_HELP
-        raise ValueError(f"unknown column type {name!r}: {detail}") from None
 
 
 def _canonical_type(name: str) -> str:

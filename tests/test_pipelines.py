@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from celeray.arrow_types import arrow_type
 from celeray.errors import PipelineFileError, PipelineIssue, UnknownPipelineError
 from celeray.pipelines import (
     Pipeline,
-    arrow_type,
     format_issues,
     get_pipeline,
     load_pipelines,

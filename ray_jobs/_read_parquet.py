@@ -1,0 +1,57 @@
+"""Stream a Parquet file's record batches, spooling a compressed one to disk first."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from celeray.errors import ParseError
+from ray_jobs._casting import cast_declared, missing_declared
+
+__all__ = ["parquet_batches"]
+
+SPOOL_IN_MEMORY = 64 * 1024**2  # a decompressed .parquet.zst stays in RAM up to this, then disk
+BATCH_ROWS = 64 * 1024
+_COPY_CHUNK = 1024 * 1024
+
+
+def parquet_batches(
+    stream: BinaryIO, *, url: str, types: dict[str, pa.DataType], threads: int
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of the Parquet data in ``stream``, declared columns cast.
+
+    Parquet needs random access: a forward-only (decompressed) stream is first copied into
+    a ``SpooledTemporaryFile``; its size is already capped by the stream. Unreadable
+    content raises ``ParseError``; declared columns that are missing or do not cast raise
+    ``SchemaError`` (with the row, found by bisecting the failing batch).
+    """
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        source: BinaryIO = stream
+        if not stream.seekable():
+            shutil.copyfileobj(stream, spool, _COPY_CHUNK)
+            spool.seek(0)
+            source = spool  # type: ignore[assignment]
+        try:
+            pf = pq.ParquetFile(source)
+        except pa.ArrowException as exc:
+            raise ParseError(f"not a readable Parquet file: {exc}", url=url) from None
+        missing_declared(pf.schema_arrow.names, types, url=url)
+        batches = pf.iter_batches(batch_size=BATCH_ROWS, use_threads=threads > 1)
+        rows = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except pa.ArrowException as exc:
+                raise ParseError(
+                    f"corrupt Parquet data after row {rows}: {exc}", url=url
+                ) from None
+            batch = cast_declared(batch, types, url=url, rows_before=rows, fill_missing=False)
+            rows += batch.num_rows
+            yield batch
