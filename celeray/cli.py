@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from celeray.errors import CelerayError, PipelineFileError, RunActiveError
+from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings
 from celeray.sizes import format_size
 
@@ -28,9 +29,7 @@ EXIT_BUSY = 3  # the pipeline is already running (and --wait was not given)
 _NO_WORKER_HINT_AFTER = 15.0  # seconds a run may sit QUEUED before we suggest a cause
 
 
-def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from celeray.runstate import RunStore
-
+def _store(settings: Settings) -> RunStore:
     return RunStore.from_url(
         settings.effective_state_url,
         lock_ttl=settings.run_lock_ttl,

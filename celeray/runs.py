@@ -91,9 +91,9 @@ def begin_run(
         return {"status": "skipped", "running": store.holder(pipeline.name)}
     store.create(run_id, pipeline.name, trigger=trigger)
     if (store.get(run_id) or {}).get("state") == "RUNNING":
-        jobs = store.load_jobs(run_id)
+        saved = store.load_jobs(run_id)
         pending = store.pending(run_id)
-        return {"status": "planned", "jobs": [jobs[b] for b in sorted(pending) if b in jobs]}
+        return {"status": "planned", "jobs": [saved[b] for b in sorted(pending) if b in saved]}
 
     ledger = Ledger(pipeline.sink)
     repaired = ledger.recover()

@@ -116,7 +116,8 @@ class RunStore:
         now = time.time()
         pipe = self.r.pipeline()
         pipe.hsetnx(self._run_key(run_id), "created_at", now)
-        pipe.hset(self._run_key(run_id), mapping={"run_id": _enc(run_id), "pipeline": _enc(pipeline)})
+        pipe.hset(self._run_key(run_id), "run_id", _enc(run_id))
+        pipe.hset(self._run_key(run_id), "pipeline", _enc(pipeline))
         pipe.hsetnx(self._run_key(run_id), "state", _enc("QUEUED"))
         if fields:
             pipe.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
@@ -237,7 +238,7 @@ class RunStore:
     def load_jobs(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The run's batch jobs by batch id; empty when the run was never planned."""
         raw = self.r.hgetall(self._run_key(run_id) + ":jobs")
-        return {k: json.loads(v) for k, v in raw.items()}
+        return {str(k): json.loads(v) for k, v in raw.items()}
 
     def ping(self) -> bool:
         """Whether Redis answers."""

@@ -7,6 +7,7 @@ and renamed into place on local disks; object stores get a single PUT, which is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -211,7 +212,5 @@ def move(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = No
 def remove_tree(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Delete a folder and everything below it; nothing happens when it is absent."""
     fs, path = open_fs(url, storage_options)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass

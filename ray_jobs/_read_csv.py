@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -24,7 +25,12 @@ _ROW = re.compile(r"Row #(\d+)")
 
 
 def csv_batches(
-    stream: BinaryIO, *, url: str, types: dict[str, pa.DataType], max_row_bytes: int
+    stream: BinaryIO,
+    *,
+    url: str,
+    types: dict[str, pa.DataType],
+    max_row_bytes: int,
+    reopen: Callable[[], AbstractContextManager[BinaryIO]] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of the CSV in ``stream``, declared columns already typed.
 
@@ -32,7 +38,8 @@ def csv_batches(
     ``use_threads=False``: that is what makes pyarrow count rows, so errors carry
     ``row`` (1-based among data rows) and ``line`` (the record's number counting the
     header as line 1, which is the text line when no value holds a newline and no line is
-    blank). The first malformed row fails the whole file.
+    blank). The first malformed row fails the whole file. ``reopen`` opens the file again
+    to learn the column names when the very first block fails to convert.
     """
     bad_rows: list[Any] = []
 
@@ -59,9 +66,26 @@ def csv_batches(
             rows += batch.num_rows
             yield batch
     except pa.ArrowInvalid as exc:
+        if not names and reopen is not None and _CONVERSION.search(str(exc)):
+            names = _header(reopen, max_row_bytes)
         raise _input_error(
             exc, url=url, names=names, bad_rows=bad_rows, rows=rows, max_row_bytes=max_row_bytes
         ) from None
+
+
+def _header(
+    reopen: Callable[[], AbstractContextManager[BinaryIO]], max_row_bytes: int
+) -> list[str]:
+    """The column names, read again without declared types (which cannot fail)."""
+    try:
+        with reopen() as stream:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=max_row_bytes, use_threads=False),
+            )
+            return list(reader.schema.names)
+    except (InputError, pa.ArrowException):
+        return []
 
 
 def _input_error(
@@ -106,9 +130,7 @@ def _input_error(
         )
     m = _ROW.search(text)
     number = int(m.group(1)) if m else None
-    return ParseError(
-        text, url=url, line=number, row=None if number is None else number - 1
-    )
+    return ParseError(text, url=url, line=number, row=None if number is None else number - 1)
 
 
 def _clip(text: str, limit: int = 200) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, closing
+from itertools import chain
 from typing import BinaryIO
 
 import numpy as np
@@ -55,36 +56,37 @@ def jsonl_batches(
     1-based count of JSON objects (blank lines are not counted). Declared columns are cast
     after reading; a declared key absent from the file becomes a column of nulls.
     """
-    held: list[pa.RecordBatch] = []
-    rows = 0
-    try:
-        for batch in _stream(open_stream, url=url, max_row_bytes=max_row_bytes):
-            if held is not None:
+    source = _stream(open_stream, url=url, max_row_bytes=max_row_bytes)
+    with closing(source):
+        held: list[pa.RecordBatch] = []
+        held_bytes = 0
+        try:
+            for batch in source:
                 held.append(batch)
-                if sum(b.nbytes for b in held) <= HOLD_BYTES:
-                    continue
-                pending, held = held, None  # type: ignore[assignment]
-            else:
-                pending = [batch]
-            for b in pending:
-                yield cast_declared(b, types, url=url, rows_before=rows, fill_missing=True)
-                rows += b.num_rows
+                held_bytes += batch.nbytes
+                if held_bytes > HOLD_BYTES:
+                    break
+        except _Drift as drift:
+            yield from _whole_file(
+                open_stream, url=url, types=types, max_row_bytes=max_row_bytes, drift=drift.error
+            )
+            return
+        rows = 0
+        for batch in chain(held, _unwrap_drift(source)):
+            yield cast_declared(batch, types, url=url, rows_before=rows, fill_missing=True)
+            rows += batch.num_rows
+
+
+def _unwrap_drift(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from source
     except _Drift as drift:
-        if held is None:
-            raise drift.error from None
-        held = []
-        yield from _whole_file(
-            open_stream, url=url, types=types, max_row_bytes=max_row_bytes, drift=drift.error
-        )
-        return
-    for b in held or []:
-        yield cast_declared(b, types, url=url, rows_before=rows, fill_missing=True)
-        rows += b.num_rows
+        raise drift.error from None
 
 
 def _stream(
     open_stream: Callable[[], AbstractContextManager[BinaryIO]], *, url: str, max_row_bytes: int
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch, None, None]:
     rows = 0
     with open_stream() as stream:
         try:

@@ -49,9 +49,7 @@ def parquet_batches(
             except StopIteration:
                 return
             except pa.ArrowException as exc:
-                raise ParseError(
-                    f"corrupt Parquet data after row {rows}: {exc}", url=url
-                ) from None
+                raise ParseError(f"corrupt Parquet data after row {rows}: {exc}", url=url) from None
             batch = cast_declared(batch, types, url=url, rows_before=rows, fill_missing=False)
             rows += batch.num_rows
             yield batch

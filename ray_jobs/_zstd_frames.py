@@ -52,9 +52,7 @@ class FrameTracker:
     @property
     def complete(self) -> bool:
         """True when every frame seen so far is finished and at least one was seen."""
-        return (
-            self._frames > 0 and self._state == _MAGIC and not self._buf and self._skip == 0
-        )
+        return self._frames > 0 and self._state == _MAGIC and not self._buf and self._skip == 0
 
     @property
     def where(self) -> str:
@@ -114,16 +112,13 @@ class FrameTracker:
             self._enter(_SKIP_SIZE)
         else:
             raise DecompressionError(
-                f"not zstd data after frame {self._frames}: unknown frame magic "
-                f"{header.hex(' ')}",
+                f"not zstd data after frame {self._frames}: unknown frame magic {header.hex(' ')}",
                 url=self._url,
             )
 
     def _on_fhd(self, fhd: int) -> None:
         if fhd & 0x08:
-            raise DecompressionError(
-                "corrupt zstd frame header (reserved bit set)", url=self._url
-            )
+            raise DecompressionError("corrupt zstd frame header (reserved bit set)", url=self._url)
         self._fhd = fhd
         fcs_flag = fhd >> 6
         single_segment = (fhd >> 5) & 1

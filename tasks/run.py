@@ -71,7 +71,7 @@ def finalize(run_id: str) -> None:
     log.info("run %s ended %s: %s", run_id, state, {k: summary[k] for k in ("rows_out",)})
 
 
-class BatchTask(Task):  # type: ignore[misc]
+class BatchTask(Task):
     """A task of one batch: when it fails for good, the batch is counted as failed."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
@@ -85,7 +85,7 @@ class BatchTask(Task):  # type: ignore[misc]
             publish_progress(job["run_id"])
 
 
-class StartTask(Task):  # type: ignore[misc]
+class StartTask(Task):
     """``start_run``: when it fails for good, the run fails and its lock is released."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
@@ -163,6 +163,7 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Drive Ray over the batch's files, reporting progress as Ray tasks finish."""
     from ray_jobs.dispatcher import run_units
     from ray_jobs.units import plan_units
+
     from tasks._ray import ensure_ray
 
     settings = get_settings()

@@ -6,6 +6,7 @@ is stopped by name. Redis is the one on 127.0.0.1:6379, with database numbers of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,7 +44,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             last = check()
             if last:
                 return last
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
@@ -80,18 +81,12 @@ class Proc:
     def stop(self, timeout: float = 30.0) -> None:
         """TERM the process group we created, then KILL it if it lingers."""
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)  # whatever of our group is left
-        except (ProcessLookupError, PermissionError):
-            pass
         if self.popen.poll() is None:
             self.popen.wait(10)
         self._fh.close()

@@ -212,3 +212,24 @@ sql = "SELECT * FROM landing"
     for key in ("pipelines.a.schedule", "pipelines.a.format", "pipelines.a.colour",
                 "pipelines.a.sql", "pipelines.a.sink"):
         assert key in text, text
+
+
+def test_beat_fires_the_same_task_on_schedule(stack: Stack, flights_df, tmp_path: Path):
+    from tests._stack import VENV_BIN, Proc
+
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = write_landing(flights_df.iloc[:20_000], landing, 2)
+    _pipeline(stack, "scheduled", landing, sink, schedule="2")
+    beat = Proc([str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-l", "INFO"],
+                env=stack.env, log=tmp_path / "beat.log", cwd=tmp_path)
+    try:
+        def finished_runs() -> list:
+            ids = stack.store.recent("scheduled")
+            done = [r for r in ids if (stack.store.get(r) or {}).get("state") == "SUCCESS"]
+            return done if len(done) >= 2 else []
+
+        runs = wait_for(finished_runs, 90, f"two scheduled runs\n{beat.tail()}")
+    finally:
+        beat.stop()
+    assert all(stack.store.get(r)["trigger"] == "beat" for r in runs)
+    _assert_sink_matches(sink, files)
