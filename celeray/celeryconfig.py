@@ -71,6 +71,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # celery#7185: crashes the worker on a Redis restart; leave it off.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
+        # ray.init needs real stdout/stderr file descriptors, not Celery's LoggingProxy.
+        "worker_redirect_stdouts": False,
         "timezone": "UTC",
     }
 

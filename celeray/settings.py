@@ -7,10 +7,9 @@ URLs that :func:`redact_url` masks before anything is logged.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
@@ -144,9 +143,3 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
-
-def env_for_children(settings: Settings, **extra: Any) -> dict[str, str]:
-    """The environment a child process needs to see the same settings."""
-    env = dict(os.environ)
-    env.update({k: str(v) for k, v in extra.items()})
-    return env

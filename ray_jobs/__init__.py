@@ -1,7 +1,8 @@
 """The Ray side of celeray: read inputs, transform them, write partitioned Parquet.
 
 Runs on Ray nodes without Celery: it imports nothing from ``tasks`` and only
-``celeray.errors`` and ``celeray.sizes`` from the core. Import the submodules directly
+``celeray.errors``, ``celeray.sizes`` and ``celeray.arrow_types`` (pyarrow only) from the
+core. Import the submodules directly
 (``ray_jobs.process``, ``ray_jobs.dispatcher``...); this package imports none of them, so
 loading it does not pull in Ray.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 from celeray.errors import DecompressionError, InputTooLargeError
 from celeray.sizes import format_size
 
-__all__ = ["ZSTD_MAGIC", "FrameTracker"]
+__all__ = ["ZSTD_MAGIC", "FrameTracker", "is_skippable_magic"]
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MASK = 0xFFFFFFF0
@@ -26,6 +26,13 @@ _HEADER_REST = "frame header"  # window descriptor, dictionary id, content size
 _SKIP_SIZE = "skippable frame size"  # 4 bytes
 _BLOCK_HEADER = "block header"  # 3 bytes
 _CHECKSUM = "checksum"  # 4 bytes
+
+
+def is_skippable_magic(magic: bytes) -> bool:
+    """True if ``magic`` starts a zstd skippable frame (``50..5F 2A 4D 18``)."""
+    return len(magic) >= 4 and int.from_bytes(magic[:4], "little") & _SKIPPABLE_MASK == (
+        _SKIPPABLE_MAGIC
+    )
 
 
 class FrameTracker:
@@ -104,10 +111,9 @@ class FrameTracker:
             self._end_frame()
 
     def _on_magic(self, header: bytes) -> None:
-        value = int.from_bytes(header, "little")
         if header == ZSTD_MAGIC:
             self._enter(_FHD)
-        elif value & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
+        elif is_skippable_magic(header):
             self._frames += 1
             self._enter(_SKIP_SIZE)
         else:

@@ -1,6 +1,7 @@
 """Open an input file as a stream of its decompressed bytes (zstd, gzip or plain).
 
-The codec is decided by the file's first bytes (zstd ``28 B5 2F FD``, gzip ``1F 8B``); a
+The codec is decided by the file's first bytes (zstd ``28 B5 2F FD`` or a zstd skippable
+frame, gzip ``1F 8B``); a
 name ending in ``.zst``/``.zstd``/``.gz``/``.gzip`` must agree with them. Decompression is
 always streamed and counted, never one-shot: a frame that declares (or inflates to) more
 than ``max_decompressed_bytes`` stops with ``InputTooLargeError`` after at most one read
@@ -27,7 +28,7 @@ from celeray.errors import (
 )
 from celeray.sizes import format_size
 from ray_jobs._streams import CappedReader, CountingSource
-from ray_jobs._zstd_frames import ZSTD_MAGIC, FrameTracker
+from ray_jobs._zstd_frames import ZSTD_MAGIC, FrameTracker, is_skippable_magic
 
 __all__ = ["codec_from_name", "open_input", "strip_codec_suffix"]
 
@@ -129,7 +130,7 @@ def _decoded(raw: Any, codec: str, *, url: str, limits: dict[str, int], max_file
 
 
 def _codec_from_magic(magic: bytes) -> str | None:
-    if magic.startswith(ZSTD_MAGIC):
+    if magic.startswith(ZSTD_MAGIC) or is_skippable_magic(magic):
         return "zstd"
     if magic.startswith(GZIP_MAGIC):
         return "gzip"

@@ -8,11 +8,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from celeray.arrow_types import arrow_type, arrow_types
 from celeray.errors import EmptyInputError, ParseError
 from ray_jobs._read_csv import csv_batches
 from ray_jobs._read_jsonl import jsonl_batches
 from ray_jobs._read_parquet import parquet_batches
-from ray_jobs.arrow_types import parse_schema, parse_type
 from ray_jobs.decompress import open_input, strip_codec_suffix
 
 __all__ = ["FORMATS", "detect_format", "parse_type", "read_batches"]
@@ -45,6 +45,15 @@ def detect_format(url: str) -> str:
     return fmt
 
 
+def parse_type(name: str) -> pa.DataType:
+    """The pyarrow type a schema entry names (``"int32"``, ``"decimal128(10,2)"``...).
+
+    The rules are :func:`celeray.arrow_types.arrow_type`'s, the ones the pipeline file is
+    validated with; an unknown name raises ``ValueError`` listing examples.
+    """
+    return arrow_type(name)
+
+
 def read_batches(
     url: str,
     *,
@@ -66,7 +75,7 @@ def read_batches(
     fmt = fmt or detect_format(url)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    types = parse_schema(schema)
+    types = arrow_types(schema)
     return _read(url, fmt, types, dict(limits), storage_options, max(1, int(threads)))
 
 

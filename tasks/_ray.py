@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 
 from celeray.errors import RayUnavailableError
 from celeray.settings import get_settings
@@ -20,6 +22,25 @@ def _in_prefork_child() -> bool:
     except ImportError:  # pragma: no cover - billiard ships with celery
         return False
     return current_process().name.startswith("ForkPoolWorker")
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return os.path.isfile(path)
+
+
+def _match_ray_start_auth() -> None:
+    """Use token auth when a token exists, as ``ray start --head`` does on this machine.
+
+    Ray turns token auth on for a head when it finds a token (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, but a
+    driver given an explicit address does not; without this the driver is refused.
+    An explicit ``RAY_AUTH_MODE`` always wins.
+    """
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def ensure_ray() -> None:
@@ -42,6 +63,7 @@ def ensure_ray() -> None:
                 "with '-P threads'"
             )
         address = get_settings().effective_ray_address
+        _match_ray_start_auth()
         try:
             ray.init(
                 address=address,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +34,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ProcessExitedError(RuntimeError):
+    """A process the tests started has exited while they waited for it."""
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -98,8 +103,17 @@ class Proc:
             return ""
 
 
+def ray_auth_env(root: Path) -> dict[str, str]:
+    """Token auth for a test's Ray head and its drivers, with a token of the test's own."""
+    token = root / "ray_auth_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
 class RayHead:
-    """``ray start --head --block`` on free ports with its own temp dir."""
+    """``ray start --head --block`` on free ports with its own temp dir and auth token."""
 
     def __init__(self, root: Path, num_cpus: int = 2) -> None:
         self.port = free_port()
@@ -126,14 +140,14 @@ class RayHead:
         ]
         for k, v in ports.items():
             argv += [k, str(v)]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **ray_auth_env(root)}
         env.pop("RAY_ADDRESS", None)
         self.proc = Proc(argv, env=env, log=root / "ray-head.log", cwd=root)
         wait_for(self._ready, 90, f"Ray head on {self.address}\n{self.proc.tail()}")
 
     def _ready(self) -> bool:
         if not self.proc.alive():
-            raise RuntimeError(f"ray head exited:\n{self.proc.tail()}")
+            raise ProcessExitedError(f"ray head exited:\n{self.proc.tail()}")
         return "--block" in self.proc.log.read_text(errors="replace")
 
     def stop(self) -> None:
@@ -159,6 +173,7 @@ def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
             "CELERAY_RUN_LOCK_TTL": "30",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
+            **ray_auth_env(root),
         }
     )
     env.update(extra)
@@ -183,7 +198,7 @@ class Worker:
     def wait_ready(self, client: Any, timeout: float = 60) -> None:
         def ready() -> bool:
             if not self.proc.alive():
-                raise RuntimeError(f"worker {self.name} exited:\n{self.proc.tail()}")
+                raise ProcessExitedError(f"worker {self.name} exited:\n{self.proc.tail()}")
             return bool(client.control.ping(destination=[self.name], timeout=0.5))
 
         wait_for(ready, timeout, f"worker {self.name}")

@@ -53,9 +53,9 @@ def _assert_sink_matches(sink: Path, landing: list[Path]) -> int:
     con.register("sink_table", table)
     got = f"SELECT {COMPARE_COLUMNS}, epoch(time_hour) AS th, mph FROM sink_table"
     want = f"SELECT {COMPARE_COLUMNS}, th, mph FROM ({expected})"
-    missing = con.sql(f"SELECT count(*) FROM ({want} EXCEPT ALL {got})").fetchone()[0]
-    extra = con.sql(f"SELECT count(*) FROM ({got} EXCEPT ALL {want})").fetchone()[0]
-    n_want = con.sql(f"SELECT count(*) FROM ({want})").fetchone()[0]
+    missing = con.execute(f"SELECT count(*) FROM ({want} EXCEPT ALL {got})").fetchone()[0]
+    extra = con.execute(f"SELECT count(*) FROM ({got} EXCEPT ALL {want})").fetchone()[0]
+    n_want = con.execute(f"SELECT count(*) FROM ({want})").fetchone()[0]
     assert (missing, extra) == (0, 0), f"{missing} rows missing, {extra} rows extra"
     assert table.num_rows == n_want
     return int(n_want)

@@ -1,0 +1,116 @@
+"""Run units on Ray with a bounded number in flight, results as they finish.
+
+The caller has already connected with ``ray.init``. The plan is put into the object store
+once and every task gets its reference. Tasks write their own output and return only the
+small summary of :func:`ray_jobs.process.process_unit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import ray
+from ray.exceptions import RayError, RaySystemError, RayTaskError
+
+from celeray.errors import CelerayError, RayUnavailableError
+from ray_jobs.process import process_unit
+
+__all__ = ["process_unit_task", "run_units"]
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)
+def process_unit_task(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
+    """:func:`ray_jobs.process.process_unit` as a Ray task (retried only if the worker dies)."""
+    return process_unit(plan, unit)
+
+
+def run_units(
+    plan: dict[str, Any],
+    units: list[dict[str, Any]],
+    *,
+    max_in_flight: int,
+    min_free_memory: float,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    task_options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Process ``units`` as Ray tasks; return their results in the order of ``units``.
+
+    At most ``max_in_flight`` tasks are pending at a time (0: twice the cluster's CPUs).
+    Before each submission, while the node's available memory is below ``min_free_memory``
+    (a fraction of the total, from psutil) and a task is in flight, it waits for one to
+    finish first. ``on_result`` is called with each result as it arrives (in completion
+    order, in this thread). ``task_options`` go to ``.options()`` of the task, e.g.
+    ``{"num_cpus": 2}`` to match ``plan["threads"]``.
+
+    An error inside a task that is a ``CelerayError`` (``TransformError`` above all) is
+    re-raised as itself; a task that died (worker crash, OOM kill, past its retries) or
+    failed otherwise raises ``CelerayError`` naming the batch and unit. Either way the
+    tasks still pending are cancelled. Without ``ray.init`` it raises
+    ``RayUnavailableError``.
+    """
+    if not ray.is_initialized():
+        raise RayUnavailableError("Ray is not connected: call ray.init before run_units")
+    if not units:
+        return []
+    limit = max_in_flight if max_in_flight > 0 else _default_in_flight()
+    task = process_unit_task.options(**task_options) if task_options else process_unit_task
+    plan_ref = ray.put(plan)
+    results: list[dict[str, Any] | None] = [None] * len(units)
+    pending: dict[Any, int] = {}
+    submitted = 0
+    try:
+        while submitted < len(units) or pending:
+            while submitted < len(units) and len(pending) < limit:
+                if pending and _short_of_memory(min_free_memory):
+                    log.info(
+                        "memory below %.0f%% free: waiting before submitting", 100 * min_free_memory
+                    )
+                    break
+                pending[task.remote(plan_ref, units[submitted])] = submitted
+                submitted += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                index = pending.pop(ref)
+                result = _get(ref, units[index])
+                results[index] = result
+                if on_result is not None:
+                    on_result(result)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    return [r for r in results if r is not None]
+
+
+def _get(ref: Any, unit: dict[str, Any]) -> dict[str, Any]:
+    name = f"Ray task for batch {unit.get('batch_id')} unit {unit.get('unit')}"
+    try:
+        result: dict[str, Any] = ray.get(ref)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, CelerayError):
+            raise cause from exc
+        raise CelerayError(
+            f"{name} failed: {cause!r}" if cause else f"{name} failed: {exc}"
+        ) from exc
+    except RaySystemError as exc:
+        raise RayUnavailableError(f"{name}: lost the Ray cluster: {exc}") from exc
+    except RayError as exc:
+        raise CelerayError(f"{name} died: {type(exc).__name__}: {exc}") from exc
+    return result
+
+
+def _default_in_flight() -> int:
+    return max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _short_of_memory(min_free: float) -> bool:
+    if min_free <= 0:
+        return False
+    memory = psutil.virtual_memory()
+    return bool(memory.available / memory.total < min_free)

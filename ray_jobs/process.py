@@ -1,0 +1,276 @@
+"""Turn one unit of input files into partitioned Parquet: the body of a Ray task.
+
+Plain Python, free of Ray (the Ray wrapper is in :mod:`ray_jobs.dispatcher`), so it can be
+run and tested in-process.
+
+Each input file is all or nothing. A file whose record batches stay under
+``SMALL_FILE_BYTES`` is read whole first (which validates it) and joins the unit's group
+of small files; groups (up to ``GROUP_BYTES``, one schema each, types promoted) go through
+the SQL/transform and one writer. A larger file streams through the SQL/transform into its
+own writer; if it turns out bad midway, the files written for it are deleted. The SQL
+therefore runs once per written stream: an aggregation covers one large file or one group
+of small files, never the whole batch.
+
+Output names derive from the batch id and unit number (``part-<batch>-u<unit>-s<group>-<i>``
+for groups, ``part-<batch>-u<unit>-f<file index>-<i>`` for large files), and all earlier
+outputs of the unit are deleted first, so running a unit again replaces its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
+from typing import Any
+
+import pyarrow as pa
+
+from celeray.arrow_types import arrow_types
+from celeray.errors import InputError, TransformError
+from ray_jobs._tap import ErrorTap
+from ray_jobs.readers import FORMATS, detect_format, read_batches
+from ray_jobs.transforms import apply, load_callable
+from ray_jobs.writer import remove_outputs, write_parquet
+
+__all__ = ["GROUP_BYTES", "SMALL_FILE_BYTES", "process_unit", "unit_prefix"]
+
+SMALL_FILE_BYTES = 64 * 1024**2  # Arrow bytes of one file held in memory to validate it whole
+GROUP_BYTES = 256 * 1024**2  # Arrow bytes of small files written together at most
+OUT_ROWS = 128 * 1024  # rows per batch fed from a held table
+
+
+def unit_prefix(batch_id: str, unit: int) -> str:
+    """The common start of every output file name of ``unit`` of ``batch_id``.
+
+    Characters other than letters, digits and ``_`` are replaced, and a short hash of the
+    original id is added when that changed it, so distinct ids never share a prefix.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", batch_id)
+    if safe != batch_id or not safe:
+        safe = f"{safe}_{hashlib.sha1(batch_id.encode()).hexdigest()[:8]}"
+    return f"part-{safe}-u{int(unit):05d}"
+
+
+def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
+    """Read, transform and write the files of ``unit``; return what happened.
+
+    ``plan`` holds ``pipeline``, ``format`` (``None``: from each file's name), ``schema``,
+    ``sql``, ``transform``, ``partition_by``, ``compression``, ``compression_level``,
+    ``limits``, ``storage_options`` (used for inputs and output alike) and ``threads``;
+    ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
+    ``read_url`` (where to read it, e.g. a staged copy) and ``size``. The format is told
+    from ``url``. pyarrow and DuckDB get ``threads`` threads for the duration of the call.
+
+    Returns ``batch_id``, ``unit``, ``files`` (the good files: ``url``, ``rows_in``,
+    ``bytes_in``), ``quarantined`` (``InputError.record()`` dicts, ``url`` being the file's
+    ``url``), ``outputs`` (``path`` relative to ``out_url``, ``rows``, ``bytes``), the
+    totals ``rows_in``, ``rows_out``, ``bytes_in`` (compressed bytes of the good files),
+    ``bytes_out`` and ``seconds``. ``TransformError`` (a pipeline bug: SQL, transform, an
+    unknown format or column type, a missing partition column) fails the unit before or
+    during the work; so do storage errors.
+    """
+    started = time.perf_counter()
+    threads = max(1, int(plan.get("threads") or 1))
+    with _arrow_threads(threads):
+        run = _UnitRun(plan, unit, threads)
+        run.run()
+    return run.result(time.perf_counter() - started)
+
+
+class _UnitRun:
+    """The state of one :func:`process_unit` call."""
+
+    def __init__(self, plan: dict[str, Any], unit: dict[str, Any], threads: int) -> None:
+        self.plan = plan
+        self.unit = unit
+        self.threads = threads
+        self.prefix = unit_prefix(str(unit["batch_id"]), int(unit["unit"]))
+        self.out_url = str(unit["out_url"])
+        self.storage_options = plan.get("storage_options")
+        self.good: dict[int, dict[str, Any]] = {}
+        self.quarantined: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []
+        self.group: list[tuple[int, dict[str, Any], pa.Table]] = []
+        self.group_schema: pa.Schema | None = None
+        self.group_bytes = 0
+        self.groups_written = 0
+
+    def run(self) -> None:
+        _check_plan(self.plan)
+        remove_outputs(
+            self.out_url,
+            re.escape(self.prefix) + r"-[sf]\d+-\d+\.parquet",
+            storage_options=self.storage_options,
+        )
+        for index, file in enumerate(self.unit["files"]):
+            self._one_file(index, file)
+        self._flush_group()
+
+    def result(self, seconds: float) -> dict[str, Any]:
+        files = [self.good[i] for i in sorted(self.good)]
+        outputs = sorted(self.outputs, key=lambda o: str(o["path"]))
+        return {
+            "batch_id": self.unit["batch_id"],
+            "unit": self.unit["unit"],
+            "files": files,
+            "quarantined": self.quarantined,
+            "outputs": outputs,
+            "rows_in": sum(f["rows_in"] for f in files),
+            "rows_out": sum(int(o["rows"] or 0) for o in outputs),
+            "bytes_in": sum(f["bytes_in"] for f in files),
+            "bytes_out": sum(int(o["bytes"]) for o in outputs),
+            "seconds": round(seconds, 3),
+        }
+
+    def _one_file(self, index: int, file: dict[str, Any]) -> None:
+        try:
+            fmt = self.plan.get("format") or detect_format(file["url"])
+            batches = read_batches(
+                file.get("read_url") or file["url"],
+                fmt=fmt,
+                schema=self.plan.get("schema"),
+                limits=self.plan["limits"],
+                storage_options=self.storage_options,
+                threads=self.threads,
+            )
+            head, rest = _take(batches, SMALL_FILE_BYTES)
+        except InputError as exc:
+            self._quarantine(file, exc)
+            return
+        if rest is None:
+            self._add_small(index, file, pa.Table.from_batches(head))
+        else:
+            self._stream_large(index, file, chain(head, rest))
+
+    def _add_small(self, index: int, file: dict[str, Any], table: pa.Table) -> None:
+        if self.group:
+            try:
+                unified = pa.unify_schemas(
+                    [self.group_schema, table.schema], promote_options="permissive"
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                unified = None
+            if unified is None or self.group_bytes + table.nbytes > GROUP_BYTES:
+                self._flush_group()
+                unified = table.schema
+        else:
+            unified = table.schema
+        self.group.append((index, file, table))
+        self.group_schema = unified
+        self.group_bytes += table.nbytes
+
+    def _flush_group(self) -> None:
+        if not self.group:
+            return
+        members, self.group = self.group, []
+        self.group_schema, self.group_bytes = None, 0
+        basename = f"{self.prefix}-s{self.groups_written}"
+        self.groups_written += 1
+        table = pa.concat_tables([t for _, _, t in members], promote_options="permissive")
+        self.outputs += self._write(iter(table.to_batches(max_chunksize=OUT_ROWS)), basename)
+        for index, file, t in members:
+            self._mark_good(index, file, t.num_rows)
+
+    def _stream_large(
+        self, index: int, file: dict[str, Any], batches: Iterator[pa.RecordBatch]
+    ) -> None:
+        basename = f"{self.prefix}-f{index:04d}"
+        counted = _Counted(batches)
+        tap = ErrorTap(iter(counted))
+        try:
+            outputs = self._write(tap, basename)
+        except Exception as exc:
+            error = exc if isinstance(exc, InputError) else tap.error
+            if not isinstance(error, InputError):
+                raise
+            remove_outputs(
+                self.out_url,
+                re.escape(basename) + r"-\d+\.parquet",
+                storage_options=self.storage_options,
+            )
+            self._quarantine(file, error)
+            return
+        self.outputs += outputs
+        self._mark_good(index, file, counted.rows)
+
+    def _write(self, batches: Iterator[pa.RecordBatch], basename: str) -> list[dict[str, Any]]:
+        plan = self.plan
+        transformed = apply(
+            batches, sql=plan.get("sql"), transform=plan.get("transform"), threads=self.threads
+        )
+        return write_parquet(
+            transformed,
+            out_url=self.out_url,
+            basename=basename,
+            partition_by=list(plan.get("partition_by") or []),
+            compression=plan.get("compression") or "zstd",
+            compression_level=plan.get("compression_level"),
+            storage_options=self.storage_options,
+            threads=self.threads,
+            remove_stale=False,
+        )
+
+    def _mark_good(self, index: int, file: dict[str, Any], rows: int) -> None:
+        self.good[index] = {"url": file["url"], "rows_in": rows, "bytes_in": int(file["size"])}
+
+    def _quarantine(self, file: dict[str, Any], error: InputError) -> None:
+        record = error.record()
+        record["url"] = file["url"]
+        self.quarantined.append(record)
+
+
+def _check_plan(plan: dict[str, Any]) -> None:
+    """Fail before any work on a plan no file could be processed with: a pipeline bug."""
+    fmt = plan.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise TransformError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    try:
+        arrow_types(plan.get("schema"))
+    except ValueError as exc:
+        raise TransformError(f"pipeline schema: {exc}") from None
+    if plan.get("transform"):
+        load_callable(plan["transform"])
+
+
+class _Counted:
+    """Pass batches through, counting their rows."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._batches:
+            self.rows += batch.num_rows
+            yield batch
+
+
+def _take(
+    batches: Iterator[pa.RecordBatch], limit: int
+) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None]:
+    """The batches up to ``limit`` Arrow bytes, and the rest (``None`` when all were read)."""
+    source = iter(batches)
+    head: list[pa.RecordBatch] = []
+    size = 0
+    for batch in source:
+        head.append(batch)
+        size += batch.nbytes
+        if size > limit:
+            return head, source
+    return head, None
+
+
+@contextmanager
+def _arrow_threads(threads: int) -> Iterator[None]:
+    """Give pyarrow ``threads`` CPU and I/O threads for the block, then restore them."""
+    cpu, io = pa.cpu_count(), pa.io_thread_count()
+    pa.set_cpu_count(threads)
+    pa.set_io_thread_count(threads)
+    try:
+        yield
+    finally:
+        pa.set_cpu_count(cpu)
+        pa.set_io_thread_count(io)

@@ -1,0 +1,137 @@
+"""Apply a pipeline's SQL (DuckDB over Arrow) and Python transform to a batch stream.
+
+Failures of the SQL or the callable are pipeline bugs and raise ``TransformError``;
+failures of the input stream itself (an ``InputError`` from the reader) come out as
+raised, even when DuckDB was the one pulling the stream.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from itertools import chain
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from celeray.errors import TransformError
+from ray_jobs._tap import ErrorTap
+
+__all__ = ["SQL_BATCH_ROWS", "TABLE_NAME", "apply", "load_callable"]
+
+TABLE_NAME = "input"
+SQL_BATCH_ROWS = 128 * 1024  # rows per batch DuckDB hands back
+
+TableFn = Callable[[pa.Table], pa.Table]
+
+
+def load_callable(spec: str) -> TableFn:
+    """Import ``"package.module:attr"`` (``attr`` may be dotted) and return the callable.
+
+    Raises ``TransformError`` when the spec is malformed, the module or attribute is
+    missing, or the object is not callable.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise TransformError(f"transform {spec!r} must look like 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TransformError(f"transform {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TransformError(
+                f"transform {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            ) from None
+    if not callable(obj):
+        raise TransformError(f"transform {spec!r} is a {type(obj).__name__}, not a callable")
+    fn: TableFn = obj
+    return fn
+
+
+def apply(
+    batches: Iterator[pa.RecordBatch],
+    *,
+    sql: str | None,
+    transform: str | None,
+    threads: int,
+) -> Iterator[pa.RecordBatch]:
+    """The stream after ``sql`` and then ``transform``; either may be ``None``.
+
+    ``sql`` runs once over the whole stream, which it reads as the table ``input``, in a
+    fresh DuckDB connection with ``threads`` threads; results stream back in batches. An
+    empty stream yields nothing (there is no schema to query). ``input`` is a stream and
+    can be scanned once: a query that reads it twice must go through
+    ``WITH t AS MATERIALIZED (SELECT * FROM input)``. ``transform`` is called once
+    per record batch of the (SQL) result, as a one-batch ``pyarrow.Table``, and must return
+    a ``pyarrow.Table``: it must be row-local, since it never sees more than one chunk.
+    The callable is loaded here, so a bad spec raises ``TransformError`` immediately.
+    """
+    stream: Iterator[pa.RecordBatch] = batches
+    fn = load_callable(transform) if transform else None
+    if sql and sql.strip():
+        stream = _run_sql(stream, sql, max(1, int(threads)))
+    if fn is not None:
+        stream = _run_callable(stream, fn, transform or "")
+    return stream
+
+
+def _run_sql(batches: Iterator[pa.RecordBatch], sql: str, threads: int) -> Iterator[pa.RecordBatch]:
+    source = iter(batches)
+    first = next(source, None)  # outside DuckDB: a reader error here surfaces as itself
+    if first is None:
+        return
+    tap = ErrorTap(source)
+    reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], tap))
+    con = duckdb.connect(config={"threads": threads})
+    try:
+        con.register(TABLE_NAME, reader)
+        try:
+            relation = con.sql(sql)
+        except duckdb.Error as exc:
+            raise _sql_error(exc, tap) from exc
+        if relation is None:
+            raise TransformError("sql must be a query that returns rows (SELECT ...)")
+        try:
+            results = relation.to_arrow_reader(SQL_BATCH_ROWS)
+        except duckdb.Error as exc:
+            raise _sql_error(exc, tap) from exc
+        while True:
+            try:
+                batch = results.read_next_batch()
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise _sql_error(exc, tap) from exc
+            if batch.num_rows:
+                yield batch
+        if tap.error is not None:  # the query stopped early, but the input was bad
+            raise tap.error
+    finally:
+        con.close()
+
+
+def _sql_error(exc: Exception, tap: ErrorTap[pa.RecordBatch]) -> Exception:
+    if tap.error is not None:
+        return tap.error
+    return TransformError(f"sql failed: {exc}")
+
+
+def _run_callable(
+    batches: Iterator[pa.RecordBatch], fn: TableFn, spec: str
+) -> Iterator[pa.RecordBatch]:
+    for batch in batches:  # errors of the source are not the callable's: they pass as raised
+        try:
+            result = fn(pa.Table.from_batches([batch]))
+        except Exception as exc:
+            raise TransformError(f"transform {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(result, pa.Table):
+            raise TransformError(
+                f"transform {spec!r} returned {type(result).__name__}, not a pyarrow.Table"
+            )
+        for out in result.to_batches():
+            if out.num_rows:
+                yield out

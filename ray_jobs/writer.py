@@ -1,0 +1,178 @@
+"""Write a record batch stream as hive-partitioned Parquet under deterministic names.
+
+Files are named ``{basename}-{i}.parquet``. Before writing, every file of that name
+pattern under the output is deleted, so writing the same work again (a retry) leaves
+exactly the new files: it overwrites, never adds. Finding those files lists the whole
+output folder, which is cheap on local disks and costs one listing on object stores.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
+
+from celeray.errors import TransformError
+from ray_jobs._tap import ErrorTap
+
+__all__ = [
+    "MAX_ROWS_PER_GROUP",
+    "MIN_ROWS_PER_GROUP",
+    "arrow_filesystem",
+    "remove_outputs",
+    "write_parquet",
+]
+
+MAX_ROWS_PER_GROUP = 1024 * 1024  # what Parquet readers handle well
+MIN_ROWS_PER_GROUP = 128 * 1024  # rows are buffered per partition until a group is this big
+MAX_PARTITIONS = 4096  # pyarrow's default is 1024 partitions per write
+_WRITE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+def write_parquet(
+    batches: Iterator[pa.RecordBatch],
+    *,
+    out_url: str,
+    basename: str,
+    partition_by: list[str],
+    compression: str = "zstd",
+    compression_level: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    threads: int = 1,
+    remove_stale: bool = True,
+) -> list[dict[str, Any]]:
+    """Write ``batches`` under ``out_url``; return ``[{"path", "rows", "bytes"}]`` per file.
+
+    ``path`` is relative to ``out_url`` (``year=2013/month=1/{basename}-0.parquet``); the
+    list is sorted by it. Partition columns go into the folder names (hive style), not
+    the files. The schema is that of the first non-empty batch; later batches are cast to
+    it. No rows means no file and ``[]``. A missing partition column, or a batch that does
+    not fit the schema, raises ``TransformError``; an exception raised by ``batches``
+    itself (say an ``InputError``) comes out unchanged, and the files this call wrote
+    before it stay behind for the caller to remove with :func:`remove_outputs`.
+    ``remove_stale=False`` skips the deletion of earlier files of the same name pattern
+    (and its listing), for a caller that already cleared them.
+    """
+    fs, root = fsspec.core.url_to_fs(out_url, **(storage_options or {}))
+    root = root.rstrip("/")
+    if remove_stale:
+        pattern = re.escape(basename) + r"-\d+\.parquet"
+        remove_outputs(out_url, pattern, storage_options=storage_options)
+    source = iter(batches)
+    first = next((b for b in source if b.num_rows), None)
+    if first is None:
+        return []
+    schema = first.schema
+    missing = [c for c in partition_by if c not in schema.names]
+    if missing:
+        raise TransformError(
+            f"partition column(s) {', '.join(map(repr, missing))} not in the data; "
+            f"its columns are {', '.join(map(repr, schema.names))}"
+        )
+    if partition_by and len(partition_by) >= len(schema.names):
+        raise TransformError("partition_by names every column: no data would be left to write")
+    tap = ErrorTap(_conform(first, source, schema))
+    written: list[tuple[str, int | None]] = []
+
+    def visit(file: Any) -> None:
+        written.append((file.path, file.metadata.num_rows if file.metadata else None))
+
+    fs.makedirs(root, exist_ok=True)
+    options = ds.ParquetFileFormat().make_write_options(
+        compression=compression, compression_level=compression_level
+    )
+    partitioning = (
+        ds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
+        if partition_by
+        else None
+    )
+    try:
+        ds.write_dataset(
+            pa.RecordBatchReader.from_batches(schema, tap),
+            root,
+            basename_template=f"{basename}-{{i}}.parquet",
+            format="parquet",
+            partitioning=partitioning,
+            filesystem=arrow_filesystem(fs),
+            file_options=options,
+            use_threads=threads > 1,
+            preserve_order=True,
+            max_partitions=MAX_PARTITIONS,
+            min_rows_per_group=MIN_ROWS_PER_GROUP,
+            max_rows_per_group=MAX_ROWS_PER_GROUP,
+            file_visitor=visit,
+            existing_data_behavior="overwrite_or_ignore",
+        )
+    except _WRITE_ERRORS as exc:
+        if tap.error is not None:
+            raise tap.error from None
+        raise TransformError(f"writing Parquet failed: {exc}") from exc
+    return sorted(
+        (
+            {"path": _relative(path, root), "rows": rows, "bytes": int(fs.size(path))}
+            for path, rows in written
+        ),
+        key=lambda o: str(o["path"]),
+    )
+
+
+def remove_outputs(
+    out_url: str, name_pattern: str, *, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Delete every file under ``out_url`` whose name fully matches the regex ``name_pattern``.
+
+    Folders starting with ``_`` or ``.`` (such as the ledger, ``_celeray/``) are never
+    searched. Returns the removed paths relative to ``out_url``, sorted.
+    """
+    fs, root = fsspec.core.url_to_fs(out_url, **(storage_options or {}))
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        return []
+    pattern = re.compile(name_pattern)
+    doomed = []
+    for path in fs.find(root):
+        rel = _relative(path, root)
+        parts = rel.split("/")
+        if any(p.startswith(("_", ".")) for p in parts[:-1]):
+            continue
+        if pattern.fullmatch(parts[-1]):
+            doomed.append(path)
+    if doomed:
+        fs.rm(doomed)
+    return sorted(_relative(p, root) for p in doomed)
+
+
+def arrow_filesystem(fs: Any) -> pafs.FileSystem:
+    """pyarrow's own local file system for local fsspec, fsspec through a handler otherwise."""
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _conform(
+    first: pa.RecordBatch, rest: Iterator[pa.RecordBatch], schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    yield first
+    for batch in rest:
+        if not batch.num_rows:
+            continue
+        if not batch.schema.equals(schema, check_metadata=False):
+            try:
+                batch = batch.cast(schema)
+            except (*_WRITE_ERRORS, ValueError) as exc:
+                raise TransformError(
+                    f"a later batch does not fit the schema of the first one: {exc}; "
+                    f"first: {schema}; later: {batch.schema}"
+                ) from exc
+        yield batch
+
+
+def _relative(path: str, root: str) -> str:
+    return posixpath.relpath(path.rstrip("/"), root) if root else path.lstrip("/")

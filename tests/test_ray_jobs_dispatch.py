@@ -1,0 +1,168 @@
+"""ray_jobs.dispatcher on a real local Ray (its own, started and shut down here)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from celeray.errors import CelerayError, RayUnavailableError, TransformError
+from ray_jobs.dispatcher import run_units
+
+REPO = str(Path(__file__).resolve().parents[1])
+PROBE_ENV = "CELERAY_TEST_PROBE_DIR"
+MiB = 1024**2
+LIMITS = {
+    "max_file_bytes": 64 * MiB,
+    "max_decompressed_bytes": 64 * MiB,
+    "max_row_bytes": 1 * MiB,
+    "zstd_max_window_bytes": 128 * MiB,
+}
+
+
+def test_needs_ray_init() -> None:
+    if ray.is_initialized():
+        pytest.skip("Ray already connected in this process")
+    with pytest.raises(RayUnavailableError, match=r"ray\.init"):
+        run_units({}, [{}], max_in_flight=1, min_free_memory=0.0)
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A local Ray of 2 CPUs whose workers can import tests._sample_transforms."""
+    folder = tmp_path_factory.mktemp("probe")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", PROBE_ENV)}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, saved["PYTHONPATH"]) if p)
+    os.environ[PROBE_ENV] = str(folder)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * MiB)
+    try:
+        yield folder
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def probes(probe_dir: Path) -> Iterator[Path]:
+    yield probe_dir
+    for f in probe_dir.iterdir():
+        f.unlink()
+
+
+def make_plan(**overrides: Any) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "pipeline": "t",
+        "format": "csv",
+        "schema": None,
+        "sql": None,
+        "transform": None,
+        "partition_by": [],
+        "compression": "zstd",
+        "compression_level": None,
+        "limits": LIMITS,
+        "storage_options": None,
+        "threads": 1,
+    }
+    plan.update(overrides)
+    return plan
+
+
+def make_units(tmp_path: Path, n: int) -> list[dict[str, Any]]:
+    units = []
+    for i in range(n):
+        path = tmp_path / "in" / f"f{i}.csv"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("k,v\n" + "".join(f"{i},{j}\n" for j in range(10 + i)))
+        url = path.as_uri()
+        units.append(
+            {
+                "batch_id": "b1",
+                "unit": i,
+                "files": [{"url": url, "read_url": url, "size": path.stat().st_size}],
+                "out_url": (tmp_path / "out").as_uri(),
+            }
+        )
+    return units
+
+
+def intervals(folder: Path) -> list[tuple[float, float]]:
+    spans = []
+    for f in folder.iterdir():
+        start, end, _pid = f.read_text().split()
+        spans.append((float(start), float(end)))
+    return sorted(spans)
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_results_in_unit_order_and_on_result(tmp_path: Path, probe_dir: Path) -> None:
+    units = make_units(tmp_path, 6)
+    seen: list[dict[str, Any]] = []
+    results = run_units(
+        make_plan(), units, max_in_flight=2, min_free_memory=0.0, on_result=seen.append
+    )
+    assert [r["unit"] for r in results] == list(range(6))
+    assert [r["rows_out"] for r in results] == [10 + i for i in range(6)]
+    assert sorted(r["unit"] for r in seen) == list(range(6))
+    assert all(not r["quarantined"] for r in results)
+    assert len(list((tmp_path / "out").glob("*.parquet"))) == 6
+
+
+def test_max_in_flight_is_respected(tmp_path: Path, probes: Path) -> None:
+    plan = make_plan(transform="tests._sample_transforms:probe")
+    run_units(plan, make_units(tmp_path, 3), max_in_flight=1, min_free_memory=0.0)
+    spans = intervals(probes)
+    assert len(spans) == 3
+    assert max_overlap(spans) == 1
+
+
+def test_two_in_flight_run_side_by_side(tmp_path: Path, probes: Path) -> None:
+    plan = make_plan(transform="tests._sample_transforms:probe")
+    run_units(plan, make_units(tmp_path, 6), max_in_flight=2, min_free_memory=0.0)
+    assert max_overlap(intervals(probes)) == 2
+
+
+def test_memory_backpressure_waits_for_one_to_finish(tmp_path: Path, probes: Path) -> None:
+    plan = make_plan(transform="tests._sample_transforms:probe")
+    # 0.9999 free memory is never there: each submission waits for the one in flight.
+    results = run_units(plan, make_units(tmp_path, 3), max_in_flight=0, min_free_memory=0.9999)
+    assert [r["unit"] for r in results] == [0, 1, 2]
+    assert max_overlap(intervals(probes)) == 1
+
+
+def test_transform_error_comes_back_as_itself(tmp_path: Path, probe_dir: Path) -> None:
+    with pytest.raises(TransformError, match="sql failed") as info:
+        run_units(
+            make_plan(sql="SELECT missing FROM input"),
+            make_units(tmp_path, 3),
+            max_in_flight=2,
+            min_free_memory=0.0,
+        )
+    assert type(info.value) is TransformError
+
+
+def test_dead_worker_is_reported(tmp_path: Path, probe_dir: Path) -> None:
+    with pytest.raises(CelerayError, match=r"Ray task for batch b1 unit 0 died") as info:
+        run_units(
+            make_plan(transform="tests._sample_transforms:crash"),
+            make_units(tmp_path, 1),
+            max_in_flight=1,
+            min_free_memory=0.0,
+            task_options={"max_retries": 0},
+        )
+    assert not isinstance(info.value, TransformError)

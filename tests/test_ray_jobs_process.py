@@ -1,0 +1,281 @@
+"""ray_jobs.process: one unit end to end, each file all or nothing, retries idempotent."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+import ray_jobs.process as process
+import ray_jobs.transforms as transforms
+import ray_jobs.writer as writer
+from celeray.errors import InputError, TransformError
+from ray_jobs.process import process_unit, unit_prefix
+from ray_jobs.readers import read_batches
+
+MiB = 1024**2
+LIMITS = {
+    "max_file_bytes": 256 * MiB,
+    "max_decompressed_bytes": 256 * MiB,
+    "max_row_bytes": 64 * 1024,
+    "zstd_max_window_bytes": 128 * MiB,
+}
+
+
+def rows(start: int, n: int) -> list[dict[str, Any]]:
+    return [
+        {"year": 2013 + i % 2, "month": 1 + i % 12, "dep_delay": i % 60, "carrier": f"c{i % 5}"}
+        for i in range(start, start + n)
+    ]
+
+
+def csv_of(records: list[dict[str, Any]]) -> bytes:
+    lines = ["year,month,dep_delay,carrier"]
+    lines += [f"{r['year']},{r['month']},{r['dep_delay']},{r['carrier']}" for r in records]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def jsonl_of(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def parquet_of(records: list[dict[str, Any]]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records), buf)
+    return buf.getvalue()
+
+
+def zst(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def make_plan(**overrides: Any) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "pipeline": "flights",
+        "format": None,
+        "schema": {"dep_delay": "int32"},
+        "sql": None,
+        "transform": None,
+        "partition_by": ["year"],
+        "compression": "zstd",
+        "compression_level": None,
+        "limits": LIMITS,
+        "storage_options": None,
+        "threads": 2,
+    }
+    plan.update(overrides)
+    return plan
+
+
+class Landing:
+    """Input files in tmp_path/in, output under tmp_path/out."""
+
+    def __init__(self, root: Path) -> None:
+        self.inputs = root / "in"
+        self.inputs.mkdir()
+        self.out = root / "out"
+
+    def file(self, name: str, data: bytes) -> dict[str, Any]:
+        path = self.inputs / name
+        path.write_bytes(data)
+        return {"url": path.as_uri(), "read_url": path.as_uri(), "size": len(data)}
+
+    def unit(self, files: list[dict[str, Any]], unit: int = 3) -> dict[str, Any]:
+        return {"batch_id": "b-42", "unit": unit, "files": files, "out_url": self.out.as_uri()}
+
+    def parquet_files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.out)) for p in self.out.rglob("*.parquet"))
+
+    def table(self) -> pa.Table:
+        return ds.dataset(self.out, partitioning="hive").to_table()
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Landing:
+    return Landing(tmp_path)
+
+
+def test_two_good_files_and_one_bad(landing: Landing) -> None:
+    bad_csv = csv_of(rows(0, 100)).replace(b"\n2014,4,3,c3\n", b"\n2014,4,3,c3,extra\n")
+    files = [
+        landing.file("a.csv.zst", zst(csv_of(rows(0, 1000)))),
+        landing.file("b.csv", bad_csv),
+        landing.file("c.csv.gz", gzip.compress(csv_of(rows(1000, 500)))),
+    ]
+    result = process_unit(make_plan(), landing.unit(files))
+    assert result["batch_id"] == "b-42" and result["unit"] == 3
+    assert [f["url"] for f in result["files"]] == [files[0]["url"], files[2]["url"]]
+    assert [f["rows_in"] for f in result["files"]] == [1000, 500]
+    assert result["rows_in"] == result["rows_out"] == 1500
+    assert result["bytes_in"] == files[0]["size"] + files[2]["size"]
+    assert result["bytes_out"] == sum(o["bytes"] for o in result["outputs"]) > 0
+    [q] = result["quarantined"]
+    assert q["url"] == files[1]["url"] and q["kind"] == "parse" and q["line"] == 5
+    assert "expected 4 columns, got 5" in q["error"]
+    table = landing.table()
+    assert table.num_rows == 1500  # none of the bad file's 100 rows
+    assert table.schema.field("dep_delay").type == pa.int32()
+    assert landing.parquet_files() == sorted(o["path"] for o in result["outputs"])
+    assert all(
+        Path(p).name.startswith(unit_prefix("b-42", 3) + "-s0-") for p in landing.parquet_files()
+    )
+
+
+def test_running_a_unit_twice_leaves_the_same_files(landing: Landing) -> None:
+    files = [
+        landing.file("a.jsonl", jsonl_of(rows(0, 800))),
+        landing.file("b.parquet.zst", zst(parquet_of(rows(800, 300)))),
+        landing.file("c.csv", b""),  # quarantined as empty
+    ]
+    first = process_unit(make_plan(), landing.unit(files))
+    listing = landing.parquet_files()
+    second = process_unit(make_plan(), landing.unit(files))
+    assert landing.parquet_files() == listing
+    assert first["outputs"] == second["outputs"]
+    assert landing.table().num_rows == 1100
+    assert [q["kind"] for q in second["quarantined"]] == ["empty"]
+
+
+def test_retry_with_a_different_outcome_removes_stale_outputs(landing: Landing) -> None:
+    good = landing.file("a.csv", csv_of(rows(0, 100)))
+    process_unit(make_plan(), landing.unit([good]))
+    (landing.inputs / "a.csv").write_bytes(b"year,month\n")  # the file went bad since
+    result = process_unit(make_plan(), landing.unit([good]))
+    assert result["outputs"] == [] and result["files"] == []
+    assert landing.parquet_files() == []
+
+
+def test_other_units_and_batches_are_left_alone(landing: Landing) -> None:
+    files = [landing.file("a.csv", csv_of(rows(0, 100)))]
+    process_unit(make_plan(), landing.unit(files, unit=1))
+    process_unit(make_plan(), landing.unit(files, unit=10))
+    process_unit(make_plan(), {**landing.unit(files, unit=1), "batch_id": "b-43"})
+    process_unit(make_plan(), landing.unit(files, unit=1))
+    assert landing.table().num_rows == 300
+
+
+def test_read_url_is_read_and_url_is_reported(landing: Landing, tmp_path: Path) -> None:
+    staged = landing.file("staged-0001.csv.zst", zst(csv_of(rows(0, 10))))
+    bad_staged = landing.file("staged-0002.csv.zst", b"not zstd")
+    files = [
+        {**staged, "url": "sftp://host/landing/a.csv.zst"},
+        {**bad_staged, "url": "sftp://host/landing/b.csv.zst"},
+    ]
+    result = process_unit(make_plan(), landing.unit(files))
+    assert [f["url"] for f in result["files"]] == ["sftp://host/landing/a.csv.zst"]
+    assert result["quarantined"][0]["url"] == "sftp://host/landing/b.csv.zst"
+    assert result["quarantined"][0]["kind"] == "decompression"
+
+
+def test_sql_and_transform(landing: Landing) -> None:
+    files = [
+        landing.file("a.csv", csv_of(rows(0, 600))),
+        landing.file("b.jsonl", jsonl_of(rows(600, 600))),
+    ]
+    plan = make_plan(
+        sql="SELECT year, carrier, count(*) AS n, sum(dep_delay)::BIGINT AS v "
+        "FROM input GROUP BY ALL",
+        transform="tests._sample_transforms:double_v",
+        partition_by=["year", "carrier"],
+    )
+    result = process_unit(plan, landing.unit(files))
+    table = landing.table()
+    # one group of small files: the aggregation covers both files together
+    assert table.num_rows == 10 and sum(table.column("n").to_pylist()) == 1200
+    assert table.column("v2").to_pylist() == [v * 2 for v in table.column("v").to_pylist()]
+    assert result["rows_in"] == 1200 and result["rows_out"] == 10
+
+
+def test_incompatible_small_files_are_written_as_separate_groups(landing: Landing) -> None:
+    text_delay = [dict(r, dep_delay=f"d{r['dep_delay']}") for r in rows(100, 50)]
+    files = [
+        landing.file("a.csv", csv_of(rows(0, 100))),
+        landing.file("b.jsonl", jsonl_of(text_delay)),
+    ]
+    result = process_unit(make_plan(schema=None), landing.unit(files))
+    names = {Path(o["path"]).name.rsplit("-", 1)[0] for o in result["outputs"]}
+    prefix = unit_prefix("b-42", 3)
+    assert names == {f"{prefix}-s0", f"{prefix}-s1"}
+    assert result["rows_out"] == 150
+
+
+def test_large_file_bad_midway_is_quarantined_and_its_outputs_removed(
+    landing: Landing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(process, "SMALL_FILE_BYTES", 10_000)  # all but small.csv are "large"
+    monkeypatch.setattr(writer, "MIN_ROWS_PER_GROUP", 1000)  # flush early: partial files exist
+    monkeypatch.setattr(transforms, "SQL_BATCH_ROWS", 2048)
+    removed: list[list[str]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> list[str]:
+        removed.append(writer.remove_outputs(*args, **kwargs))
+        return removed[-1]
+
+    monkeypatch.setattr(process, "remove_outputs", spy)
+
+    def slow_to_fail(*args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from read_batches(*args, **kwargs)
+        except InputError:
+            time.sleep(0.5)  # let pyarrow's writer threads put the earlier rows on disk
+            raise
+
+    monkeypatch.setattr(process, "read_batches", slow_to_fail)
+    lines = csv_of(rows(0, 200_000)).split(b"\n")
+    lines[199_960] = b"2014,8,oops,c4"  # data row 199 960, near the end
+    bad = b"\n".join(lines)
+    files = [
+        landing.file("big-good.csv", csv_of(rows(0, 30_000))),
+        landing.file("big-bad.csv", bad),
+        landing.file("small.csv", csv_of(rows(0, 10))),
+    ]
+    result = process_unit(make_plan(sql="SELECT * FROM input"), landing.unit(files))
+    assert [q["kind"] for q in result["quarantined"]] == ["schema"]
+    assert "column 'dep_delay'" in result["quarantined"][0]["error"]
+    assert result["quarantined"][0]["row"] == 199_960
+    assert [f["rows_in"] for f in result["files"]] == [30_000, 10]
+    prefix = unit_prefix("b-42", 3)
+    assert {Path(p).name.rsplit("-", 1)[0] for p in landing.parquet_files()} == {
+        f"{prefix}-f0000",
+        f"{prefix}-s0",
+    }
+    assert landing.table().num_rows == 30_010
+    assert removed[0] == []  # the unit's earlier outputs: none
+    assert removed[1] and all(f"{prefix}-f0001-" in p for p in removed[1])
+
+
+def test_transform_error_fails_the_unit(landing: Landing) -> None:
+    files = [landing.file("a.csv", csv_of(rows(0, 10)))]
+    with pytest.raises(TransformError, match="sql failed"):
+        process_unit(make_plan(sql="SELECT nope FROM input"), landing.unit(files))
+    with pytest.raises(TransformError, match="cannot import"):
+        process_unit(make_plan(transform="tests._nowhere:fn"), landing.unit(files))
+    with pytest.raises(TransformError, match="partition column"):
+        process_unit(make_plan(partition_by=["day"]), landing.unit(files))
+    with pytest.raises(TransformError, match="unknown column type 'integer'"):
+        process_unit(make_plan(schema={"year": "integer"}), landing.unit(files))
+    with pytest.raises(TransformError, match="unknown format 'xml'"):
+        process_unit(make_plan(format="xml"), landing.unit(files))
+
+
+def test_threads_are_restored(landing: Landing) -> None:
+    before = (pa.cpu_count(), pa.io_thread_count())
+    process_unit(make_plan(threads=1), landing.unit([landing.file("a.csv", csv_of(rows(0, 5)))]))
+    assert (pa.cpu_count(), pa.io_thread_count()) == before
+
+
+def test_unit_prefix() -> None:
+    assert unit_prefix("b42", 7) == "part-b42-u00007"
+    odd = unit_prefix("2024-01-01/run 1", 7)
+    assert odd.startswith("part-2024_01_01_run_1_") and odd.endswith("-u00007")
+    assert unit_prefix("a-b", 1) != unit_prefix("a_b", 1)
