@@ -54,32 +54,20 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Trigger a run exactly as beat does; with --wait, follow it to its end."""
-    from celeray.celeryconfig import IO_QUEUE, TASK_NAMES, make_client
+    from celeray.celeryconfig import make_client
     from celeray.pipelines import get_pipeline, load_pipelines
-    from celeray.runs import new_run_id, reserve_run
+    from celeray.runs import trigger_run
 
     get_pipeline(load_pipelines(settings.pipelines), args.name)
     store = _store(settings)
     client = make_client(settings)
-    run_id = new_run_id()
     try:
-        reserve_run(store, args.name, run_id, trigger="cli")
+        run_id = trigger_run(args.name, store, client, trigger="cli")
     except RunActiveError as exc:
         console.print(f"{args.name} is already running as run {exc.run_id}")
         if not args.wait:
             return EXIT_BUSY
         return _follow(client, store, exc.run_id, args.timeout)
-    try:
-        client.send_task(
-            TASK_NAMES["start_run"],
-            args=[args.name],
-            kwargs={"trigger": "cli"},
-            task_id=run_id,
-            queue=IO_QUEUE,
-        )
-    except Exception:
-        store.release(args.name, run_id)
-        raise
     console.print(f"run {run_id} of {args.name} queued")
     if not args.wait:
         return 0

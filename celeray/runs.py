@@ -33,6 +33,7 @@ __all__ = [
     "progress_of",
     "reserve_run",
     "staged_job",
+    "trigger_run",
     "summary_of",
 ]
 
@@ -67,6 +68,30 @@ def reserve_run(store: RunStore, pipeline: str, run_id: str, trigger: str) -> No
     if holder != run_id:
         raise RunActiveError(pipeline, holder)
     store.create(run_id, pipeline, trigger=trigger)
+
+
+def trigger_run(pipeline: str, store: RunStore, client: Any, *, trigger: str) -> str:
+    """Reserve and send a run of ``pipeline`` (the task beat sends); return its run id.
+
+    Raises RunActiveError, naming the running run, when the pipeline is busy. If sending
+    fails the reservation is dropped, so a broker outage leaves no stale lock behind.
+    """
+    from celeray.celeryconfig import IO_QUEUE, TASK_NAMES
+
+    run_id = new_run_id()
+    reserve_run(store, pipeline, run_id, trigger=trigger)
+    try:
+        client.send_task(
+            TASK_NAMES["start_run"],
+            args=[pipeline],
+            kwargs={"trigger": trigger},
+            task_id=run_id,
+            queue=IO_QUEUE,
+        )
+    except Exception:
+        store.release(pipeline, run_id)
+        raise
+    return run_id
 
 
 def _job_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def test_corrupt_files_are_quarantined_and_the_rest_committed(
     (landing / "broken-000.csv.zst").write_bytes(os.urandom(2048))
     truncated = gzip.compress(flights_df.iloc[:5000].to_csv(index=False).encode())
     (landing / "broken-001.csv.gz").write_bytes(truncated[: len(truncated) // 2])
-    _pipeline(stack, "corrupt", landing, sink, batch_bytes='"64MiB"')
+    _pipeline(stack, "corrupt", landing, sink, batch_bytes="64MiB")
 
     run = stack.celeray("run", "corrupt", "--wait")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -145,7 +145,7 @@ def test_sigkill_of_io_child_and_ray_worker_loses_nothing(
 ):
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df, landing, 24)
-    _pipeline(stack, "killed", landing, sink, batch_bytes='"1MiB"')
+    _pipeline(stack, "killed", landing, sink, batch_bytes="1MiB")
     run = stack.celeray("run", "killed")
     assert run.returncode == 0, run.stderr
     run_id = run.stdout.split("run ", 1)[1].split()[0]
@@ -164,25 +164,38 @@ def test_sigkill_of_io_child_and_ray_worker_loses_nothing(
 
 
 def test_ten_concurrent_triggers_start_one_run(stack: Stack, flights_df, tmp_path: Path):
+    from celeray.errors import RunActiveError
+    from celeray.runs import trigger_run
+
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df.iloc[:60_000], landing, 8)
     _pipeline(stack, "busy", landing, sink)
-    outs: list = [None] * 10
+    gate = threading.Barrier(10)
+    outcomes: list = [None] * 10
 
-    def trigger(i: int) -> None:
-        outs[i] = stack.celeray("run", "busy")
+    def trigger(i: int) -> None:  # what `celeray run busy` and the API do
+        gate.wait()
+        try:
+            outcomes[i] = ("started", trigger_run("busy", stack.store, stack.client, trigger="t"))
+        except RunActiveError as exc:
+            outcomes[i] = ("busy", exc.run_id)
 
     threads = [threading.Thread(target=trigger, args=(i,)) for i in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    started = [o for o in outs if o.returncode == 0]
-    busy = [o for o in outs if o.returncode == 3]
-    assert len(started) == 1 and len(busy) == 9, [(o.returncode, o.stdout) for o in outs]
-    run_id = started[0].stdout.split("run ", 1)[1].split()[0]
-    assert all(run_id in o.stdout for o in busy)
-    assert stack.wait_run(run_id).state == "SUCCESS"
+    started = [run for kind, run in outcomes if kind == "started"]
+    assert len(started) == 1, outcomes
+    assert all(run == started[0] for _, run in outcomes)
+    assert stack.wait_run(started[0]).state == "SUCCESS"
+    # While a run holds the lock, the CLI names it and exits 3 instead of starting another.
+    assert stack.store.acquire("busy", "run-in-progress") == "run-in-progress"
+    try:
+        busy = stack.celeray("run", "busy")
+    finally:
+        stack.store.release("busy", "run-in-progress")
+    assert busy.returncode == 3 and "run-in-progress" in busy.stdout, busy.stdout + busy.stderr
 
     # Beat-style triggers send the task without reserving: still only one does the work.
     ids = [stack.client.send_task("tasks.start_run", args=["busy"]).id for _ in range(10)]
