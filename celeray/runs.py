@@ -33,8 +33,8 @@ __all__ = [
     "progress_of",
     "reserve_run",
     "staged_job",
-    "trigger_run",
     "summary_of",
+    "trigger_run",
 ]
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})

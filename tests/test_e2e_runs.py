@@ -125,9 +125,10 @@ def test_corrupt_files_are_quarantined_and_the_rest_committed(
     assert (s2["files_committed"], s2["files_quarantined"], s2["files_skipped"]) == (0, 0, 6)
 
 
-def _kill_when_active(stack: Stack, worker_name: str, task: str, which: str) -> int:
-    """SIGKILL the process running ``task`` on ``worker_name``: its pool child or its main."""
-    inspect = stack.client.control.inspect([worker_name], timeout=0.5)
+def _kill_when_active(stack: Stack, worker_name: str, task: str) -> int:
+    """SIGKILL the process running ``task`` on ``worker_name`` (a pool child, or the main
+    process of a threads pool) and return its pid."""
+    inspect = stack.client.control.inspect([worker_name], timeout=0.5, limit=1)
 
     def running() -> int | None:
         for info in (inspect.active() or {}).get(worker_name, []):
@@ -150,12 +151,15 @@ def test_sigkill_of_io_child_and_ray_worker_loses_nothing(
     assert run.returncode == 0, run.stderr
     run_id = run.stdout.split("run ", 1)[1].split()[0]
 
-    killed_child = _kill_when_active(stack, stack.io.name, "tasks.commit_batch", "child")
-    assert stack.io.proc.alive() and killed_child != stack.io.proc.pid
+    # The ray worker first: its transforms take long enough to be caught, and the run cannot
+    # finish without it. Its unacked message comes back after the visibility timeout.
     ray_pid = stack.rayw.proc.pid
-    assert _kill_when_active(stack, stack.rayw.name, "tasks.transform_batch", "main") == ray_pid
+    assert _kill_when_active(stack, stack.rayw.name, "tasks.transform_batch") == ray_pid
     stack.rayw.proc.popen.wait(10)
     stack.rayw = stack.start_worker("ray", suffix="b")  # what supervisor would do
+    # Then a prefork child of the io worker in the middle of a commit; the pool replaces it.
+    killed_child = _kill_when_active(stack, stack.io.name, "tasks.commit_batch")
+    assert stack.io.proc.alive() and killed_child != stack.io.proc.pid
 
     result = stack.wait_run(run_id, timeout=240)
     assert result.state == "SUCCESS", result.result
