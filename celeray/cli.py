@@ -114,7 +114,8 @@ def _follow(client: Any, store: Any, run_id: str, timeout: float | None) -> int:
             time.sleep(0.3)
         if state == "SUCCESS" and isinstance(result.result, dict):
             total = result.result.get("files_total") or 0
-            bar.update(task, total=total or 1, completed=total or 1)
+            rows = f"{result.result.get('rows_out', 0):,}"
+            bar.update(task, total=total or 1, completed=total or 1, rows=rows)
     record = store.get(run_id) or {}
     if state == "SUCCESS":
         summary = result.result if isinstance(result.result, dict) else {}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from pathlib import Path
 
 from celeray.errors import RayUnavailableError
 from celeray.settings import get_settings
@@ -24,31 +22,14 @@ def _in_prefork_child() -> bool:
     return current_process().name.startswith("ForkPoolWorker")
 
 
-def _token_available() -> bool:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    return os.path.isfile(path)
-
-
-def _match_ray_start_auth() -> None:
-    """Use token auth when a token exists, as ``ray start --head`` does on this machine.
-
-    Ray turns token auth on for a head when it finds a token (``RAY_AUTH_TOKEN``,
-    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, but a
-    driver given an explicit address does not; without this the driver is refused.
-    An explicit ``RAY_AUTH_MODE`` always wins.
-    """
-    if "RAY_AUTH_MODE" not in os.environ and _token_available():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def ensure_ray() -> None:
     """Connect this process to the configured Ray cluster once; later calls return at once.
 
     Refuses inside a prefork child (ray#31157): the ``ray`` queue's worker runs a threads
     pool. Connects to the explicit ``host:port`` from settings, never ``auto``, so a second
-    Ray on the same machine cannot be picked by mistake.
+    Ray on the same machine cannot be picked by mistake. Token auth follows Ray's own
+    variables (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``),
+    which must match the head's.
     """
     import ray
 
@@ -63,7 +44,6 @@ def ensure_ray() -> None:
                 "with '-P threads'"
             )
         address = get_settings().effective_ray_address
-        _match_ray_start_auth()
         try:
             ray.init(
                 address=address,

@@ -20,6 +20,7 @@ from celeray import runs
 from celeray.errors import (
     CelerayError,
     LockLostError,
+    RayUnavailableError,
     RunFailedError,
     TransientIOError,
 )
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # Worth retrying with backoff; everything else is a real failure of the batch.
 TRANSIENT = (
     TransientIOError,
+    RayUnavailableError,  # the head restarting (supervisor brings it back)
     ConnectionError,
     TimeoutError,
     redis.exceptions.ConnectionError,
@@ -163,7 +165,6 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Drive Ray over the batch's files, reporting progress as Ray tasks finish."""
     from ray_jobs.dispatcher import run_units
     from ray_jobs.units import plan_units
-
     from tasks._ray import ensure_ray
 
     settings = get_settings()
