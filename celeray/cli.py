@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -182,6 +183,83 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _print_stack(settings: Settings, info: Any) -> None:
+    from celeray import credentials
+
+    table = Table(title=f"celeray stack in {info.home}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("API", f"{info.api_url}/api/v1  (Authorization: Bearer <token>)")
+    table.add_row("API token", credentials.api_token(settings))
+    table.add_row("Flower", f"{info.flower_url}  user {settings.flower_user}, password "
+                  f"{credentials.flower_password(settings)}")
+    table.add_row("Ray", info.ray_address)
+    table.add_row("Redis", "started under supervisor" if info.redis_supervised
+                  else "the one already running")
+    table.add_row("logs", str(info.logs))
+    console.print(table)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    """Start the whole stack under supervisord and wait until it is healthy."""
+    from celeray import stack
+
+    with console.status("starting the stack (Ray head, workers, beat, Flower, API)..."):
+        info = stack.up(settings)
+    _print_stack(settings, info)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Show each supervised program and the API's health answer."""
+    from celeray import stack
+
+    states, code, body = stack.status(settings)
+    if not states:
+        console.print(f"no stack is running for {settings.home.resolve()}")
+        return EXIT_FAILED
+    table = Table("program", "state")
+    for name, state in sorted(states.items()):
+        table.add_row(name, state)
+    console.print(table)
+    console.print(f"health: {code or 'no answer'}")
+    console.print_json(json.dumps(body))
+    return 0 if code == 200 else EXIT_FAILED
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    """Stop the stack gracefully; workers finish or hand back their tasks."""
+    from celeray import stack
+
+    with console.status("stopping the stack..."):
+        stopped = stack.down(settings)
+    console.print("stopped" if stopped else f"no stack was running for {settings.home.resolve()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Demo workspace, stack up, a run through the HTTP API, and where everything is."""
+    from celeray import credentials
+    from celeray.demo import run_demo
+
+    workdir = Path(args.dir).resolve()
+    doc = run_demo(settings, workdir, console)
+    if doc.get("state") != "SUCCESS":
+        err.print(f"[red]the demo run failed[/red]: {doc.get('error')}", highlight=False)
+        return EXIT_FAILED
+    _print_summary(doc["result"])
+    lake = workdir / "lake" / "flights"
+    console.print(f"Parquet (zstd) is in {lake}; read it with DuckDB:")
+    console.print(f"  SELECT count(*) FROM read_parquet('{lake}/*/*/*.parquet', "
+                  "hive_partitioning=true);", highlight=False, markup=False)
+    console.print(f"Flower:    http://127.0.0.1:{settings.flower_port}  user "
+                  f"{settings.flower_user}, password {credentials.flower_password(settings)}")
+    console.print(f"API:       http://127.0.0.1:{settings.api_port}/api/v1  token "
+                  f"{credentials.api_token(settings)}")
+    console.print("The stack stays up: `celeray status`, `celeray down` to stop it.")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="celeray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -197,6 +275,15 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("name", nargs="?")
     ls.add_argument("--limit", type=int, default=10)
     ls.set_defaults(func=cmd_runs)
+    d = sub.add_parser("demo", help="lay out a demo, start the stack, run it over HTTP")
+    d.add_argument("--dir", default="celeray-demo", help="demo workspace (default ./celeray-demo)")
+    d.set_defaults(func=cmd_demo)
+    for name, func, text in (
+        ("up", cmd_up, "start the whole stack under supervisor"),
+        ("status", cmd_status, "show the stack's programs and health"),
+        ("down", cmd_down, "stop the stack"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(func=func)
     return p
 
 

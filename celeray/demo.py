@@ -8,7 +8,7 @@ from typing import Any
 
 import zstandard
 
-__all__ = ["KINDS", "make_workspace", "write_landing"]
+__all__ = ["KINDS", "make_workspace", "run_demo", "write_landing"]
 
 KINDS = (".csv", ".csv.zst", ".csv.gz", ".jsonl")
 DEMO_PARTS = 24  # enough files that both Ray CPUs stay busy and batches form
@@ -61,3 +61,60 @@ def make_workspace(root: Path, parts: int = DEMO_PARTS) -> Path:
         _PIPELINES.format(landing=(root / "landing").as_uri(), lake=(root / "lake").as_uri())
     )
     return pipelines
+
+
+def _call(method: str, url: str, token: str) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, method=method, headers={"Authorization": f"Bearer {token}"}, data=b"" if
+        method == "POST" else None,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def run_demo(settings: Any, workdir: Path, console: Any) -> dict[str, Any]:
+    """Lay out the workspace, bring the stack up, trigger a run over HTTP and follow it.
+
+    Returns the final run document of the API. The stack stays up for the user.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from celeray import credentials, stack
+
+    pipelines = make_workspace(workdir)
+    settings = settings.model_copy(update={"pipelines": pipelines})
+    states, _, _ = stack.status(settings)
+    if states:
+        console.print(f"a stack is already running for {settings.home.resolve()}; using it")
+        api_url = f"http://127.0.0.1:{settings.api_port}"
+    else:
+        with console.status("starting the stack (Ray head, workers, beat, Flower, API)..."):
+            api_url = stack.up(settings).api_url
+    token = credentials.api_token(settings)
+    code, body = _call("POST", f"{api_url}/api/v1/pipelines/flights/runs", token)
+    if code not in (202, 409):
+        raise stack.StackError(f"the API refused the run: {code} {body}")
+    run_id = body["run_id"]
+    console.print(f"run {run_id} triggered through POST {api_url}/api/v1/pipelines/flights/runs")
+    columns = (TextColumn("flights"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("files  {task.fields[rows]} rows"))
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("run", total=None, rows="0")
+        while True:
+            code, doc = _call("GET", f"{api_url}/api/v1/runs/{run_id}", token)
+            progress = doc.get("progress") or {}
+            bar.update(task, total=progress.get("files_total") or None,
+                       completed=progress.get("files_done", 0),
+                       rows=f"{progress.get('rows_out', 0):,}")
+            if doc.get("state") in ("SUCCESS", "FAILURE"):
+                return doc
+            time.sleep(0.3)

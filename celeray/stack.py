@@ -1,0 +1,251 @@
+"""The whole stack under supervisord: ``celeray up``, ``status`` and ``down``.
+
+``up`` fills the environment that ``supervisor/supervisord.conf`` expands, starts
+supervisord for ``$CELERAY_HOME``, and waits until every program runs and the API answers.
+Everything it starts lives under supervisord's pid, which ``down`` stops and waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from celeray.errors import CelerayError
+from celeray.settings import Settings
+
+__all__ = ["StackError", "StackInfo", "down", "program_states", "status", "up"]
+
+CONF = Path(__file__).resolve().parent.parent / "supervisor" / "supervisord.conf"
+START_TIMEOUT = 120.0  # a cold Ray head takes ~10 s; first imports of Ray/pyarrow add more
+STOP_MARGIN = 60  # supervisord's own wait beyond the workers' stopwaitsecs
+
+
+class StackError(CelerayError):
+    """The stack could not be started, queried or stopped; the message says which part."""
+
+
+@dataclass
+class StackInfo:
+    """What ``up`` started: addresses and where the logs are."""
+
+    home: Path
+    api_url: str
+    flower_url: str
+    ray_address: str
+    redis_supervised: bool
+    logs: Path
+
+
+def _bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _local_redis_port(url: str) -> int | None:
+    """The port of a Redis URL on this machine, or None when it names another host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return parts.port or 6379
+
+
+def _pid(home: Path) -> int | None:
+    try:
+        pid = int((home / "supervisord.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackInfo]:
+    from celeray import credentials
+
+    redis_port = _local_redis_port(settings.broker_url)
+    supervise_redis = redis_port is not None and not _answers("127.0.0.1", redis_port)
+    ray_temp = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # unix sockets: keep the path short
+    env = dict(os.environ)
+    env.update(
+        {
+            "CELERAY_HOME": str(home),
+            "CELERAY_PIPELINES": str(settings.pipelines.resolve()),
+            "CELERAY_BIN": str(_bin()),
+            "CELERAY_STACK_ID": home.name.strip(".") + f"-{settings.api_port}",
+            "CELERAY_REDIS_PORT": str(redis_port or 6379),
+            "CELERAY_SUPERVISE_REDIS": "true" if supervise_redis else "false",
+            "CELERAY_RAY_ADDRESS": settings.effective_ray_address,
+            "CELERAY_RAY_TEMP_DIR": ray_temp,
+            "CELERAY_IO_CONCURRENCY": str(max(2, os.cpu_count() or 2)),
+            "CELERAY_RAY_CONCURRENCY": "2",
+            "CELERAY_STOP_WAIT": str(settings.task_time_limit + 30),
+            "CELERAY_API_ADDRESS": "127.0.0.1",
+            "CELERAY_API_PORT": str(settings.api_port),
+            "CELERAY_FLOWER_ADDRESS": "127.0.0.1",
+            "CELERAY_FLOWER_PORT": str(settings.flower_port),
+            "CELERAY_FLOWER_BASIC_AUTH": (
+                f"{settings.flower_user}:{credentials.flower_password(settings)}"
+            ),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(credentials.ray_auth_token_path(settings)),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
+    env["CELERAY_RAY_PORT"] = env["CELERAY_RAY_ADDRESS"].rsplit(":", 1)[1]
+    for name in ("DASHBOARD", "AGENT", "AGENT_GRPC", "RUNTIME_ENV", "METRICS", "CLIENT"):
+        env[f"CELERAY_RAY_{name}_PORT"] = str(_free_port())
+    info = StackInfo(
+        home=home,
+        api_url=f"http://127.0.0.1:{settings.api_port}",
+        flower_url=f"http://127.0.0.1:{settings.flower_port}",
+        ray_address=settings.effective_ray_address,
+        redis_supervised=supervise_redis,
+        logs=home / "logs",
+    )
+    return env, info
+
+
+def _ctl(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(_bin() / "supervisorctl"), "-c", str(CONF), *args],
+        env={**os.environ, **_stack_env(home), "CELERAY_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=STOP_MARGIN,
+    )
+
+
+def _stack_env(home: Path) -> dict[str, str]:
+    """The environment ``up`` started the stack with (supervisorctl expands it too)."""
+    try:
+        return dict(json.loads((home / "stack-env.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def program_states(home: Path) -> dict[str, str]:
+    """Each supervised program and its state (RUNNING, STARTING, BACKOFF, ...)."""
+    out = _ctl(home, "status")
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isupper():
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _health(api_url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{api_url}/api/v1/health", timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError) as exc:
+        return 0, {"error": str(exc)}
+
+
+def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
+    """Start the stack for ``settings.home`` and wait until it is healthy."""
+    home = settings.home.resolve()
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    if _pid(home) is not None:
+        raise StackError(f"a stack is already running for {home} (celeray status / down)")
+    if not settings.pipelines.exists():
+        raise StackError(
+            f"no pipeline file at {settings.pipelines.resolve()}; set CELERAY_PIPELINES "
+            "or run `celeray demo`"
+        )
+    for port, what in ((settings.api_port, "CELERAY_API_PORT"),
+                       (settings.flower_port, "CELERAY_FLOWER_PORT")):
+        if _answers("127.0.0.1", port):
+            raise StackError(f"port {port} ({what}) is taken; choose another")
+    env, info = _environment(settings, home)
+    expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
+    (home / "stack-env.json").write_text(json.dumps(expanded))
+    (home / "stack-env.json").chmod(0o600)
+    started = subprocess.run(
+        [str(_bin() / "supervisord"), "-c", str(CONF)],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    if started.returncode != 0:
+        raise StackError(f"supervisord did not start: {started.stderr or started.stdout}")
+    deadline = time.monotonic() + timeout
+    wanted = {"ray-head", "worker-io", "worker-ray", "beat", "flower", "api"}
+    if info.redis_supervised:
+        wanted.add("redis")
+    code = 0
+    while time.monotonic() < deadline:
+        states = program_states(home)
+        failed = {p: s for p, s in states.items() if s in ("FATAL", "BACKOFF")}
+        if failed:
+            raise StackError(f"programs failed to start: {failed}; see {info.logs}")
+        if all(states.get(p) == "RUNNING" for p in wanted):
+            code, _ = _health(info.api_url)
+            if code == 200:
+                return info
+        time.sleep(0.5)
+    _, body = _health(info.api_url)
+    raise StackError(
+        f"the stack did not become healthy within {timeout:.0f}s (last health {code}: "
+        f"{json.dumps(body)[:500]}); see {info.logs}"
+    )
+
+
+def status(settings: Settings) -> tuple[dict[str, str], int, dict[str, Any]]:
+    """Program states and the API's health answer (status code, body)."""
+    home = settings.home.resolve()
+    if _pid(home) is None:
+        return {}, 0, {}
+    code, body = _health(f"http://127.0.0.1:{settings.api_port}")
+    return program_states(home), code, body
+
+
+def down(settings: Settings) -> bool:
+    """Stop the stack gracefully and wait for supervisord to exit; False if none ran."""
+    home = settings.home.resolve()
+    pid = _pid(home)
+    if pid is None:
+        return False
+    _ctl(home, "shutdown")
+    deadline = time.monotonic() + settings.task_time_limit + STOP_MARGIN
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise StackError(f"supervisord (pid {pid}) is still running after shutdown")
+    ray_temp = _stack_env(home).get("CELERAY_RAY_TEMP_DIR")
+    if ray_temp and ray_temp.startswith("/tmp/cr"):
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    return True
