@@ -1,0 +1,29 @@
+# One image for every celeray service (see docker-compose.yml); each service picks its
+# command. The same commands run under supervisor on one machine (supervisor/supervisord.conf).
+FROM python:3.11-slim
+
+# Ray's wheels need no compiler; curl only serves the health checks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends curl \
+ && rm -rf /var/lib/apt/lists/*
+
+# An unprivileged user: Celery warns against root, and nothing here needs it.
+RUN useradd --create-home --uid 1000 celeray
+WORKDIR /opt/celeray
+
+# Dependencies first, so code changes do not reinstall them.
+COPY pyproject.toml README.md ./
+COPY celeray/ celeray/
+COPY tasks/ tasks/
+COPY ray_jobs/ ray_jobs/
+COPY beat_schedule.py ./
+COPY supervisor/ supervisor/
+RUN pip install --no-cache-dir .
+
+USER celeray
+# State (beat schedule, staging, generated credentials) on a volume of its own.
+ENV CELERAY_HOME=/var/lib/celeray \
+    CELERAY_PIPELINES=/etc/celeray/pipelines.toml \
+    RAY_USAGE_STATS_ENABLED=0 \
+    PYTHONUNBUFFERED=1
+CMD ["celeray", "validate"]
