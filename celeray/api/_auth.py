@@ -1,0 +1,53 @@
+"""Bearer-token authentication of every route that is not marked :func:`public`."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Flask, current_app, request
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Unauthorized
+
+__all__ = ["check_auth", "public", "set_token"]
+
+_TOKEN = "celeray.api_token"  # app.extensions key; kept out of app.config, which gets dumped
+_PUBLIC = "_celeray_public"
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def public(view: F) -> F:
+    """Mark ``view`` as answering without a token."""
+    setattr(view, _PUBLIC, True)
+    return view
+
+
+def set_token(app: Flask, token: str) -> None:
+    """Make ``token`` the one bearer token ``app`` accepts."""
+    if not token:
+        raise ValueError("the API token must not be empty")
+    app.extensions[_TOKEN] = token.encode()
+
+
+def _refuse(description: str, **params: str) -> Unauthorized:
+    challenge = WWWAuthenticate("Bearer", {"realm": "celeray", **params})
+    return Unauthorized(description, www_authenticate=challenge)
+
+
+def check_auth() -> None:
+    """Refuse the request with 401 unless it may pass; a ``before_request`` hook.
+
+    Unknown routes and wrong methods pass through, to be answered 404/405. The token is
+    compared in constant time (``hmac.compare_digest``).
+    """
+    if request.url_rule is None or request.endpoint is None:
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    if view is not None and getattr(view, _PUBLIC, False):
+        return
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise _refuse("missing bearer token: send Authorization: Bearer <token>")
+    if not hmac.compare_digest(given.strip().encode(), current_app.extensions[_TOKEN]):
+        raise _refuse("invalid bearer token", error="invalid_token")

@@ -1,0 +1,143 @@
+"""The API process's connections, made once on first use and kept on the Flask app.
+
+Every connection gets short timeouts: a request must answer (503) while Redis is down, not
+hang until the WSGI server kills its worker. Nothing here connects at import or in
+``create_app``, so ``gunicorn --preload`` forks before any socket exists.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import current_app
+
+from celeray.errors import PipelineFileError
+from celeray.pipelines import Pipeline, load_pipelines
+from celeray.runstate import RunStore
+from celeray.settings import Settings
+
+__all__ = ["EXTENSION", "Connections", "conns"]
+
+EXTENSION = "celeray"
+CONNECT_TIMEOUT = 2.0  # seconds to open a socket to Redis; a local one takes microseconds
+SOCKET_TIMEOUT = 5.0  # seconds one Redis command may take before the request gives up
+PING_TIMEOUT = 1.0  # the health check's pings and the metrics' LLENs
+# The API's own Celery client: give up publishing after about a second, not Celery's
+# default of retrying for as long as the broker stays away.
+_CLIENT_CONF: dict[str, Any] = {
+    "broker_connection_timeout": CONNECT_TIMEOUT,
+    "broker_connection_max_retries": 1,
+    "task_publish_retry_policy": {
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    },
+    "redis_socket_connect_timeout": CONNECT_TIMEOUT,
+    "redis_socket_timeout": SOCKET_TIMEOUT,
+}
+
+
+class Connections:
+    """The RunStore, the Celery client and Redis clients of one API process.
+
+    ``store`` and ``client`` may be given (tests); otherwise they are made from ``settings``
+    on first use. All members are safe to share between the request threads.
+    """
+
+    def __init__(self, settings: Settings, *, store: RunStore | None, client: Any) -> None:
+        self.settings = settings
+        self._store = store
+        self._client = client
+        self._redis: dict[str, redis.Redis] = {}
+        self._pipelines: tuple[tuple[int, ...], dict[str, Pipeline] | PipelineFileError] | None
+        self._pipelines = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> RunStore:
+        """Run locks and records, on ``settings.effective_state_url``."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    r = redis.Redis.from_url(
+                        self.settings.effective_state_url,
+                        decode_responses=True,
+                        socket_connect_timeout=CONNECT_TIMEOUT,
+                        socket_timeout=SOCKET_TIMEOUT,
+                        health_check_interval=30,
+                    )
+                    self._store = RunStore(
+                        r,
+                        lock_ttl=self.settings.run_lock_ttl,
+                        record_ttl=self.settings.result_expires,
+                    )
+        return self._store
+
+    @property
+    def client(self) -> Any:
+        """The Celery client that sends tasks by name and reads results."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from celeray.celeryconfig import make_client
+
+                    client = make_client(self.settings)
+                    transport = dict(client.conf.broker_transport_options or {})
+                    transport.update(
+                        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+                    )
+                    client.conf.update(_CLIENT_CONF, broker_transport_options=transport)
+                    self._client = client
+        return self._client
+
+    def quick_redis(self, url: str) -> redis.Redis:
+        """A client of the Redis at ``url`` whose every call gives up within about a second."""
+        with self._lock:
+            if url not in self._redis:
+                self._redis[url] = redis.Redis.from_url(
+                    url,
+                    socket_connect_timeout=PING_TIMEOUT,
+                    socket_timeout=PING_TIMEOUT,
+                    retry_on_timeout=False,
+                )
+            return self._redis[url]
+
+    def pipelines(self) -> dict[str, Pipeline]:
+        """The pipeline file as it is now; raises PipelineFileError listing its problems.
+
+        The file is parsed again whenever its size, times or inode change, so an edit is
+        seen by the next request without parsing (and starting DuckDB) on every one.
+        """
+        path = self.settings.pipelines
+        signature = _signature(path)
+        cached = self._pipelines
+        if signature is None or cached is None or cached[0] != signature:
+            try:
+                found: dict[str, Pipeline] | PipelineFileError = load_pipelines(path)
+            except PipelineFileError as exc:
+                found = exc
+            cached = (signature or (), found)
+            if signature is not None:
+                self._pipelines = cached
+        if isinstance(cached[1], PipelineFileError):
+            raise PipelineFileError(cached[1].path, cached[1].issues)  # a fresh traceback
+        return cached[1]
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def conns() -> Connections:
+    """The connections of the app handling the current request."""
+    found: Connections = current_app.extensions[EXTENSION]
+    return found

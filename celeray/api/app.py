@@ -1,0 +1,90 @@
+"""The Flask app factory: ``gunicorn "celeray.api:create_app()"``.
+
+One app per process. Its connections are made lazily on first use and kept on the app
+(``app.extensions``), so forking servers fork before any socket exists. Every route but
+health and the OpenAPI document needs ``Authorization: Bearer <token>``; every answer,
+errors included, is JSON (``/metrics`` is Prometheus text); request bodies over
+:data:`MAX_BODY_BYTES` are refused with 413, chunked ones too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import quote
+
+import psutil
+from flask import Flask, Response, g, request
+from flask.json.provider import DefaultJSONProvider
+
+from celeray import credentials
+from celeray.api import health, metrics, openapi, pipelines, runs
+from celeray.api._auth import check_auth, set_token
+from celeray.api._connections import EXTENSION, Connections
+from celeray.api._errors import register_errors
+from celeray.runstate import RunStore
+from celeray.settings import Settings, get_settings
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 64 * 1024  # no route takes a body; this bounds what a client can push
+access_log = logging.getLogger("celeray.api.access")
+
+
+def _start_clock() -> None:
+    g.celeray_started = time.perf_counter()
+
+
+def _read_body() -> None:
+    """Read (and drop) the body, so MAX_CONTENT_LENGTH is enforced even when no view reads
+    it; werkzeug raises 413 on a Content-Length over the limit or on a longer stream."""
+    if request.url_rule is not None:
+        request.get_data(cache=False)
+
+
+def _log_request(response: Response) -> Response:
+    started = g.get("celeray_started")
+    ms = (time.perf_counter() - started) * 1000 if started is not None else -1.0
+    path = quote(request.path, safe="/:@!$&'()*+,;=-._~")  # no control chars into the log
+    access_log.info("%s %s %d %.1fms", request.method, path, response.status_code, ms)
+    return response
+
+
+def _default_logging() -> None:
+    """Log INFO to stderr when nothing configured logging (as under gunicorn)."""
+    ours = logging.getLogger("celeray")
+    if logging.getLogger().handlers or ours.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+
+
+def create_app(
+    settings: Settings | None = None, *, store: RunStore | None = None, client: object = None
+) -> Flask:
+    """The celeray HTTP API for ``settings`` (default: from the environment).
+
+    ``store`` (a RunStore) and ``client`` (a Celery app from ``make_client``) replace the
+    connections the app would make itself. The API token is read (or generated) here, so
+    an unusable ``CELERAY_HOME`` stops the server at start, not at its first request.
+    """
+    settings = settings or get_settings()
+    _default_logging()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # fields in the order the docs list them
+    app.extensions[EXTENSION] = Connections(settings, store=store, client=client)
+    set_token(app, credentials.api_token(settings))
+    app.before_request(_start_clock)
+    app.before_request(check_auth)
+    app.before_request(_read_body)
+    app.after_request(_log_request)
+    register_errors(app)
+    for module in (runs, pipelines, health, metrics, openapi):
+        app.register_blueprint(module.bp)
+    psutil.cpu_percent(interval=None)  # starts the interval the health check's figure covers
+    return app

@@ -1,0 +1,46 @@
+"""``GET /api/v1/pipelines``: each pipeline of the file, its schedule and its last run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from celeray.api._connections import conns
+from celeray.api._runview import load_run
+from celeray.pipelines import Pipeline
+
+__all__ = ["bp", "describe"]
+
+bp = Blueprint("pipelines", __name__)
+
+
+def describe(pipeline: Pipeline, last_run: dict[str, Any] | None) -> dict[str, Any]:
+    """The public face of one pipeline; ``schedule`` is a cron string, seconds, or null."""
+    schedule = pipeline.schedule
+    if isinstance(schedule, float) and schedule.is_integer():
+        schedule = int(schedule)
+    return {
+        "name": pipeline.name,
+        "schedule": schedule,
+        "source": pipeline.source,
+        "sink": pipeline.sink,
+        "format": pipeline.format,
+        "last_run": last_run,
+    }
+
+
+@bp.get("/api/v1/pipelines")
+def list_pipelines() -> Response:
+    """Every pipeline in file order, each with its most recent run (or null)."""
+    c = conns()
+    found = []
+    for name, pipeline in c.pipelines().items():
+        last = None
+        for run_id in c.store.recent(name, 1):
+            view = load_run(run_id, c.store, c.client)
+            if view is not None:
+                last = {k: view[k] for k in ("run_id", "state", "created_at", "finished_at")}
+                last["rows_out"] = view["progress"]["rows_out"]
+        found.append(describe(pipeline, last))
+    return jsonify({"pipelines": found})
