@@ -96,7 +96,9 @@ class Up:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Up, subprocess.CompletedProcess[str]]]:
+def demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Up, subprocess.CompletedProcess[str]]]:
     up = Up(tmp_path_factory.mktemp("up"))
     result = up.celeray("demo", "--dir", str(up.root / "demo"), timeout=600)
     try:
@@ -170,6 +172,32 @@ def test_supervisor_restarts_a_killed_io_worker(demo, flights_df) -> None:
     assert wait_for(finished, 180, f"run {run_id}")["state"] == "SUCCESS"
 
 
+def test_property_based_requests_never_get_a_500(demo) -> None:
+    """schemathesis generates requests from the shipped OpenAPI document (seeded)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    up, _ = demo
+    doc = Path(__file__).resolve().parent.parent / "celeray" / "api" / "openapi.json"
+    schema = schemathesis.openapi.from_path(doc)
+    checked = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def no_server_error(case: Any) -> None:
+            for headers in ({"Authorization": f"Bearer {up.token}"}, {}):
+                response = case.call(base_url=up.api, headers=headers, timeout=30)
+                assert response.status_code < 500, (case.method, case.formatted_path,
+                                                     response.status_code, response.text)
+
+        no_server_error()
+        checked += 1
+    assert checked >= 5
+
+
 def test_down_leaves_no_process_alive(demo) -> None:
     up, _ = demo
     root = psutil.Process(up.supervisord_pid())
@@ -179,3 +207,25 @@ def test_down_leaves_no_process_alive(demo) -> None:
     assert result.returncode == 0, result.stderr
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     assert alive == [], [psutil.Process(p).cmdline() for p in alive]
+
+
+
+def test_up_runs_redis_when_none_answers_at_the_broker_url(tmp_path: Path) -> None:
+    up = Up(tmp_path)
+    port = free_port()
+    up.env["CELERAY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    up.env["CELERAY_RESULT_BACKEND"] = f"redis://127.0.0.1:{port}/1"
+    (tmp_path / "pipelines.toml").write_text("")
+    up.env["CELERAY_PIPELINES"] = str(tmp_path / "pipelines.toml")
+    started = up.celeray("up", timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "started under supervisor" in started.stdout
+        status = up.celeray("status")
+        assert status.returncode == 0, status.stdout  # every program runs, health is 200
+        redis_pid = up.program_pid("redis")
+        assert psutil.Process(redis_pid).name().startswith("redis")
+        assert (up.home / "appendonlydir").exists()  # AOF on: a restart keeps the queues
+    finally:
+        up.celeray("down", timeout=300)
+    assert not psutil.pid_exists(redis_pid)

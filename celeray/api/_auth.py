@@ -10,7 +10,7 @@ from flask import Flask, current_app, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-__all__ = ["check_auth", "public", "set_token"]
+__all__ = ["check_auth", "has_valid_token", "public", "set_token"]
 
 _TOKEN = "celeray.api_token"  # app.extensions key; kept out of app.config, which gets dumped
 _PUBLIC = "_celeray_public"
@@ -35,19 +35,30 @@ def _refuse(description: str, **params: str) -> Unauthorized:
     return Unauthorized(description, www_authenticate=challenge)
 
 
+def _given() -> str | None:
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return None
+    return given.strip()
+
+
+def has_valid_token() -> bool:
+    """Whether the request carries the right bearer token (compared in constant time)."""
+    given = _given()
+    return given is not None and hmac.compare_digest(given.encode(), current_app.extensions[_TOKEN])
+
+
 def check_auth() -> None:
     """Refuse the request with 401 unless it may pass; a ``before_request`` hook.
 
-    Unknown routes and wrong methods pass through, to be answered 404/405. The token is
-    compared in constant time (``hmac.compare_digest``).
+    Unknown routes and wrong methods pass through, to be answered 404/405.
     """
     if request.url_rule is None or request.endpoint is None:
         return
     view = current_app.view_functions.get(request.endpoint)
     if view is not None and getattr(view, _PUBLIC, False):
         return
-    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    if _given() is None:
         raise _refuse("missing bearer token: send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.strip().encode(), current_app.extensions[_TOKEN]):
+    if not has_valid_token():
         raise _refuse("invalid bearer token", error="invalid_token")

@@ -16,6 +16,7 @@ import psutil
 
 from celeray.api._connections import Connections
 from celeray.celeryconfig import IO_QUEUE, RAY_QUEUE, TASK_NAMES
+from celeray.errors import PipelineFileError
 
 __all__ = ["INSPECT_TIMEOUT", "RAY_WAIT", "ping", "pipelines", "ray", "system", "workers"]
 
@@ -40,15 +41,19 @@ def ping(c: Connections, url: str) -> dict[str, Any]:
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-def pipelines(c: Connections) -> dict[str, Any]:
-    """Whether the pipeline file is valid; its problems when it is not."""
-    from celeray.errors import PipelineFileError
+def pipelines(c: Connections, *, details: bool) -> dict[str, Any]:
+    """Whether the pipeline file is valid; with ``details``, its problems when it is not.
 
+    Problems quote values from the file (a URL with a password, say), so they are shown
+    only to callers with the token.
+    """
     try:
         found = c.pipelines()
     except PipelineFileError as exc:
-        return {"ok": False, "error": "the pipeline file has problems",
-                "problems": [str(i) for i in exc.issues]}  # fmt: skip
+        part = {"ok": False, "error": f"the pipeline file has {len(exc.issues)} problem(s)"}
+        if details:
+            part["problems"] = [str(i) for i in exc.issues]
+        return part
     except Exception as exc:
         return _failed(exc)
     return {"ok": True, "count": len(found)}

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from flask import current_app
 
+from celeray.celeryconfig import make_client
 from celeray.errors import PipelineFileError
 from celeray.pipelines import Pipeline, load_pipelines
 from celeray.runstate import RunStore
@@ -84,8 +85,6 @@ class Connections:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    from celeray.celeryconfig import make_client
-
                     client = make_client(self.settings)
                     transport = dict(client.conf.broker_transport_options or {})
                     transport.update(

@@ -28,6 +28,7 @@ from celeray.settings import Settings, get_settings
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 MAX_BODY_BYTES = 64 * 1024  # no route takes a body; this bounds what a client can push
+_CHUNK = 16 * 1024
 access_log = logging.getLogger("celeray.api.access")
 
 
@@ -36,10 +37,17 @@ def _start_clock() -> None:
 
 
 def _read_body() -> None:
-    """Read (and drop) the body, so MAX_CONTENT_LENGTH is enforced even when no view reads
-    it; werkzeug raises 413 on a Content-Length over the limit or on a longer stream."""
-    if request.url_rule is not None:
-        request.get_data(cache=False)
+    """Read and drop the body, so MAX_CONTENT_LENGTH holds even though no view reads it.
+
+    werkzeug refuses (413) a Content-Length over the limit at once; a chunked body (the
+    server sets ``wsgi.input_terminated``) when a read goes past the limit, which is why
+    this reads until the stream ends rather than one ``get_data()``.
+    """
+    if request.url_rule is None:
+        return
+    stream = request.stream
+    while stream.read(_CHUNK):
+        pass
 
 
 def _log_request(response: Response) -> Response:

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from celeray.api import _checks
-from celeray.api._auth import public
+from celeray.api._auth import has_valid_token, public
 from celeray.api._connections import Connections, conns
 
 __all__ = ["bp", "health_report"]
@@ -24,15 +24,18 @@ __all__ = ["bp", "health_report"]
 bp = Blueprint("health", __name__)
 
 
-def health_report(c: Connections) -> dict[str, Any]:
-    """Check every part; ``ok`` is true when each part's is."""
+def health_report(c: Connections, *, details: bool = False) -> dict[str, Any]:
+    """Check every part; ``ok`` is true when each part's is.
+
+    ``details`` adds what only token holders see: the pipeline file's problems.
+    """
     started = time.monotonic()
     s = c.settings
     with ThreadPoolExecutor(5) as pool:
         futures = {
             "backend": pool.submit(_checks.ping, c, s.result_backend),
             "state_store": pool.submit(_checks.ping, c, s.effective_state_url),
-            "pipelines": pool.submit(_checks.pipelines, c),
+            "pipelines": pool.submit(_checks.pipelines, c, details=details),
             "system": pool.submit(_checks.system, c),
         }
         broker = _checks.ping(c, s.broker_url)
@@ -57,6 +60,9 @@ def health_report(c: Connections) -> dict[str, Any]:
 @bp.get("/api/v1/health")
 @public
 def health() -> tuple[Response, int]:
-    """The health report: 200 when every part is up, 503 (same body) otherwise."""
-    report = health_report(conns())
+    """The health report: 200 when every part is up, 503 (same body) otherwise.
+
+    No token needed; with a valid one, the report also lists the pipeline file's problems.
+    """
+    report = health_report(conns(), details=has_valid_token())
     return jsonify(report), 200 if report["ok"] else 503
