@@ -1,0 +1,105 @@
+"""Peak memory of the largest single process in a process tree, sampled with psutil.
+
+A thread samples the RSS of a root process and all its descendants every 50 ms and keeps,
+per process, the highest RSS seen. The figure reported is the largest of those: the peak
+of the single biggest process, not the sum of the tree (Ray's shared object store would be
+counted once per process that maps it). A process that lives less than 50 ms may be missed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+__all__ = ["TreeSampler"]
+
+INTERVAL = 0.05
+
+
+class TreeSampler:
+    """Sample the tree under ``root()`` until :meth:`stop`; use as a context manager.
+
+    ``root`` is called at each sample, so the root may be a process that starts later; it
+    returns a pid or None. ``include_root=False`` leaves the root itself out (supervisord).
+    """
+
+    def __init__(self, root: Callable[[], int | None], *, include_root: bool = True) -> None:
+        self._root = root
+        self._include_root = include_root
+        self._peak: dict[int, tuple[int, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self.samples = 0
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Take a last sample and stop the thread."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _procs(self) -> list[psutil.Process]:
+        pid = self._root()
+        if pid is None:
+            return []
+        try:
+            root = psutil.Process(pid)
+            kids = root.children(recursive=True)
+        except psutil.Error:
+            return []
+        return [root, *kids] if self._include_root else kids
+
+    def sample(self) -> None:
+        """One sample of every process in the tree."""
+        for proc in self._procs():
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            best = self._peak.get(proc.pid)
+            if best is None or rss > best[0] * 1.05:  # a new peak: its name now (Ray renames)
+                self._peak[proc.pid] = (rss, _name(proc))
+            elif rss > best[0]:
+                self._peak[proc.pid] = (rss, best[1])
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(INTERVAL)
+        self.sample()
+
+    def peak(self) -> dict[str, Any]:
+        """``{"mb", "pid", "name", "processes"}`` of the largest process seen."""
+        if not self._peak:
+            return {"mb": None, "pid": None, "name": None, "processes": 0}
+        pid, (rss, name) = max(self._peak.items(), key=lambda kv: kv[1][0])
+        return {"mb": round(rss / 1e6, 1), "pid": pid, "name": name,
+                "processes": len(self._peak)}
+
+
+def _name(proc: psutil.Process) -> str:
+    """A short, telling name: Ray workers show their task, Celery its worker name."""
+    try:
+        cmd = proc.cmdline()
+        name = proc.name()
+    except psutil.Error:
+        return "?"
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    for i, part in enumerate(cmd):
+        if part == "-m" and i + 1 < len(cmd):
+            return f"python -m {cmd[i + 1]}"
+        if part.endswith(("/celery", "/gunicorn", "/ray", "/supervisord")):
+            rest = " ".join(cmd[i + 1 : i + 4])
+            return f"{part.rsplit('/', 1)[1]} {rest}"[:60]
+    return name
