@@ -168,8 +168,8 @@ def run_peer(spec: dict[str, Any]) -> dict[str, Any]:
     elif engine == "polars":
         import polars  # noqa: F401
     else:
-        import pyarrow.csv  # noqa: F401
-        import pyarrow.json  # noqa: F401
+        import pyarrow.csv
+        import pyarrow.json
         import pyarrow.parquet  # noqa: F401
     ready = time.perf_counter()
     _RUNNERS[engine](spec["files"], fmt, job, out)

@@ -19,7 +19,7 @@ from celeray.errors import LockLostError, RunActiveError
 from celeray.ledger import Ledger
 from celeray.pipelines import Pipeline
 from celeray.planner import needs_staging, plan_batches
-from celeray.runstate import RunStore
+from celeray.runstate import COUNTERS, RunStore
 from celeray.settings import Settings
 
 __all__ = [
@@ -38,19 +38,6 @@ __all__ = [
 ]
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})
-_SUMMARY_COUNTERS = (
-    "files_total",
-    "files_done",
-    "files_committed",
-    "files_quarantined",
-    "rows_in",
-    "rows_out",
-    "bytes_in",
-    "bytes_out",
-    "batches_total",
-    "batches_done",
-    "batches_failed",
-)
 
 
 def new_run_id() -> str:
@@ -229,7 +216,7 @@ def progress_of(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": record.get("run_id"),
         "pipeline": record.get("pipeline"),
-        **{k: int(record.get(k) or 0) for k in _SUMMARY_COUNTERS},
+        **{k: int(record.get(k) or 0) for k in COUNTERS},
     }
 
 

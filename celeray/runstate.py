@@ -16,10 +16,10 @@ from typing import Any
 
 import redis
 
-__all__ = ["RunStore"]
+__all__ = ["COUNTERS", "RunStore"]
 
 _PREFIX = "celeray"
-_COUNTERS = (
+COUNTERS = (  # the summed fields of a run record
     "files_total",
     "files_done",
     "files_committed",
@@ -203,11 +203,11 @@ class RunStore:
         if not raw:
             return None
         rec: dict[str, Any] = {k: _dec(v) for k, v in raw.items()}
-        for name in _COUNTERS:
+        for name in COUNTERS:
             rec[name] = int(rec.get(name) or 0)
         for item in live:
             for name, value in json.loads(item).items():
-                if name in _COUNTERS:
+                if name in COUNTERS:
                     rec[name] += int(value)
         rec["quarantined"] = [json.loads(q) for q in quarantined]
         rec["errors"] = [json.loads(e) for e in errors]
