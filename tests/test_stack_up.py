@@ -147,6 +147,8 @@ def test_flower_lists_the_runs_tasks_only_with_credentials(demo) -> None:
     password = (up.home / "flower_password").read_text().strip()
     code, _ = up.http("GET", "/api/tasks", token=None, base=base)
     assert code == 401
+    code, metrics = up.http("GET", "/metrics", token=None, base=base)
+    assert code == 200 and b"flower_events_total" in metrics  # Prometheus metrics are on
     code, tasks = up.http("GET", "/api/tasks", token=None, base=base, auth=("admin", password))
     assert code == 200, tasks
     names = {t["name"] for t in tasks.values()}
@@ -198,19 +200,9 @@ def test_property_based_requests_never_get_a_500(demo) -> None:
     assert checked >= 5
 
 
-def test_down_leaves_no_process_alive(demo) -> None:
-    up, _ = demo
-    root = psutil.Process(up.supervisord_pid())
-    pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
-    assert len(pids) >= 7
-    result = up.celeray("down", timeout=300)
-    assert result.returncode == 0, result.stderr
-    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    assert alive == [], [psutil.Process(p).cmdline() for p in alive]
-
-
-
-def test_up_runs_redis_when_none_answers_at_the_broker_url(tmp_path: Path) -> None:
+def test_a_second_stack_side_by_side_runs_its_own_redis(demo, tmp_path: Path) -> None:
+    """While the demo stack runs, a second home with other ports comes up beside it, with
+    Redis under supervisor because nothing answers at its broker URL."""
     up = Up(tmp_path)
     port = free_port()
     up.env["CELERAY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
@@ -229,3 +221,18 @@ def test_up_runs_redis_when_none_answers_at_the_broker_url(tmp_path: Path) -> No
     finally:
         up.celeray("down", timeout=300)
     assert not psutil.pid_exists(redis_pid)
+    first, _ = demo
+    assert first.celeray("status").returncode == 0  # the first stack never noticed
+
+
+def test_down_leaves_no_process_alive(demo) -> None:
+    up, _ = demo
+    root = psutil.Process(up.supervisord_pid())
+    pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
+    assert len(pids) >= 7
+    result = up.celeray("down", timeout=300)
+    assert result.returncode == 0, result.stderr
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == [], [psutil.Process(p).cmdline() for p in alive]
+
+
