@@ -28,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     ValidationInfo,
@@ -260,6 +261,9 @@ class Pipeline(BaseModel):
     batch_bytes: Annotated[int, BeforeValidator(parse_size)] = DEFAULT_BATCH_BYTES
     compression: Compression = "zstd"
     compression_level: StrictInt | None = None
+    # Plain csv/jsonl files of 2 x CELERAY_UNIT_BYTES or more are read as newline-aligned
+    # byte ranges by several Ray tasks; turn off for CSV with newlines inside quoted values.
+    split_large_files: StrictBool = True
     columns: dict[str, Annotated[str, AfterValidator(_canonical_type)]] | None = Field(
         default=None, alias="schema"
     )
@@ -403,6 +407,7 @@ class Pipeline(BaseModel):
             "partition_by": list(self.partition_by),
             "compression": self.compression,
             "compression_level": self.compression_level,
+            "split_large_files": self.split_large_files,
         }
 
 
