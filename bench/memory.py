@@ -30,6 +30,7 @@ class TreeSampler:
         self._root = root
         self._include_root = include_root
         self._peak: dict[int, tuple[int, str]] = {}
+        self._first: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self.samples = 0
@@ -65,6 +66,7 @@ class TreeSampler:
                 rss = proc.memory_info().rss
             except psutil.Error:
                 continue
+            self._first.setdefault(proc.pid, rss)
             best = self._peak.get(proc.pid)
             if best is None or rss > best[0] * 1.05:  # a new peak: its name now (Ray renames)
                 self._peak[proc.pid] = (rss, _name(proc))
@@ -79,12 +81,14 @@ class TreeSampler:
         self.sample()
 
     def peak(self) -> dict[str, Any]:
-        """``{"mb", "pid", "name", "processes"}`` of the largest process seen."""
+        """The largest process seen: ``mb`` its peak RSS, ``start_mb`` its RSS when first seen
+        (a long-lived worker may hold memory from earlier work), ``pid``, ``name``, and
+        ``processes``, how many processes the tree had in all."""
         if not self._peak:
-            return {"mb": None, "pid": None, "name": None, "processes": 0}
+            return {"mb": None, "start_mb": None, "pid": None, "name": None, "processes": 0}
         pid, (rss, name) = max(self._peak.items(), key=lambda kv: kv[1][0])
-        return {"mb": round(rss / 1e6, 1), "pid": pid, "name": name,
-                "processes": len(self._peak)}
+        return {"mb": round(rss / 1e6, 1), "start_mb": round(self._first[pid] / 1e6, 1),
+                "pid": pid, "name": name, "processes": len(self._peak)}
 
 
 def _name(proc: psutil.Process) -> str:

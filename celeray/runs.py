@@ -188,6 +188,7 @@ def commit_job(
         "quarantined": result["quarantined"],
         "outputs": result["outputs"],
         **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
+        "timings": result.get("timings"),
     }
     fresh = ledger.commit(entry)
     remaining = store.finish_batch(

@@ -154,6 +154,10 @@ class RunStore:
         """Set plain fields of the run record."""
         self.r.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
 
+    def mark_once(self, run_id: str, field: str) -> None:
+        """Record the first time something happened in the run (later calls keep it)."""
+        self.r.hsetnx(self._run_key(run_id), field, time.time())
+
     def set_batch_progress(self, run_id: str, batch_id: str, progress: dict[str, int]) -> None:
         """Replace the live progress of one batch still being transformed."""
         pipe = self.r.pipeline()

@@ -1,20 +1,27 @@
-"""Stream CSV as record batches with pyarrow, turning its failures into input errors."""
+"""Stream CSV as record batches with pyarrow, turning its failures into input errors.
+
+Besides a whole file (:func:`csv_batches`), one byte range of a split file can be read
+(:func:`csv_range_batches`) with the column names and types that :func:`csv_sample` took
+from the start of the file, so that every range of the file gives the same schema.
+"""
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from celeray.errors import EmptyInputError, InputError, InputTooLargeError, ParseError, SchemaError
 from celeray.sizes import format_size
 from ray_jobs._casting import missing_declared
 
-__all__ = ["csv_batches"]
+__all__ = ["csv_batches", "csv_range_batches", "csv_sample"]
 
 # pyarrow's messages, as of pyarrow 26 with use_threads=False (which makes it count rows).
 _CONVERSION = re.compile(
@@ -71,6 +78,77 @@ def csv_batches(
         raise _input_error(
             exc, url=url, names=names, bad_rows=bad_rows, rows=rows, max_row_bytes=max_row_bytes
         ) from None
+
+
+def csv_sample(
+    sample: bytes, *, url: str, types: dict[str, pa.DataType]
+) -> tuple[pa.Schema, bool]:
+    """The schema pyarrow infers from ``sample`` (the file's first lines, header included).
+
+    ``sample`` must end with a line break. Declared ``types`` win over inferred ones, as in
+    :func:`csv_batches`. The flag says whether a quoted value (or name) in the sample holds
+    a line break: such a file is not split. Raises ``InputError`` when the sample does not
+    parse, convert or hold the declared columns.
+    """
+    try:
+        reader = pacsv.open_csv(
+            io.BytesIO(sample),
+            read_options=pacsv.ReadOptions(block_size=max(1, len(sample)), use_threads=False),
+            convert_options=pacsv.ConvertOptions(column_types=types),
+        )
+        schema = reader.schema
+        missing_declared(schema.names, types, url=url)
+        multiline = b'"' in sample and (
+            any("\n" in n or "\r" in n for n in schema.names)
+            or _has_line_break(pa.Table.from_batches(list(reader), schema=schema))
+        )
+    except pa.ArrowInvalid as exc:
+        raise _input_error(
+            exc, url=url, names=[], bad_rows=[], rows=0, max_row_bytes=len(sample)
+        ) from None
+    return schema, multiline
+
+
+def csv_range_batches(
+    stream: BinaryIO, *, url: str, schema: pa.Schema, header: bool, max_row_bytes: int
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of one byte range of a CSV file, converted to ``schema``.
+
+    ``header`` says whether the range starts with the file's header line (the first range
+    does); other ranges take the column names from ``schema``. A range without rows gives
+    no batch. Any failure raises a ``ParseError`` whose line and row, relative to the
+    range, are left out: the caller reads the whole file again to report them.
+    """
+    read_options = pacsv.ReadOptions(
+        block_size=max_row_bytes,
+        use_threads=False,
+        column_names=None if header else schema.names,
+    )
+    convert = pacsv.ConvertOptions(column_types={f.name: f.type for f in schema})
+    try:
+        reader = pacsv.open_csv(stream, read_options=read_options, convert_options=convert)
+        if reader.schema.names != schema.names:
+            raise ParseError(
+                f"the header now names {reader.schema.names}, not {schema.names}", url=url
+            )
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        if not header and "Empty CSV file" in str(exc):
+            return
+        raise ParseError(f"in this byte range: {exc}", url=url) from None
+
+
+def _has_line_break(table: pa.Table) -> bool:
+    for column in table.columns:
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            if pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py():
+                return True
+        elif (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)) and any(
+            b"\n" in v or b"\r" in v for v in column.to_pylist() if v is not None
+        ):
+            return True
+    return False
 
 
 def _header(

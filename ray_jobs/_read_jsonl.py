@@ -6,6 +6,10 @@ in the first block and gets values later, fails the stream. So the first
 ``HOLD_BYTES`` of batches are held back; if such a change happens while nothing has been
 handed out yet and the whole file is small enough, the file is read again with
 ``read_json`` as one block, which infers the columns from all of it.
+
+One byte range of a split file is read by :func:`jsonl_range_batches` with the schema
+:func:`jsonl_sample` inferred from the start of the file; a key or a type the sample did
+not show fails the range (and the caller then reads the whole file the way above).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from celeray.errors import EmptyInputError, InputError, InputTooLargeError, Pars
 from celeray.sizes import format_size
 from ray_jobs._casting import cast_declared
 
-__all__ = ["HOLD_BYTES", "WHOLE_FILE_BYTES", "jsonl_batches"]
+__all__ = [
+    "HOLD_BYTES",
+    "WHOLE_FILE_BYTES",
+    "jsonl_batches",
+    "jsonl_range_batches",
+    "jsonl_sample",
+]
 
 HOLD_BYTES = 64 * 1024**2  # Arrow bytes held back before batches are handed out
 WHOLE_FILE_BYTES = 128 * 1024**2  # largest text read again in one block after a change
@@ -74,6 +84,55 @@ def jsonl_batches(
         for batch in chain(held, _unwrap_drift(source)):
             yield cast_declared(batch, types, url=url, rows_before=rows, fill_missing=True)
             rows += batch.num_rows
+
+
+def jsonl_sample(sample: bytes, *, url: str) -> pa.Schema:
+    """The schema pyarrow infers from ``sample`` (the file's first lines, ending in one).
+
+    Declared types are not applied: like :func:`jsonl_batches`, the range reader casts
+    them after reading. Raises ``InputError`` when the sample does not parse.
+    """
+    try:
+        table = pajson.read_json(
+            io.BytesIO(sample),
+            read_options=pajson.ReadOptions(block_size=max(1, len(sample)), use_threads=False),
+        )
+    except pa.ArrowInvalid as exc:
+        raise _input_error(exc, url=url, rows=0, max_row_bytes=len(sample)) from None
+    return table.schema
+
+
+def jsonl_range_batches(
+    stream: BinaryIO,
+    *,
+    url: str,
+    schema: pa.Schema,
+    types: dict[str, pa.DataType],
+    max_row_bytes: int,
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of one byte range of a JSON lines file, with exactly ``schema``.
+
+    Declared ``types`` are cast after reading, as for a whole file. A range without
+    objects gives no batch. Any failure (a bad line, a key or a value type ``schema`` does
+    not allow) raises an ``InputError`` whose row, relative to the range, is left out: the
+    caller reads the whole file again to report it.
+    """
+    rows = 0
+    try:
+        reader = pajson.open_json(
+            stream,
+            read_options=pajson.ReadOptions(block_size=max_row_bytes, use_threads=False),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="error"
+            ),
+        )
+        for batch in reader:
+            yield cast_declared(batch, types, url=url, rows_before=rows, fill_missing=True)
+            rows += batch.num_rows
+    except pa.ArrowInvalid as exc:
+        if "Empty JSON" in str(exc):
+            return
+        raise ParseError(f"in this byte range: {exc}", url=url) from None
 
 
 def _unwrap_drift(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

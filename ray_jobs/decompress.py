@@ -5,7 +5,8 @@ frame, gzip ``1F 8B``); a
 name ending in ``.zst``/``.zstd``/``.gz``/``.gzip`` must agree with them. Decompression is
 always streamed and counted, never one-shot: a frame that declares (or inflates to) more
 than ``max_decompressed_bytes`` stops with ``InputTooLargeError`` after at most one read
-buffer of output.
+buffer of output. A plain file can also be opened as one byte range of its lines
+(:mod:`ray_jobs._line_range`); compressed content never can.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from celeray.errors import (
     StorageError,
 )
 from celeray.sizes import format_size
+from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
 from ray_jobs._streams import CappedReader, CountingSource
 from ray_jobs._zstd_frames import ZSTD_MAGIC, FrameTracker, is_skippable_magic
 
@@ -52,7 +54,11 @@ def strip_codec_suffix(name: str) -> str:
 
 @contextmanager
 def open_input(
-    url: str, *, limits: dict[str, int], storage_options: dict[str, Any] | None = None
+    url: str,
+    *,
+    limits: dict[str, int],
+    storage_options: dict[str, Any] | None = None,
+    byte_range: ByteRange | None = None,
 ) -> Iterator[BinaryIO]:
     """Open ``url`` through fsspec and yield a binary stream of its decompressed content.
 
@@ -62,6 +68,10 @@ def open_input(
     are ``InputError`` subclasses carrying ``url`` (``EmptyInputError``,
     ``InputTooLargeError``, ``DecompressionError``), raised here or while reading; a file
     that does not exist raises ``StorageError``.
+
+    With ``byte_range`` the stream is a :class:`~ray_jobs._line_range.LineRangeReader`
+    over just the lines of that range. ``SplitRefused`` (``head=True``) is raised instead
+    when the content is compressed or the file's size is no longer ``byte_range.size``.
     """
     max_file = int(limits["max_file_bytes"])
     max_out = int(limits["max_decompressed_bytes"])
@@ -87,13 +97,24 @@ def open_input(
                 f"(first bytes: {magic.hex(' ') or 'none'})",
                 url=url,
             )
-        if codec is None and size is not None:
-            if size > max_out:
-                raise InputTooLargeError(
-                    f"the file has {format_size(size)}, over the cap of "
-                    f"{format_size(max_out)} (max_decompressed_bytes)",
-                    url=url,
+        if codec is None and size is not None and size > max_out:
+            raise InputTooLargeError(
+                f"the file has {format_size(size)}, over the cap of "
+                f"{format_size(max_out)} (max_decompressed_bytes)",
+                url=url,
+            )
+        if byte_range is not None:
+            if codec is not None or size != byte_range.size:
+                raise SplitRefused(
+                    f"the content is {codec} data"
+                    if codec is not None
+                    else f"the file has {size} bytes, not the {byte_range.size} it was "
+                    "listed with",
+                    head=True,
                 )
+            yield cast(BinaryIO, LineRangeReader(raw, byte_range))
+            return
+        if codec is None and size is not None:
             yield cast(BinaryIO, raw)
             return
         yield _decoded(raw, codec or "none", url=url, limits=limits, max_file=max_file)

@@ -11,6 +11,13 @@ own writer; if it turns out bad midway, the files written for it are deleted. Th
 therefore runs once per written stream: an aggregation covers one large file or one group
 of small files, never the whole batch.
 
+A unit can also be one byte range of a large file (its one file dict has ``"range"``, see
+:mod:`ray_jobs.units`). It reads just that range; when the range cannot be read on its own,
+or fails in any way, it reads the whole file instead (or, for a reason that every range of
+the file sees alike, leaves that to the first range). Its result says which it did in
+``split``, so that :func:`ray_jobs.merge.merge_unit_results` can keep each file all or
+nothing across its ranges.
+
 Output names derive from the batch id and unit number (``part-<batch>-u<unit>-s<group>-<i>``
 for groups, ``part-<batch>-u<unit>-f<file index>-<i>`` for large files), and all earlier
 outputs of the unit are deleted first, so running a unit again replaces its files.
@@ -19,6 +26,7 @@ outputs of the unit are deleted first, so running a unit again replaces its file
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -30,12 +38,15 @@ import pyarrow as pa
 
 from celeray.arrow_types import arrow_types
 from celeray.errors import InputError, TransformError
+from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._tap import ErrorTap
 from ray_jobs.readers import FORMATS, detect_format, read_batches
 from ray_jobs.transforms import apply, load_callable
 from ray_jobs.writer import remove_outputs, write_parquet
 
 __all__ = ["GROUP_BYTES", "SMALL_FILE_BYTES", "process_unit", "unit_prefix"]
+
+log = logging.getLogger(__name__)
 
 SMALL_FILE_BYTES = 64 * 1024**2  # Arrow bytes of one file held in memory to validate it whole
 GROUP_BYTES = 256 * 1024**2  # Arrow bytes of small files written together at most
@@ -68,9 +79,14 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     ``bytes_in``), ``quarantined`` (``InputError.record()`` dicts, ``url`` being the file's
     ``url``), ``outputs`` (``path`` relative to ``out_url``, ``rows``, ``bytes``), the
     totals ``rows_in``, ``rows_out``, ``bytes_in`` (compressed bytes of the good files),
-    ``bytes_out`` and ``seconds``. ``TransformError`` (a pipeline bug: SQL, transform, an
-    unknown format or column type, a missing partition column) fails the unit before or
-    during the work; so do storage errors.
+    ``bytes_out``, ``files_done`` (files this unit finished, for progress) and ``seconds``.
+    A unit whose file has a ``range`` [start, end] (and the file's listed ``size``) also
+    returns ``split``: ``url``, ``range``, ``size``, ``mode`` (``"range"``: just the range
+    was read, ``bytes_in`` being its nominal length; ``"whole"``: the whole file was read
+    instead; ``"skipped"``: nothing, the first range reads the whole file) and ``reason``.
+    ``TransformError`` (a pipeline bug: SQL, transform, an unknown format or column type,
+    a missing partition column) fails the unit before or during the work; so do storage
+    errors.
     """
     started = time.perf_counter()
     threads = max(1, int(plan.get("threads") or 1))
@@ -97,6 +113,7 @@ class _UnitRun:
         self.group_schema: pa.Schema | None = None
         self.group_bytes = 0
         self.groups_written = 0
+        self.split: dict[str, Any] | None = None
 
     def run(self) -> None:
         _check_plan(self.plan)
@@ -106,13 +123,16 @@ class _UnitRun:
             storage_options=self.storage_options,
         )
         for index, file in enumerate(self.unit["files"]):
-            self._one_file(index, file)
+            if file.get("range") is None:
+                self._whole_file(index, file)
+            else:
+                self._range(index, file)
         self._flush_group()
 
     def result(self, seconds: float) -> dict[str, Any]:
         files = [self.good[i] for i in sorted(self.good)]
         outputs = sorted(self.outputs, key=lambda o: str(o["path"]))
-        return {
+        result = {
             "batch_id": self.unit["batch_id"],
             "unit": self.unit["unit"],
             "files": files,
@@ -122,10 +142,41 @@ class _UnitRun:
             "rows_out": sum(int(o["rows"] or 0) for o in outputs),
             "bytes_in": sum(f["bytes_in"] for f in files),
             "bytes_out": sum(int(o["bytes"]) for o in outputs),
+            "files_done": len(files) + len(self.quarantined),
             "seconds": round(seconds, 3),
         }
+        if self.split is not None:
+            last = self.split["range"][1] == self.split["size"]
+            result["split"] = self.split
+            result["files_done"] = int(last)  # a split file counts once, with its last range
+        return result
 
-    def _one_file(self, index: int, file: dict[str, Any]) -> None:
+    def _whole_file(self, index: int, file: dict[str, Any]) -> None:
+        error = self._one_file(index, file, None)
+        if error is not None:
+            self._quarantine(file, error)
+
+    def _range(self, index: int, file: dict[str, Any]) -> None:
+        """Read one byte range of a file, or the whole file when the range cannot be."""
+        start, end = (int(x) for x in file["range"])
+        span = ByteRange(start, end, int(file["size"]))
+        self.split = {"url": file["url"], "range": [start, end], "size": span.size}
+        error = self._one_file(index, file, span)
+        if error is None:
+            self.split.update(mode="range", reason=None)
+            return
+        reason = error.reason if isinstance(error, SplitRefused) else str(error)
+        if isinstance(error, SplitRefused) and error.head and not span.first:
+            self.split.update(mode="skipped", reason=reason)
+            return
+        log.warning("%s: reading the whole file instead of %s: %s", file["url"], span, reason)
+        self.split.update(mode="whole", reason=reason)
+        self._whole_file(index, {k: v for k, v in file.items() if k != "range"})
+
+    def _one_file(
+        self, index: int, file: dict[str, Any], span: ByteRange | None
+    ) -> InputError | SplitRefused | None:
+        """Read, transform and write a file or a range of it; return what stopped it."""
         try:
             fmt = self.plan.get("format") or detect_format(file["url"])
             batches = read_batches(
@@ -135,15 +186,18 @@ class _UnitRun:
                 limits=self.plan["limits"],
                 storage_options=self.storage_options,
                 threads=self.threads,
+                byte_range=span,
             )
             head, rest = _take(batches, SMALL_FILE_BYTES)
-        except InputError as exc:
-            self._quarantine(file, exc)
-            return
-        if rest is None:
+        except (InputError, SplitRefused) as exc:
+            return exc
+        if not head:  # a byte range without rows
+            self._mark_good(index, file, 0)
+        elif rest is None:
             self._add_small(index, file, pa.Table.from_batches(head))
         else:
-            self._stream_large(index, file, chain(head, rest))
+            return self._stream_large(index, file, chain(head, rest))
+        return None
 
     def _add_small(self, index: int, file: dict[str, Any], table: pa.Table) -> None:
         if self.group:
@@ -176,25 +230,25 @@ class _UnitRun:
 
     def _stream_large(
         self, index: int, file: dict[str, Any], batches: Iterator[pa.RecordBatch]
-    ) -> None:
+    ) -> InputError | SplitRefused | None:
         basename = f"{self.prefix}-f{index:04d}"
         counted = _Counted(batches)
         tap = ErrorTap(iter(counted))
         try:
             outputs = self._write(tap, basename)
         except Exception as exc:
-            error = exc if isinstance(exc, InputError) else tap.error
-            if not isinstance(error, InputError):
+            error = exc if isinstance(exc, InputError | SplitRefused) else tap.error
+            if not isinstance(error, InputError | SplitRefused):
                 raise
             remove_outputs(
                 self.out_url,
                 re.escape(basename) + r"-\d+\.parquet",
                 storage_options=self.storage_options,
             )
-            self._quarantine(file, error)
-            return
+            return error
         self.outputs += outputs
         self._mark_good(index, file, counted.rows)
+        return None
 
     def _write(self, batches: Iterator[pa.RecordBatch], basename: str) -> list[dict[str, Any]]:
         plan = self.plan
@@ -214,9 +268,13 @@ class _UnitRun:
         )
 
     def _mark_good(self, index: int, file: dict[str, Any], rows: int) -> None:
-        self.good[index] = {"url": file["url"], "rows_in": rows, "bytes_in": int(file["size"])}
+        span = file.get("range")
+        size = int(span[1]) - int(span[0]) if span is not None else int(file["size"])
+        self.good[index] = {"url": file["url"], "rows_in": rows, "bytes_in": size}
 
-    def _quarantine(self, file: dict[str, Any], error: InputError) -> None:
+    def _quarantine(self, file: dict[str, Any], error: InputError | SplitRefused) -> None:
+        if isinstance(error, SplitRefused):  # cannot happen to a whole file
+            raise TypeError(f"{file['url']}: a whole file was refused a split: {error}")
         record = error.record()
         record["url"] = file["url"]
         self.quarantined.append(record)

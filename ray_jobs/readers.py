@@ -1,23 +1,43 @@
-"""Read an input file (CSV, JSON lines or Parquet; zstd, gzip or plain) as record batches."""
+"""Read an input file (CSV, JSON lines or Parquet; zstd, gzip or plain) as record batches.
+
+A plain CSV or JSON lines file can also be read one byte range at a time
+(:mod:`ray_jobs._line_range`): each range first reads a sample from the start of the file
+(``SAMPLE_BYTES``, whole lines) and takes the column names and types from it, so all
+ranges of a file give the same schema. The types pyarrow infers from a prefix are never
+wider than those it infers from the whole first block, and a value that does not fit them
+fails its range, after which the caller reads the whole file as usual: a split file that
+succeeds has exactly the schema and rows of the file read whole.
+"""
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
 from celeray.arrow_types import arrow_type, arrow_types
-from celeray.errors import EmptyInputError, ParseError
-from ray_jobs._read_csv import csv_batches
-from ray_jobs._read_jsonl import jsonl_batches
+from celeray.errors import EmptyInputError, InputError, ParseError
+from celeray.sizes import format_size
+from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
+from ray_jobs._read_csv import csv_batches, csv_range_batches, csv_sample
+from ray_jobs._read_jsonl import jsonl_batches, jsonl_range_batches, jsonl_sample
 from ray_jobs._read_parquet import parquet_batches
 from ray_jobs.decompress import open_input, strip_codec_suffix
 
-__all__ = ["FORMATS", "detect_format", "parse_type", "read_batches"]
+__all__ = [
+    "FORMATS",
+    "SAMPLE_BYTES",
+    "SPLITTABLE_FORMATS",
+    "detect_format",
+    "parse_type",
+    "read_batches",
+]
 
 FORMATS = ("csv", "jsonl", "parquet")
+SPLITTABLE_FORMATS = ("csv", "jsonl")  # formats whose records are lines
+SAMPLE_BYTES = 1024 * 1024  # start of a split file that every range infers its types from
 _EXTENSIONS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -62,6 +82,7 @@ def read_batches(
     limits: dict[str, int],
     storage_options: dict[str, Any] | None = None,
     threads: int = 1,
+    byte_range: ByteRange | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the record batches of the file at ``url``; none of them is empty.
 
@@ -71,11 +92,20 @@ def read_batches(
     subclass carrying ``url`` and, where pyarrow tells, ``line``/``row``; a file with no
     data rows raises ``EmptyInputError`` once the stream ends. A bad ``fmt`` or type name
     raises ``ValueError`` right away (a pipeline bug, not bad input).
+
+    With ``byte_range`` (CSV or JSON lines only) just the lines of that range are read;
+    a range may have no rows. The stream then raises ``SplitRefused`` when the range
+    cannot be read on its own (see its ``head`` flag), and any ``InputError`` it raises
+    has no line or row: the caller is expected to read the whole file to report those.
     """
     fmt = fmt or detect_format(url)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     types = arrow_types(schema)
+    if byte_range is not None:
+        if fmt not in SPLITTABLE_FORMATS:
+            raise ValueError(f"a {fmt} file cannot be read by byte ranges")
+        return _read_range(url, fmt, types, dict(limits), storage_options, byte_range)
     return _read(url, fmt, types, dict(limits), storage_options, max(1, int(threads)))
 
 
@@ -113,3 +143,61 @@ def _read(
             "the file has a header but no data rows" if fmt == "csv" else "the file has no rows",
             url=url,
         )
+
+
+def _read_range(
+    url: str,
+    fmt: str,
+    types: dict[str, pa.DataType],
+    limits: dict[str, int],
+    storage_options: dict[str, Any] | None,
+    span: ByteRange,
+) -> Iterator[pa.RecordBatch]:
+    max_row = int(limits["max_row_bytes"])
+    sample = _sample(url, limits, storage_options)
+    try:
+        if fmt == "csv":
+            schema, multiline = csv_sample(sample, url=url, types=types)
+        else:
+            schema, multiline = jsonl_sample(sample, url=url), False
+    except InputError as exc:
+        raise SplitRefused(f"the start of the file does not read: {exc}", head=True) from None
+    if multiline:
+        raise SplitRefused(
+            "a quoted value near the start of the file holds a line break", head=True
+        )
+    with open_input(url, limits=limits, storage_options=storage_options, byte_range=span) as s:
+        stream = cast(LineRangeReader, s)
+        if fmt == "jsonl":
+            yield from jsonl_range_batches(
+                s, url=url, schema=schema, types=types, max_row_bytes=max_row
+            )
+            return
+        yield from csv_range_batches(
+            s, url=url, schema=schema, header=span.first, max_row_bytes=max_row
+        )
+        if stream.quotes % 2:
+            raise SplitRefused(
+                f"{span} hold an odd number of quote characters: a quoted value may "
+                "cross a range boundary",
+                head=False,
+            )
+
+
+def _sample(url: str, limits: dict[str, int], storage_options: dict[str, Any] | None) -> bytes:
+    """The whole lines in the first ``SAMPLE_BYTES`` (at least one line) of the file."""
+    max_row = int(limits["max_row_bytes"])
+    try:
+        with open_input(url, limits=limits, storage_options=storage_options) as stream:
+            data = stream.read(SAMPLE_BYTES)
+            end = data.rfind(b"\n")
+            if end < 0 and len(data) == SAMPLE_BYTES:
+                data += stream.read(max(0, max_row - len(data)))
+                end = data.rfind(b"\n")
+    except InputError as exc:
+        raise SplitRefused(f"the file does not open: {exc}", head=True) from None
+    if end < 0:
+        raise SplitRefused(
+            f"no line break in the first {format_size(max(max_row, len(data)))}", head=True
+        )
+    return data[: end + 1]

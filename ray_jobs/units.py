@@ -1,21 +1,60 @@
-"""Group input files into units of work, one Ray task each."""
+"""Group input files into units of work, one Ray task each; split large text files.
+
+A large plain CSV or JSON lines file becomes several units, one per byte range, so that
+even a single file keeps every core busy. Planning reads nothing: the ranges are nominal
+offsets, and each Ray task widens its range to whole lines (:mod:`ray_jobs._line_range`).
+
+Splitting relies on every line break outside quoted values ending a record, which is what
+pyarrow's CSV reader assumes too (``newlines_in_values=False``, the setting the whole-file
+reader uses). Where that may not hold, the split is refused at run time and the file is
+read whole by one task instead, with the same rows and errors as if it had never been
+split: when a quoted value in the sample at the start of the file holds a line break (the
+first range reads the file whole, the others give nothing), and when a range holds an odd
+number of ``"`` characters, which is what a quoted value crossing one of its edges leaves
+(that range reads the file whole). Any other failure of a range (a bad row, a type the
+sample did not show) also makes that range read the whole file, so errors name the real
+line and row. A CSV file that mixes quoted line breaks with stray ``"`` inside unquoted
+values can escape these checks: set ``split_large_files = false`` for such a pipeline.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["plan_units"]
+from celeray.errors import InputError
+from ray_jobs.decompress import codec_from_name
+from ray_jobs.readers import SPLITTABLE_FORMATS, detect_format
+
+__all__ = ["plan_units", "split_ranges"]
 
 
-def plan_units(files: list[dict[str, Any]], *, unit_bytes: int) -> list[list[dict[str, Any]]]:
+def plan_units(
+    files: list[dict[str, Any]],
+    *,
+    unit_bytes: int,
+    plan: dict[str, Any] | None = None,
+    split_bytes: int | None = None,
+) -> list[list[dict[str, Any]]]:
     """Split ``files`` (dicts with at least ``"url"`` and ``"size"``) into units.
 
     Consecutive files, in the given order, share a unit while their sizes add up to at
     most ``unit_bytes``; a file of ``unit_bytes`` or more is a unit alone. The same input
     always gives the same units; the file dicts are passed through, not copied.
+
+    With a ``plan`` (the job's plan: its ``format`` and ``split_large_files``, default
+    true), a file that is plain (no ``.zst``/``.gz`` suffix), CSV or JSON lines (the
+    plan's format, else its name's) and at least ``2 * split_bytes`` large (default
+    ``unit_bytes``) becomes ``ceil(size / split_bytes)`` units of one file each instead: a
+    copy of its dict with ``"range": [start, end]``, nominal offsets of nearly equal
+    length that cover ``[0, size)`` exactly.
     """
     if unit_bytes < 1:
         raise ValueError(f"unit_bytes must be at least 1, got {unit_bytes}")
+    split = split_bytes or unit_bytes
+    if split < 1:
+        raise ValueError(f"split_bytes must be at least 1, got {split_bytes}")
+    splitting = plan is not None and bool(plan.get("split_large_files", True))
+    fmt = plan.get("format") if plan is not None else None
     units: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     current_bytes = 0
@@ -23,11 +62,14 @@ def plan_units(files: list[dict[str, Any]], *, unit_bytes: int) -> list[list[dic
         size = int(file["size"])
         if size < 0:
             raise ValueError(f"{file['url']}: negative size {size}")
-        if size >= unit_bytes:
+        if size >= unit_bytes or (splitting and size >= 2 * split):
             if current:
                 units.append(current)
                 current, current_bytes = [], 0
-            units.append([file])
+            if splitting and size >= 2 * split and _splittable(file["url"], fmt):
+                units += [[{**file, "range": r}] for r in split_ranges(size, split)]
+            else:
+                units.append([file])
             continue
         if current and current_bytes + size > unit_bytes:
             units.append(current)
@@ -37,3 +79,26 @@ def plan_units(files: list[dict[str, Any]], *, unit_bytes: int) -> list[list[dic
     if current:
         units.append(current)
     return units
+
+
+def split_ranges(size: int, split_bytes: int) -> list[list[int]]:
+    """``ceil(size / split_bytes)`` nominal ranges ``[start, end]`` covering ``[0, size)``.
+
+    Their lengths differ by at most one byte; none is longer than ``split_bytes``.
+    """
+    if size < 1 or split_bytes < 1:
+        raise ValueError(f"cannot split {size} bytes into ranges of {split_bytes}")
+    count = -(-size // split_bytes)
+    cuts = [size * i // count for i in range(count + 1)]
+    return [[cuts[i], cuts[i + 1]] for i in range(count)]
+
+
+def _splittable(url: str, fmt: str | None) -> bool:
+    if codec_from_name(url) is not None:
+        return False
+    if fmt is None:
+        try:
+            fmt = detect_format(url)
+        except InputError:
+            return False
+    return fmt in SPLITTABLE_FORMATS

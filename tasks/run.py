@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from celeray.errors import (
 from celeray.pipelines import get_pipeline, load_pipelines
 from celeray.settings import get_settings
 from celeray.staging import stage_files
+from ray_jobs.merge import merge_unit_results
 from tasks.app import app, run_store
 
 __all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch"]
@@ -182,17 +184,21 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
     units = [
         {"batch_id": job["batch_id"], "unit": i, "files": files, "out_url": out_url}
-        for i, files in enumerate(plan_units(readable, unit_bytes=settings.unit_bytes))
+        for i, files in enumerate(
+            plan_units(readable, unit_bytes=settings.unit_bytes, plan=job["plan"])
+        )
     ]
     done = {"files_done": 0, "rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0}
 
     def on_result(r: dict[str, Any]) -> None:
-        done["files_done"] += len(r["files"]) + len(r["quarantined"])
+        done["files_done"] += r["files_done"]  # a file split into ranges counts once
         for k in ("rows_in", "rows_out", "bytes_in", "bytes_out"):
             done[k] += r[k]
         store.set_batch_progress(job["run_id"], job["batch_id"], done)
         publish_progress(job["run_id"])
 
+    store.mark_once(job["run_id"], "first_unit_at")  # trigger -> first Ray task: run overhead
+    started = time.perf_counter()
     with _heartbeat(job) as lost:
         try:
             results = run_units(
@@ -209,7 +215,14 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
             ) from exc
     if lost.is_set():
         raise LockLostError(f"run {job['run_id']} lost its lock while transforming")
-    return {**job, "result": merge_results(job, results)}
+    result = merge_unit_results(results, list(job.get("prequarantined", {}).values()))
+    # Wall time of the fan-out against the Ray tasks' own time: the per-batch overhead.
+    result["timings"] = {
+        "transform_s": round(time.perf_counter() - started, 4),
+        "units_s": round(sum(r["seconds"] for r in results), 4),
+        "units": len(units),
+    }
+    return {**job, "result": result}
 
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
@@ -229,24 +242,6 @@ def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
         "rows_out": result["rows_out"],
     }
 
-
-def merge_results(job: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One batch result from its units' results and the files staging quarantined."""
-    merged: dict[str, Any] = {
-        "files": [],
-        "quarantined": list(job.get("prequarantined", {}).values()),
-        "outputs": [],
-        "rows_in": 0,
-        "rows_out": 0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-    }
-    for r in results:
-        for key in ("files", "quarantined", "outputs"):
-            merged[key].extend(r[key])
-        for key in ("rows_in", "rows_out", "bytes_in", "bytes_out"):
-            merged[key] += r[key]
-    return merged
 
 
 def poison_result(job: dict[str, Any], deliveries: int) -> dict[str, Any]:

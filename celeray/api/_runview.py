@@ -92,6 +92,7 @@ def view_of(
         "trigger": rec.get("trigger"),
         "created_at": rec.get("created_at"),
         "started_at": rec.get("started_at"),
+        "first_unit_at": rec.get("first_unit_at"),
         "finished_at": rec.get("finished_at"),
     }
 

@@ -1,0 +1,173 @@
+"""One celeray run, measured from the HTTP trigger to SUCCESS, with what it is made of.
+
+The clock starts just before ``POST /api/v1/pipelines/<name>/runs`` and stops at the run's
+``finished_at``, the moment ``finalize_run`` marks it SUCCESS after the last batch's ledger
+entry is written (same machine, same clock); the API is polled every 25 ms to learn it.
+Memory: every process under the stack's supervisord is sampled (largest single process).
+
+The breakdown comes from Flower, which receives every task's events (sent, received,
+started, succeeded): where the run waited in queues, planned, staged, drove Ray and
+committed. The unit (Ray task) seconds are not recorded anywhere a run leaves them (the
+ledger holds rows and outputs only), so ``transform`` is the ``transform_batch`` task's
+runtime: Ray's work plus its dispatch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.celeray_stack import BenchStack
+from bench.isolated import folder_bytes
+from bench.memory import TreeSampler
+
+__all__ = ["RunFailedError", "run_pipeline"]
+
+POLL = 0.025
+TIMEOUT = 3600.0
+FLOWER_WAIT = 5.0  # Flower's events may trail the run's end a little
+
+
+class RunFailedError(RuntimeError):
+    """The run did not end in SUCCESS."""
+
+
+def _trigger(stack: BenchStack, name: str) -> str:
+    code, body = stack.http("POST", f"/api/v1/pipelines/{name}/runs")
+    if code != 202:
+        raise RunFailedError(f"trigger of {name} answered {code}: {body}")
+    return str(body["run_id"])
+
+
+def _follow(stack: BenchStack, run_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        code, doc = stack.http("GET", f"/api/v1/runs/{run_id}")
+        if code == 200 and doc.get("state") in ("SUCCESS", "FAILURE"):
+            return dict(doc)
+        time.sleep(POLL)
+    raise RunFailedError(f"run {run_id} did not end within {TIMEOUT:.0f}s")
+
+
+def run_pipeline(stack: BenchStack, name: str, sink: Path) -> dict[str, Any]:
+    """Trigger ``name``, wait for SUCCESS; return seconds, rows, bytes, peak and breakdown.
+
+    The sink is measured (Parquet bytes, ledger entries) and then removed.
+    """
+    with TreeSampler(stack.supervisord_pid, include_root=False) as sampler:
+        t0 = time.time()
+        run_id = _trigger(stack, name)
+        doc = _follow(stack, run_id)
+        polled = time.time() - t0
+    if doc["state"] != "SUCCESS" or (doc.get("result") or {}).get("status") != "committed":
+        raise RunFailedError(f"run {run_id} of {name}: {doc['state']} {doc.get('error')} "
+                             f"{json.dumps(doc.get('result'))[:1000]}")
+    finished = doc.get("finished_at")
+    seconds = float(finished) - t0 if finished else polled
+    result = doc["result"]
+    try:
+        ledger = _ledger(sink)
+        out = {
+            "run_id": run_id,
+            "seconds": seconds,
+            "polled_seconds": round(polled, 3),
+            "server_seconds": result.get("seconds"),
+            "rows_in": result.get("rows_in"),
+            "rows_out": result.get("rows_out"),
+            "bytes_out": folder_bytes(sink),
+            "files": result.get("files_committed"),
+            "batches": result.get("batches_total"),
+            "ledger": ledger,
+            "peak": sampler.peak(),
+            "breakdown": breakdown(stack, run_id, t0, int(ledger["entries"])),
+        }
+    finally:
+        shutil.rmtree(sink, ignore_errors=True)
+    return out
+
+
+def _ledger(sink: Path) -> dict[str, Any]:
+    entries = [json.loads(p.read_text()) for p in (sink / "_celeray" / "ledger").glob("*.json")]
+    return {
+        "entries": len(entries),
+        "outputs": sum(len(e.get("outputs", [])) for e in entries),
+        "rows_out": sum(int(e.get("rows_out") or 0) for e in entries),
+        "inputs": sum(len(e.get("inputs", [])) for e in entries),
+    }
+
+
+def _tasks_of(stack: BenchStack, run_id: str, batches: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + FLOWER_WAIT
+    while True:
+        tasks = [t for t in stack.flower_tasks().values()
+                 if run_id in (t.get("root_id"), t.get("uuid"))]
+        commits = [t for t in tasks if t.get("name") == "tasks.commit_batch"
+                   and t.get("succeeded")]
+        if len(commits) >= batches or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.2)
+
+
+def breakdown(stack: BenchStack, run_id: str, t0: float, batches: int) -> dict[str, Any]:
+    """Where the run's time went, from Flower's task events (seconds; None if unknown).
+
+    ``to_first_ray``: trigger -> the first ``transform_batch`` started (it submits the Ray
+    tasks at once): the per-run overhead before any Ray work. ``plan``: ``start_run``'s
+    runtime. ``stage``/``transform``/``commit``: summed task runtimes over the batches.
+    ``queued``: summed waits between a task being sent and a worker starting it.
+    ``batch_chain``: per batch, first ``stage_batch`` sent -> ``commit_batch`` done, the
+    median.
+    """
+    tasks = _tasks_of(stack, run_id, batches)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        by_name.setdefault(str(t.get("name")).removeprefix("tasks."), []).append(t)
+
+    def runtime(kind: str) -> float | None:
+        found = [t.get("runtime") for t in by_name.get(kind, []) if t.get("runtime")]
+        return round(sum(found), 4) if found else None
+
+    start = (by_name.get("start_run") or [{}])[0]
+    transforms = by_name.get("transform_batch", [])
+    first_ray = min((t["started"] for t in transforms if t.get("started")), default=None)
+    queued = [t["started"] - (t.get("sent") or t.get("received"))
+              for t in tasks if t.get("started") and (t.get("sent") or t.get("received"))]
+    return {
+        "tasks_seen": len(tasks),
+        "to_start": _delta(t0, start.get("started")),
+        "to_first_ray": _delta(t0, first_ray),
+        "plan": runtime("start_run"),
+        "stage": runtime("stage_batch"),
+        "transform": runtime("transform_batch"),
+        "commit": runtime("commit_batch"),
+        "queued": round(sum(queued), 4) if queued else None,
+        "batch_chain": _median(_chains(tasks, by_name)),
+    }
+
+
+def _chains(tasks: list[dict[str, Any]], by_name: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """Per batch: its stage_batch sent (or received) -> its commit_batch succeeded."""
+    by_id = {t.get("uuid"): t for t in tasks}
+    out = []
+    for commit in by_name.get("commit_batch", []):
+        transform = by_id.get(commit.get("parent_id")) or {}
+        stage = by_id.get(transform.get("parent_id")) or {}
+        begin = stage.get("sent") or stage.get("received")
+        if begin and commit.get("succeeded"):
+            out.append(commit["succeeded"] - begin)
+    return out
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return round(float(b) - float(a), 4) if a and b else None
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    mid = len(values) // 2
+    return round(values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2, 4)

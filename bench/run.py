@@ -1,0 +1,218 @@
+"""``python -m bench``: make the data, run every job through celeray and its peers, report.
+
+Order: data sets; the stack (started, or ``--home``); one warm-up run; the per-run overhead
+runs over a 1-row CSV; then for each set (its files read once first, so every engine finds
+them in the page cache) and job, celeray and then each peer, one after another, never two
+at a time. Each celeray run is a pipeline of its own with a fresh sink (a second run of a
+pipeline would commit nothing); each peer runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import report
+from bench.celeray_runs import RunFailedError, run_pipeline
+from bench.celeray_stack import BenchStack, temp_root
+from bench.datasets import DATA, SETS, DataSet, ensure_sets, ensure_tiny
+from bench.isolated import PeerFailedError, run_isolated
+from bench.jobs import JOBS, SQL
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_SETS = ("one-csv", "32-zst", "small-csv")
+OVERHEAD_RUNS = 5
+LOOP_MIN_FILES = 100  # the one-process pyarrow loop is the peer of the many-small-files set
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="1x flights, 100 small files, sets " + ",".join(QUICK_SETS))
+    p.add_argument("--sets", help=f"comma list of {', '.join(SETS)} (default: all)")
+    p.add_argument("--jobs", default=",".join(JOBS), help="comma list of convert, sql")
+    p.add_argument("--engines", help="comma list of peers to run (default: all); "
+                   "celeray always runs")
+    p.add_argument("--repeat", type=int, default=1, help="runs per engine, set and job; "
+                   "the median is shown")
+    p.add_argument("--home", type=Path, help="use the stack already up for this "
+                   "CELERAY_HOME instead of starting one")
+    return p.parse_args(argv)
+
+
+def _split(value: str | None, known: tuple[str, ...] | list[str], default: tuple[str, ...]
+           ) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()] if value else list(default)
+    unknown = [v for v in chosen if v not in known]
+    if unknown:
+        raise SystemExit(f"unknown {unknown}; choose from {', '.join(known)}")
+    return chosen
+
+
+def _peers(data: DataSet, chosen: list[str]) -> list[str]:
+    peers = ["pyarrow", "pyarrow-stream", "duckdb", "polars", "raydata"]
+    if len(data.files) >= LOOP_MIN_FILES:
+        peers.insert(2, "pyarrow-loop")
+    return [p for p in peers if p in chosen]
+
+
+def _warm_cache(data: DataSet) -> None:
+    for f in data.files:
+        with open(f, "rb") as fh:
+            while fh.read(16 * 1024**2):
+                pass
+
+
+def _pipelines(sets: dict[str, DataSet], jobs: list[str], repeat: int, tiny: DataSet,
+               out: Path) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for i in ["warm", *map(str, range(OVERHEAD_RUNS))]:
+        found[f"b-tiny-{i}"] = {"source": tiny.source_url, "sink": (out / f"b-tiny-{i}").as_uri()}
+    for data in sets.values():
+        for job in jobs:
+            for rep in range(repeat):
+                name = f"b-{data.name}-{job}-{rep}"
+                found[name] = {"source": data.source_url, "sink": (out / name).as_uri()}
+                if job == "sql":
+                    found[name]["sql"] = SQL
+    return found
+
+
+def _run(stack: BenchStack, pipelines: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """One measured celeray run of ``name``, the only pipeline in the file at the time.
+
+    celeray reads and validates the whole pipeline file at each trigger and each
+    ``start_run`` (a DuckDB parse per ``sql`` key, ~14 ms each), so the bench's own dozens
+    of pipelines would be counted in every run; a file of one pipeline keeps them out.
+    """
+    stack.write_pipelines({name: pipelines[name]})
+    return run_pipeline(stack, name, Path(pipelines[name]["sink"].removeprefix("file://")))
+
+
+def _overhead(stack: BenchStack, pipelines: dict[str, dict[str, Any]], console: Console
+              ) -> dict[str, Any]:
+    cold = _run(stack, pipelines, "b-tiny-warm")
+    runs = []
+    for i in range(OVERHEAD_RUNS):
+        runs.append(_run(stack, pipelines, f"b-tiny-{i}"))
+        console.print(f"  tiny run {i}: {runs[-1]['seconds'] * 1000:.0f} ms")
+    keys = [k for k in runs[0]["breakdown"] if k not in ("tasks_seen", "batch_chain")]
+    parts = {k: _median_or_none([r["breakdown"][k] for r in runs]) for k in keys}
+    per_batch = _median_or_none([r["breakdown"]["batch_chain"] for r in runs])
+    return {
+        "cold_ms": cold["seconds"] * 1000,
+        "per_run_ms": statistics.median(r["seconds"] for r in runs) * 1000,
+        "per_batch_ms": None if per_batch is None else per_batch * 1000,
+        "breakdown_median": parts,
+        "runs": runs,
+        "cold": cold,
+    }
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 4) if known else None
+
+
+def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engines: list[str],
+             repeat: int, pipelines: dict[str, dict[str, Any]], out: Path, console: Console
+             ) -> list[dict[str, Any]]:
+    rows = []
+    for data in sets.values():
+        _warm_cache(data)
+        for job in jobs:
+            found: dict[str, list[dict[str, Any]]] = {}
+            failed: dict[str, str] = {}
+            for rep in range(repeat):
+                name = f"b-{data.name}-{job}-{rep}"
+                for engine in ["celeray", *_peers(data, engines)]:
+                    try:
+                        run = (_run(stack, pipelines, name) if engine == "celeray"
+                               else run_isolated(engine, job, data, out))
+                    except (RunFailedError, PeerFailedError, TimeoutError, OSError) as exc:
+                        failed[engine] = str(exc)
+                        console.print(f"  [red]{data.name} {job} {engine} failed:[/] {exc}")
+                        continue
+                    found.setdefault(engine, []).append(run)
+            for engine in ["celeray", *_peers(data, engines)]:
+                if engine not in found:
+                    rows.append(report.failed_row(data, job, engine, failed.get(engine, "")))
+                    continue
+                rows.append(report.derive(data, job, engine, found[engine]))
+                r = rows[-1]
+                console.print(f"  {data.name:9} {job:7} {engine:14} {r['seconds']:7.2f} s "
+                              f"{r['disk_mb_s']:7.1f} disk MB/s  peak {r['peak_mb'] or 0:6.0f} MB")
+    report.add_ratios(rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; print the tables and write ``bench/results/<UTC time>.json``."""
+    args = _args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # a log file or a pipe: keep the table on one line
+    sets_chosen = _split(args.sets, list(SETS), QUICK_SETS if args.quick else tuple(SETS))
+    jobs = _split(args.jobs, JOBS, JOBS)
+    engines = _split(args.engines, ("pyarrow", "pyarrow-stream", "pyarrow-loop", "duckdb",
+                                    "polars", "raydata"),
+                     ("pyarrow", "pyarrow-stream", "pyarrow-loop", "duckdb", "polars", "raydata"))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started = time.time()
+    load_start = report.load()
+    console.print(f"load at start: {load_start}")
+    sets = ensure_sets(sets_chosen, quick=args.quick, say=console.print)
+    tiny = ensure_tiny()
+    out = DATA / "out" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    pipelines = _pipelines(sets, jobs, max(1, args.repeat), tiny, out)
+    root = None
+    try:
+        if args.home:
+            stack = BenchStack.attach(args.home)
+        else:
+            root = temp_root()
+            with console.status("celeray up (Redis dbs 9, 10; free ports) ..."):
+                stack = BenchStack.start(root)
+        try:
+            console.print("per-run overhead:")
+            overhead = _overhead(stack, pipelines, console)
+            console.print("jobs:")
+            rows = _measure(stack, sets, jobs, engines, max(1, args.repeat), pipelines, out,
+                            console)
+        finally:
+            with console.status("celeray down ..."):
+                stack.close()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+    load_end = report.load()
+    report.print_table(console, rows)
+    report.print_profile(console, rows)
+    report.print_overhead(console, overhead)
+    targets = report.print_targets(console, rows, overhead)
+    console.print(f"load at start: {load_start}\nload at end:   {load_end}")
+    doc = {
+        "stamp": stamp, "quick": args.quick, "repeat": args.repeat, "jobs": jobs,
+        "sql": SQL, "seconds_total": round(time.time() - started, 1),
+        "stack": "attached" if args.home else "started",
+        "machine": report.machine(), "load_start": load_start, "load_end": load_end,
+        "sets": [d.meta() for d in sets.values()],
+        "overhead": overhead, "rows": rows, "targets": targets,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    console.print(f"results: {path}  ({doc['seconds_total']:.0f} s in all)")
+    return 0
