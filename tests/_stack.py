@@ -171,6 +171,9 @@ def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
             "CELERAY_TASK_TIME_LIMIT": "20",
             "CELERAY_VISIBILITY_TIMEOUT": "25",
             "CELERAY_RUN_LOCK_TTL": "30",
+            # Small units, so the plain csv and jsonl landing files are split into byte
+            # ranges and every run also checks the split against DuckDB's reading.
+            "CELERAY_UNIT_BYTES": "512KiB",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
             **ray_auth_env(root),
