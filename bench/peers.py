@@ -126,12 +126,16 @@ def _polars(files: list[str], fmt: str, job: str, out: Path) -> None:
     frame.sink_parquet(target, compression="zstd")
 
 
+_RAY_TEMP: list[str] = []
+
+
 def _ray_init() -> None:
     import tempfile
 
     import ray
 
     temp = tempfile.mkdtemp(prefix="crb", dir="/tmp")  # unix socket paths must stay short
+    _RAY_TEMP.append(temp)
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp,
              log_to_driver=False)
 
@@ -192,9 +196,13 @@ def main(argv: list[str]) -> int:
     result = run_peer(spec)
     Path(spec["result"]).write_text(json.dumps(result))
     if spec["engine"] == "raydata":
+        import shutil
+
         import ray
 
         ray.shutdown()
+        for temp in _RAY_TEMP:
+            shutil.rmtree(temp, ignore_errors=True)
     return 0
 
 

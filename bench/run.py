@@ -10,6 +10,7 @@ pipeline would commit nothing); each peer runs in a process of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack.close()
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out.parent.rmdir()  # only when no other run's outputs are there
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
     load_end = report.load()
