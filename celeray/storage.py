@@ -128,16 +128,20 @@ def list_source(url: str, storage_options: dict[str, Any] | None = None) -> list
         found = {}
     except OSError as exc:
         raise StorageError(f"cannot list {url!r}: {exc}") from exc
-    files = [
-        FileInfo(
-            url=_unstrip(fs, name),
-            size=int(info.get("size") or 0),
-            mtime=_mtime(info),
-            etag=_etag(info),
+    files = []
+    for name, info in found.items():
+        if info.get("type", "file") != "file" or _hidden(name):
+            continue
+        if info.get("size") is None:  # e.g. HTTP listings: ask the file itself (HEAD)
+            info = {**info, **fs.info(name)}
+        files.append(
+            FileInfo(
+                url=_unstrip(fs, name),
+                size=int(info.get("size") or 0),
+                mtime=_mtime(info),
+                etag=_etag(info),
+            )
         )
-        for name, info in found.items()
-        if info.get("type", "file") == "file" and not _hidden(name)
-    ]
     return sorted(files, key=lambda f: f.url)
 
 

@@ -1,7 +1,8 @@
 """The tasks of one run. Each is thin: the logic lives in :mod:`celeray.runs` and ``ray_jobs``.
 
 ``start_run`` (io) plans and sends one chain per batch:
-``stage_batch`` (io) -> ``transform_batch`` (ray) -> ``commit_batch`` (io).
+``stage_batch`` (io) -> ``transform_batch`` (ray) -> ``commit_batch`` (io). ``stage_batch``
+is only sent for batches with files Ray cannot read in place (http, sftp, ...).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from celeray.errors import (
     RunFailedError,
     TransientIOError,
 )
-from celeray.pipelines import get_pipeline, load_pipelines
+from celeray.pipelines import current_pipelines, get_pipeline
+from celeray.planner import needs_staging
 from celeray.settings import get_settings
 from celeray.staging import stage_files
 from ray_jobs.merge import merge_unit_results
@@ -136,7 +138,7 @@ def start_run(self: Task, pipeline: str, trigger: str = "beat") -> dict[str, Any
     run_id = self.request.id
     settings = get_settings()
     store = run_store()
-    spec = get_pipeline(load_pipelines(settings.pipelines), pipeline)
+    spec = get_pipeline(current_pipelines(settings.pipelines), pipeline)
     out = runs.begin_run(run_id, spec, store, settings, trigger=trigger)
     if out["status"] == "skipped":
         log.info("run %s of %s skipped: run %s holds the lock", run_id, pipeline, out["running"])
@@ -150,7 +152,11 @@ def start_run(self: Task, pipeline: str, trigger: str = "beat") -> dict[str, Any
         return {**out, "batches": 0}
     publish_progress(run_id)
     for job in jobs:
-        chain(stage_batch.si(job), transform_batch.s(), commit_batch.s()).apply_async()
+        if any(needs_staging(f["url"]) for f in job["files"]):
+            chain(stage_batch.si(job), transform_batch.s(), commit_batch.s()).apply_async()
+        else:  # nothing to copy: the size caps are checked here, one queue hop saved
+            staged = stage_files(runs.staged_job(job), settings)
+            chain(transform_batch.si(staged), commit_batch.s()).apply_async()
     return {**out, "batches": len(jobs)}
 
 

@@ -250,3 +250,39 @@ def test_beat_fires_the_same_task_on_schedule(stack: Stack, flights_df, tmp_path
         beat.stop()
     assert all(stack.store.get(r)["trigger"] == "beat" for r in runs)
     _assert_sink_matches(sink, files)
+
+
+def test_http_sources_are_staged_then_committed(stack: Stack, flights_df, tmp_path: Path):
+    """Ray cannot read http:// in place: stage_batch copies the files into staging first."""
+    import sys
+
+    from tests._stack import Proc, free_port
+
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = [p for p in write_landing(flights_df.iloc[:40_000], landing, 8) if ".csv" in p.name]
+    port = free_port()
+    server = Proc([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                  env=dict(os.environ), log=tmp_path / "http.log", cwd=landing)
+    try:
+        wait_for(lambda: "Serving HTTP" in (tmp_path / "http.log").read_text(), 30, "http.server")
+        stack.add_pipeline(
+            "overhttp",
+            f"""
+source = "http://127.0.0.1:{port}/flights-*.csv*"
+sink = "{sink.as_uri()}"
+sql = "{SQL}"
+partition_by = ["year", "month"]
+batch_bytes = "1MiB"
+[pipelines.overhttp.schema]
+time_hour = "timestamp[s, tz=UTC]"
+""",
+        )
+        run = stack.celeray("run", "overhttp", "--wait")
+    finally:
+        server.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    s = _summary(stack, run.stdout)
+    assert s["files_committed"] == len(files) == 6
+    _assert_sink_matches(sink, files)
+    staging = stack.root / "home" / "staging" / "overhttp"
+    assert not staging.exists() or not any(staging.iterdir())  # staged copies are cleaned

@@ -7,17 +7,14 @@ hang until the WSGI server kills its worker. Nothing here connects at import or 
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import redis
 from flask import current_app
 
 from celeray.celeryconfig import make_client
-from celeray.errors import PipelineFileError
-from celeray.pipelines import Pipeline, load_pipelines
+from celeray.pipelines import Pipeline, current_pipelines
 from celeray.runstate import RunStore
 from celeray.settings import Settings
 
@@ -55,8 +52,6 @@ class Connections:
         self._store = store
         self._client = client
         self._redis: dict[str, redis.Redis] = {}
-        self._pipelines: tuple[tuple[int, ...], dict[str, Pipeline] | PipelineFileError] | None
-        self._pipelines = None
         self._lock = threading.Lock()
 
     @property
@@ -112,28 +107,8 @@ class Connections:
         The file is parsed again whenever its size, times or inode change, so an edit is
         seen by the next request without parsing (and starting DuckDB) on every one.
         """
-        path = self.settings.pipelines
-        signature = _signature(path)
-        cached = self._pipelines
-        if signature is None or cached is None or cached[0] != signature:
-            try:
-                found: dict[str, Pipeline] | PipelineFileError = load_pipelines(path)
-            except PipelineFileError as exc:
-                found = exc
-            cached = (signature or (), found)
-            if signature is not None:
-                self._pipelines = cached
-        if isinstance(cached[1], PipelineFileError):
-            raise PipelineFileError(cached[1].path, cached[1].issues)  # a fresh traceback
-        return cached[1]
+        return current_pipelines(self.settings.pipelines)
 
-
-def _signature(path: Path) -> tuple[int, ...] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def conns() -> Connections:
