@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
+from celery.signals import worker_ready
+
+from celeray.celeryconfig import RAY_QUEUE
 from celeray.errors import RayUnavailableError
 from celeray.settings import get_settings
 
-__all__ = ["ensure_ray"]
+__all__ = ["ensure_ray"]  # importing this module also hooks the warm-up to worker_ready
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -54,3 +58,27 @@ def ensure_ray() -> None:
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc
         log.info("connected to Ray at %s", address)
+
+
+def _warm_up() -> None:
+    try:
+        ensure_ray()
+        from ray_jobs.dispatcher import warm_workers
+
+        log.info("warmed %d Ray worker(s)", warm_workers())
+    except Exception as exc:
+        log.warning("could not warm Ray workers (the first batch will): %s", exc)
+
+
+@worker_ready.connect
+def _warm_when_serving_ray(sender: Any = None, **_: Any) -> None:
+    """In a worker that consumes the ``ray`` queue, connect and warm Ray in the background.
+
+    This worker runs a threads pool, so its main process is the one Ray driver: connecting
+    here instead of on the first batch only moves the same connection earlier, off the
+    first run's clock. A failure is logged; the first batch connects again.
+    """
+    queues = getattr(getattr(sender, "app", None), "amqp", None)
+    consuming = set(queues.queues.consume_from or {}) if queues is not None else set()
+    if RAY_QUEUE in consuming:
+        threading.Thread(target=_warm_up, name="ray-warm-up", daemon=True).start()
