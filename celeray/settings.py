@@ -22,6 +22,11 @@ __all__ = ["Settings", "get_settings", "redact_url"]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 # Named defaults, each with the reason it has this value.
+DEFAULT_HOME = Path(".celeray")  # beside the project, like .venv: one stack per checkout
+DEFAULT_PIPELINES = Path("pipelines.toml")  # the file `celeray validate` checks by default
+DEFAULT_API_PORT = 8000  # gunicorn's customary port
+DEFAULT_FLOWER_PORT = 5555  # Flower's own default, so its docs apply as written
+DEFAULT_FLOWER_USER = "admin"  # the password, not the name, is the secret (generated)
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"  # the Redis every dev machine runs
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"  # same server, own db: flushable apart
 DEFAULT_RAY_PORT = 6380  # Ray's own default 6379 is Redis's port
@@ -44,8 +49,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CELERAY_", extra="ignore", populate_by_name=True)
 
-    home: Path = Field(default=Path(".celeray"), description="supervisor files, logs, staging")
-    pipelines: Path = Field(default=Path("pipelines.toml"), description="the pipeline file")
+    home: Path = Field(default=DEFAULT_HOME, description="supervisor files, logs, staging")
+    pipelines: Path = Field(default=DEFAULT_PIPELINES, description="the pipeline file")
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     state_url: str | None = Field(
@@ -59,9 +64,9 @@ class Settings(BaseSettings):
     )
     ray_port: int = DEFAULT_RAY_PORT
     api_token: SecretStr | None = None
-    api_port: int = 8000
-    flower_port: int = 5555
-    flower_user: str = "admin"
+    api_port: int = DEFAULT_API_PORT
+    flower_port: int = DEFAULT_FLOWER_PORT
+    flower_user: str = DEFAULT_FLOWER_USER
     flower_password: SecretStr | None = None
     staging_url: str | None = Field(default=None, description="default: file://$HOME/staging")
 

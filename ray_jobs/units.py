@@ -25,7 +25,39 @@ from celeray.errors import InputError
 from ray_jobs.decompress import codec_from_name
 from ray_jobs.readers import SPLITTABLE_FORMATS, detect_format
 
-__all__ = ["plan_units", "split_ranges"]
+__all__ = [
+    "COMPRESSED_EXPANSION",
+    "MIN_UNIT_BYTES",
+    "balanced_unit_bytes",
+    "plan_units",
+    "split_ranges",
+    "work_bytes",
+]
+
+COMPRESSED_EXPANSION = 4  # csv/jsonl inflate ~4-5x from zstd/gzip; the work follows the text
+MIN_UNIT_BYTES = 8 * 1024**2  # ~100 ms of work for one Ray task: smaller is all overhead
+
+
+def work_bytes(file: dict[str, Any]) -> int:
+    """The bytes of text a Ray task will parse for ``file``: its size, inflated if compressed."""
+    size = int(file["size"])
+    return size * COMPRESSED_EXPANSION if codec_from_name(file["url"]) else size
+
+
+def balanced_unit_bytes(files: list[dict[str, Any]], *, unit_bytes: int, cpus: int) -> int:
+    """``unit_bytes`` shrunk so the batch's units come in a multiple of ``cpus``.
+
+    Eleven units on two CPUs leave one core idle for the last one; twelve slightly smaller
+    ones do not. Never below :data:`MIN_UNIT_BYTES` (or ``unit_bytes`` if that is smaller),
+    so no Ray task carries only overhead.
+    """
+    works = [work_bytes(f) for f in files]
+    total = sum(works)
+    if total < 1 or cpus <= 1:
+        return unit_bytes
+    count = -(-total // unit_bytes)
+    count = -(-count // cpus) * cpus
+    return max(min(MIN_UNIT_BYTES, unit_bytes), -(-total // count))
 
 
 def plan_units(
@@ -37,8 +69,10 @@ def plan_units(
 ) -> list[list[dict[str, Any]]]:
     """Split ``files`` (dicts with at least ``"url"`` and ``"size"``) into units.
 
-    Consecutive files, in the given order, share a unit while their sizes add up to at
-    most ``unit_bytes``; a file of ``unit_bytes`` or more is a unit alone. The same input
+    Consecutive files, in the given order, are cut into shares of about ``unit_bytes`` of
+    :func:`work_bytes` (sizes, compressed ones inflated): a file joins the share its middle
+    falls in, so a run of ``W`` bytes gives about ``W / unit_bytes`` units whatever the file
+    sizes. A file of ``unit_bytes`` or more is a unit alone. The same input
     always gives the same units; the file dicts are passed through, not copied.
 
     With a ``plan`` (the job's plan: its ``format`` and ``split_large_files``, default
@@ -57,12 +91,13 @@ def plan_units(
     fmt = plan.get("format") if plan is not None else None
     units: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
-    current_bytes = 0
+    current_bytes = current_bucket = 0  # work of the run so far; the open unit's share
     for file in files:
         size = int(file["size"])
         if size < 0:
             raise ValueError(f"{file['url']}: negative size {size}")
-        if size >= unit_bytes or (splitting and size >= 2 * split):
+        work = work_bytes(file)
+        if work >= unit_bytes or (splitting and size >= 2 * split):
             if current:
                 units.append(current)
                 current, current_bytes = [], 0
@@ -71,11 +106,16 @@ def plan_units(
             else:
                 units.append([file])
             continue
-        if current and current_bytes + size > unit_bytes:
+        # A file joins the share its middle falls in: units of about unit_bytes each, and
+        # a run of W bytes gives about W / unit_bytes units however the sizes fall.
+        bucket = (current_bytes + work // 2) // unit_bytes
+        if current and bucket > current_bucket:
             units.append(current)
-            current, current_bytes = [], 0
+            current = []
+        if not current:
+            current_bucket = bucket
         current.append(file)
-        current_bytes += size
+        current_bytes += work
     if current:
         units.append(current)
     return units

@@ -171,8 +171,10 @@ def stage_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(name="tasks.transform_batch", bind=True, base=BatchTask, **RETRY)
 def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Drive Ray over the batch's files, reporting progress as Ray tasks finish."""
+    import ray
+
     from ray_jobs.dispatcher import run_units
-    from ray_jobs.units import plan_units
+    from ray_jobs.units import balanced_unit_bytes, plan_units
     from tasks._ray import ensure_ray
 
     settings = get_settings()
@@ -188,11 +190,11 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
     out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
     readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    unit_bytes = balanced_unit_bytes(readable, unit_bytes=settings.unit_bytes, cpus=cpus)
     units = [
         {"batch_id": job["batch_id"], "unit": i, "files": files, "out_url": out_url}
-        for i, files in enumerate(
-            plan_units(readable, unit_bytes=settings.unit_bytes, plan=job["plan"])
-        )
+        for i, files in enumerate(plan_units(readable, unit_bytes=unit_bytes, plan=job["plan"]))
     ]
     done = {"files_done": 0, "rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0}
 

@@ -30,7 +30,9 @@ def test_large_files_are_alone() -> None:
 
 
 def test_exact_fill_and_zero_sizes() -> None:
-    assert urls(plan_units(files(30, 30, 0, 1), unit_bytes=60)) == [[0, 1, 2], [3]]
+    # A file joins the share its middle falls in: 0-60 holds files 0 and 1, the empty file
+    # sits at 60, the start of the next share.
+    assert urls(plan_units(files(30, 30, 0, 1), unit_bytes=60)) == [[0, 1], [2, 3]]
 
 
 def test_deterministic_and_empty() -> None:
@@ -45,3 +47,27 @@ def test_bad_arguments() -> None:
         plan_units(files(1), unit_bytes=0)
     with pytest.raises(ValueError):
         plan_units(files(-1), unit_bytes=10)
+
+
+def test_compressed_files_weigh_what_they_inflate_to() -> None:
+    from ray_jobs.units import COMPRESSED_EXPANSION, work_bytes
+
+    assert work_bytes({"url": "file:///a.csv", "size": 10}) == 10
+    assert work_bytes({"url": "file:///a.csv.zst", "size": 10}) == 10 * COMPRESSED_EXPANSION
+    assert work_bytes({"url": "file:///a.jsonl.gz", "size": 10}) == 10 * COMPRESSED_EXPANSION
+
+
+def test_units_come_in_a_multiple_of_the_cpus() -> None:
+    from ray_jobs.units import MIN_UNIT_BYTES, balanced_unit_bytes
+
+    mib = 1024**2
+    one_big = [{"url": "file:///big.csv", "size": 342 * mib}]
+    unit = balanced_unit_bytes(one_big, unit_bytes=32 * mib, cpus=2)
+    units = plan_units(one_big, unit_bytes=unit, plan={"format": None})
+    assert len(units) == 12  # 11 ranges of 32 MiB would leave a core idle at the end
+    zst = [{"url": f"file:///f{i:02d}.csv.zst", "size": int(2.4 * mib)} for i in range(32)]
+    unit = balanced_unit_bytes(zst, unit_bytes=32 * mib, cpus=2)
+    assert len(plan_units(zst, unit_bytes=unit)) % 2 == 0
+    tiny = [{"url": "file:///t.csv", "size": 1000}]
+    assert balanced_unit_bytes(tiny, unit_bytes=32 * mib, cpus=2) == MIN_UNIT_BYTES
+    assert balanced_unit_bytes(one_big, unit_bytes=32 * mib, cpus=1) == 32 * mib
