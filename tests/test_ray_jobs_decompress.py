@@ -18,14 +18,9 @@ from celeray.errors import (
     StorageError,
 )
 from ray_jobs.decompress import codec_from_name, open_input, strip_codec_suffix
+from tests._limits import MiB, limits
 
-MiB = 1024**2
-LIMITS = {
-    "max_file_bytes": 64 * MiB,
-    "max_decompressed_bytes": 64 * MiB,
-    "max_row_bytes": 1 * MiB,
-    "zstd_max_window_bytes": 128 * MiB,
-}
+LIMITS = limits(64 * MiB, 1 * MiB)
 CSV = b"a,b\n" + b"".join(b"%d,value-%d\n" % (i, i * 7919 % 1000) for i in range(20000))
 
 

@@ -12,16 +12,11 @@ import ray
 
 from celeray.errors import CelerayError, RayUnavailableError, TransformError
 from ray_jobs.dispatcher import run_units
+from tests._limits import MiB, limits
 
 REPO = str(Path(__file__).resolve().parents[1])
 PROBE_ENV = "CELERAY_TEST_PROBE_DIR"
-MiB = 1024**2
-LIMITS = {
-    "max_file_bytes": 64 * MiB,
-    "max_decompressed_bytes": 64 * MiB,
-    "max_row_bytes": 1 * MiB,
-    "zstd_max_window_bytes": 128 * MiB,
-}
+LIMITS = limits(64 * MiB, 1 * MiB)
 
 
 def test_needs_ray_init() -> None:

@@ -22,14 +22,9 @@ import ray_jobs.writer as writer
 from celeray.errors import InputError, TransformError
 from ray_jobs.process import process_unit, unit_prefix
 from ray_jobs.readers import read_batches
+from tests._limits import limits
 
-MiB = 1024**2
-LIMITS = {
-    "max_file_bytes": 256 * MiB,
-    "max_decompressed_bytes": 256 * MiB,
-    "max_row_bytes": 64 * 1024,
-    "zstd_max_window_bytes": 128 * MiB,
-}
+LIMITS = limits()
 
 
 def rows(start: int, n: int) -> list[dict[str, Any]]:

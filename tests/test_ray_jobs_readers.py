@@ -22,14 +22,9 @@ from celeray.errors import (
 )
 from ray_jobs._read_jsonl import _check_line_lengths
 from ray_jobs.readers import detect_format, parse_type, read_batches
+from tests._limits import limits
 
-MiB = 1024**2
-LIMITS = {
-    "max_file_bytes": 256 * MiB,
-    "max_decompressed_bytes": 256 * MiB,
-    "max_row_bytes": 64 * 1024,
-    "zstd_max_window_bytes": 128 * MiB,
-}
+LIMITS = limits()
 N = 30_000
 ROWS = [{"id": i, "name": f"n{i}", "v": i * 0.5} for i in range(N)]
 CODECS = {

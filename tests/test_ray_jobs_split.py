@@ -24,14 +24,9 @@ from ray_jobs.merge import merge_unit_results
 from ray_jobs.process import process_unit
 from ray_jobs.readers import read_batches
 from ray_jobs.units import plan_units, split_ranges
+from tests._limits import MiB, limits
 
-MiB = 1024**2
-LIMITS = {
-    "max_file_bytes": 256 * MiB,
-    "max_decompressed_bytes": 256 * MiB,
-    "max_row_bytes": 64 * 1024,
-    "zstd_max_window_bytes": 128 * MiB,
-}
+LIMITS = limits()
 N = 3000
 
 
