@@ -161,3 +161,14 @@ def test_dead_worker_is_reported(tmp_path: Path, probe_dir: Path) -> None:
             task_options={"max_retries": 0},
         )
     assert not isinstance(info.value, TransformError)
+
+
+def test_warm_workers_warms_one_worker_per_cpu_and_cleans_up(probe_dir: Path) -> None:
+    import glob
+    import tempfile
+
+    from ray_jobs.dispatcher import warm_workers
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/celeray-warm-*"))
+    assert warm_workers() == 2  # the module's cluster has two CPUs
+    assert set(glob.glob(f"{tempfile.gettempdir()}/celeray-warm-*")) == before
