@@ -149,13 +149,18 @@ def breakdown(stack: BenchStack, run_id: str, t0: float, batches: int) -> dict[s
 
 
 def _chains(tasks: list[dict[str, Any]], by_name: dict[str, list[dict[str, Any]]]) -> list[float]:
-    """Per batch: its stage_batch sent (or received) -> its commit_batch succeeded."""
+    """Per batch: its first task sent (or received) -> its commit_batch succeeded.
+
+    The first task is stage_batch where the batch had files to copy, else transform_batch
+    (whose parent is then start_run, which is not part of the batch).
+    """
     by_id = {t.get("uuid"): t for t in tasks}
     out = []
     for commit in by_name.get("commit_batch", []):
         transform = by_id.get(commit.get("parent_id")) or {}
-        stage = by_id.get(transform.get("parent_id")) or {}
-        begin = stage.get("sent") or stage.get("received")
+        parent = by_id.get(transform.get("parent_id")) or {}
+        first = parent if str(parent.get("name", "")).endswith("stage_batch") else transform
+        begin = first.get("sent") or first.get("received")
         if begin and commit.get("succeeded"):
             out.append(commit["succeeded"] - begin)
     return out
