@@ -12,7 +12,8 @@ from celeray.celeryconfig import RAY_QUEUE
 from celeray.errors import RayUnavailableError
 from celeray.settings import get_settings
 
-__all__ = ["ensure_ray"]  # importing this module also hooks the warm-up to worker_ready
+# Importing this module also hooks the Ray warm-up to worker_ready.
+__all__ = ["cluster_cpus", "ensure_ray"]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -58,6 +59,23 @@ def ensure_ray() -> None:
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc
         log.info("connected to Ray at %s", address)
+
+
+_CPUS_TTL = 30.0  # seconds; nodes join and leave rarely, batches come often
+_cpus: tuple[float, int] | None = None
+
+
+def cluster_cpus() -> int:
+    """CPUs of the connected Ray cluster, asked of the GCS at most every 30 s."""
+    import time
+
+    import ray
+
+    global _cpus
+    now = time.monotonic()
+    if _cpus is None or now - _cpus[0] > _CPUS_TTL:
+        _cpus = (now, max(1, int(ray.cluster_resources().get("CPU", 1))))
+    return _cpus[1]
 
 
 def _warm_up() -> None:
