@@ -51,11 +51,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Mark a batch finished exactly once; return the batches still pending, or -1 when the
-# batch was already finished (a redelivered task must not count twice).
+# Finish a batch exactly once, in one step: take it off the pending set and add its counts,
+# so a worker killed in between can neither lose the counts nor add them twice. Returns the
+# batches still pending, or -1 when the batch was finished before (a redelivered task).
+# KEYS: pending, run, progress, quarantined, errors. ARGV: batch id, "done" field, error
+# record or "", number of counters n, n name/value pairs, then quarantine records.
 _FINISH = """
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then
   return -1
+end
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  redis.call('HINCRBY', KEYS[2], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('HDEL', KEYS[3], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', KEYS[5], ARGV[3])
+end
+for i = 5 + 2 * n, #ARGV do
+  redis.call('RPUSH', KEYS[4], ARGV[i])
 end
 return redis.call('SCARD', KEYS[1])
 """
@@ -173,24 +188,29 @@ class RunStore:
         quarantined: list[dict[str, Any]] = (),  # type: ignore[assignment]
         error: str | None = None,
     ) -> int | None:
-        """Count a batch as finished once; return the batches still pending.
+        """Count a batch as finished once, atomically; return the batches still pending.
 
         Returns None when this batch was finished before, in which case nothing is counted.
         """
-        remaining = int(self._finish(keys=[self._run_key(run_id) + ":pending"], args=[batch_id]))
+        key = self._run_key(run_id)
+        counts = [(name, int(value)) for name, value in counters.items() if value]
+        remaining = int(
+            self._finish(
+                keys=[key + ":pending", key, key + ":progress", key + ":quarantined",
+                      key + ":errors"],
+                args=[
+                    batch_id,
+                    "batches_failed" if error else "batches_done",
+                    json.dumps({"batch_id": batch_id, "error": error}) if error else "",
+                    len(counts),
+                    *[x for pair in counts for x in pair],
+                    *[json.dumps(record) for record in quarantined],
+                ],
+            )
+        )
         if remaining < 0:
             return None
         pipe = self.r.pipeline()
-        key = self._run_key(run_id)
-        for name, value in counters.items():
-            if value:
-                pipe.hincrby(key, name, int(value))
-        pipe.hincrby(key, "batches_failed" if error else "batches_done", 1)
-        pipe.hdel(key + ":progress", batch_id)
-        for record in quarantined:
-            pipe.rpush(key + ":quarantined", json.dumps(record))
-        if error:
-            pipe.rpush(key + ":errors", json.dumps({"batch_id": batch_id, "error": error}))
         self._touch(pipe, run_id)
         pipe.execute()
         return remaining

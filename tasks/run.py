@@ -77,6 +77,25 @@ def finalize(run_id: str) -> None:
     log.info("run %s ended %s: %s", run_id, state, {k: summary[k] for k in ("rows_out",)})
 
 
+def after_batch(run_id: str, remaining: int | None) -> None:
+    """After a batch finished: finalize the run if it was the last, else show progress.
+
+    ``remaining`` is None when the batch had been counted before: a redelivered task whose
+    first delivery died after counting. If that was the last batch, its death may have come
+    before the run was finalized, so an unfinished run with nothing pending is finalized
+    now (finalizing twice stores the same summary twice).
+    """
+    if remaining is None:
+        store = run_store()
+        record = store.get(run_id)  # None when Redis lost the run: nothing to finalize
+        if record and not store.pending(run_id) and record["state"] not in runs.FINAL_STATES:
+            finalize(run_id)
+    elif remaining == 0:
+        finalize(run_id)
+    else:
+        publish_progress(run_id)
+
+
 class BatchTask(Task):
     """A task of one batch: when it fails for good, the batch is counted as failed.
 
@@ -92,10 +111,7 @@ class BatchTask(Task):
         if not isinstance(job, dict) or "batch_id" not in job:
             return
         remaining = runs.fail_job(job, f"{type(exc).__name__}: {exc}", run_store())
-        if remaining == 0:
-            finalize(job["run_id"])
-        else:
-            publish_progress(job["run_id"])
+        after_batch(job["run_id"], remaining)
 
 
 class StartTask(Task):
@@ -243,10 +259,7 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Commit the batch to the ledger; the last batch of the run finalizes it."""
     fresh, remaining = runs.commit_job(job, job["result"], run_store())
-    if remaining == 0:
-        finalize(job["run_id"])
-    elif remaining is not None:
-        publish_progress(job["run_id"])
+    after_batch(job["run_id"], remaining)
     result = job["result"]
     return {
         "batch_id": job["batch_id"],
