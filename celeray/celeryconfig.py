@@ -23,6 +23,7 @@ TASK_NAMES = {
     "stage_batch": "tasks.stage_batch",
     "transform_batch": "tasks.transform_batch",
     "commit_batch": "tasks.commit_batch",
+    "watch_run": "tasks.watch_run",
     "ray_status": "tasks.ray_status",
 }
 
@@ -56,6 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_NAMES["stage_batch"]: {"queue": IO_QUEUE},
             TASK_NAMES["transform_batch"]: {"queue": RAY_QUEUE},
             TASK_NAMES["commit_batch"]: {"queue": IO_QUEUE},
+            TASK_NAMES["watch_run"]: {"queue": IO_QUEUE},
             TASK_NAMES["ray_status"]: {"queue": RAY_QUEUE},
         },
         # Ack after the task ends, and give the message back when its worker dies, so a

@@ -151,6 +151,7 @@ class RunStore:
             mapping={
                 "state": _enc("RUNNING"),
                 "started_at": time.time(),
+                "progress_at": time.time(),
                 "batches_total": len(batch_ids),
                 **{k: _enc(v) for k, v in fields.items()},
             },
@@ -169,6 +170,10 @@ class RunStore:
         """Set plain fields of the run record."""
         self.r.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
 
+    def touch_progress(self, run_id: str) -> None:
+        """Record that the run made progress now (the watchdog measures silence from it)."""
+        self.r.hset(self._run_key(run_id), "progress_at", time.time())
+
     def mark_once(self, run_id: str, field: str) -> None:
         """Record the first time something happened in the run (later calls keep it)."""
         self.r.hsetnx(self._run_key(run_id), field, time.time())
@@ -177,6 +182,7 @@ class RunStore:
         """Replace the live progress of one batch still being transformed."""
         pipe = self.r.pipeline()
         pipe.hset(self._run_key(run_id) + ":progress", batch_id, json.dumps(progress))
+        pipe.hset(self._run_key(run_id), "progress_at", time.time())
         self._touch(pipe, run_id)
         pipe.execute()
 
@@ -211,6 +217,7 @@ class RunStore:
         if remaining < 0:
             return None
         pipe = self.r.pipeline()
+        pipe.hset(key, "progress_at", time.time())
         self._touch(pipe, run_id)
         pipe.execute()
         return remaining

@@ -33,7 +33,7 @@ from celeray.staging import stage_files
 from ray_jobs.merge import merge_unit_results
 from tasks.app import app, run_store
 
-__all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch"]
+__all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch", "watch_run"]
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,56 @@ def start_run(self: Task, pipeline: str, trigger: str = "beat") -> dict[str, Any
         return {**out, "batches": 0}
     publish_progress(run_id)
     for job in jobs:
-        if any(needs_staging(f["url"]) for f in job["files"]):
-            chain(stage_batch.si(job), transform_batch.s(), commit_batch.s()).apply_async()
-        else:  # nothing to copy: the size caps are checked here, one queue hop saved
-            staged = stage_files(runs.staged_job(job), settings)
-            chain(transform_batch.si(staged), commit_batch.s()).apply_async()
+        dispatch(job)
+    watch_run.apply_async((run_id,), countdown=watch_interval())
     return {**out, "batches": len(jobs)}
+
+
+def dispatch(job: dict[str, Any]) -> None:
+    """Send the chain of one batch: stage (only if something must be copied), transform, commit."""
+    if any(needs_staging(f["url"]) for f in job["files"]):
+        chain(stage_batch.si(job), transform_batch.s(), commit_batch.s()).apply_async()
+    else:  # nothing to copy: the size caps are checked here, one queue hop saved
+        staged = stage_files(runs.staged_job(job), get_settings())
+        chain(transform_batch.si(staged), commit_batch.s()).apply_async()
+
+
+def watch_interval() -> int:
+    """Seconds between two looks of a run's watchdog: under the visibility timeout, since
+    a countdown message longer than that is delivered again while it waits."""
+    return max(1, get_settings().effective_visibility_timeout // 2)
+
+
+@app.task(name="tasks.watch_run", ignore_result=True, acks_late=True)
+def watch_run(run_id: str) -> None:
+    """Resend the batches of a run that has gone silent; finalize one that was left unended.
+
+    Celery on Redis loses a message whose worker dies after taking it off the queue and
+    before recording it as unacknowledged (seen in the SIGKILL test: one transform in 18
+    never came back). Nothing then finishes the run. This watchdog looks every
+    :func:`watch_interval` seconds: when no batch of the run has progressed for a whole
+    visibility timeout (longer than any task may run), the pending batches are sent
+    again; batch ids, output names and the once-only finish make a duplicate harmless.
+    It stops when the run has ended.
+    """
+    store = run_store()
+    record = store.get(run_id)
+    if not record or record.get("state") in runs.FINAL_STATES:
+        return
+    pending = store.pending(run_id)
+    if not pending:
+        after_batch(run_id, None)
+        return
+    silent = time.time() - float(record.get("progress_at") or record.get("started_at") or 0)
+    if silent > get_settings().effective_visibility_timeout:
+        jobs = store.load_jobs(run_id)
+        log.warning("run %s: silent for %.0fs; resending %d batch(es)", run_id, silent,
+                    len(pending))
+        for batch_id in sorted(pending):
+            if batch_id in jobs:
+                dispatch(jobs[batch_id])
+        store.touch_progress(run_id)
+    watch_run.apply_async((run_id,), countdown=watch_interval())
 
 
 @app.task(name="tasks.stage_batch", bind=True, base=BatchTask, **RETRY)

@@ -286,3 +286,34 @@ time_hour = "timestamp[s, tz=UTC]"
     _assert_sink_matches(sink, files)
     staging = stack.root / "home" / "staging" / "overhttp"
     assert not staging.exists() or not any(staging.iterdir())  # staged copies are cleaned
+
+
+def test_watchdog_resends_batches_whose_messages_were_lost(
+    stack: Stack, flights_df, tmp_path: Path
+):
+    """Celery on Redis can lose a message (a worker killed between taking it off the queue
+    and recording it). Here the ray queue is emptied while no ray worker runs: the run's
+    watchdog notices the silence and sends the batches again."""
+    import redis
+
+    from tests._stack import BROKER_DB, REDIS_HOST, REDIS_PORT
+
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = write_landing(flights_df.iloc[:50_000], landing, 6)
+    _pipeline(stack, "lost", landing, sink)
+    stack.rayw.stop()  # transforms now wait in the ray queue
+    try:
+        run = stack.celeray("run", "lost")
+        assert run.returncode == 0, run.stderr
+        run_id = run.stdout.split("run ", 1)[1].split()[0]
+        broker = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=BROKER_DB)
+        wait_for(lambda: broker.llen("ray") >= 1 and stack.store.pending(run_id), 60,
+                 "transforms queued")
+        wait_for(lambda: (stack.store.get(run_id) or {}).get("state") == "RUNNING", 30, "plan")
+        assert broker.delete("ray") == 1  # every queued transform message is gone
+    finally:
+        stack.rayw = stack.start_worker("ray", suffix="w")
+    result = stack.wait_run(run_id, timeout=180)
+    assert result.state == "SUCCESS", result.result
+    _assert_sink_matches(sink, files)
+    assert "silent for" in stack.io.proc.log.read_text()
