@@ -26,6 +26,7 @@ from celeray.errors import (
     RunFailedError,
     TransientIOError,
 )
+from celeray.ledger import Ledger
 from celeray.pipelines import current_pipelines, get_pipeline
 from celeray.planner import needs_staging
 from celeray.settings import get_settings
@@ -251,8 +252,6 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     if not store.hold(job["pipeline"], job["run_id"]):
         raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     ensure_ray()
-    from celeray.ledger import Ledger
-
     out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
     readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
     unit_bytes = balanced_unit_bytes(

@@ -18,7 +18,7 @@ from celeray.errors import (
     StorageError,
 )
 from ray_jobs.decompress import codec_from_name, open_input, strip_codec_suffix
-from tests._limits import MiB, limits
+from tests._plans import MiB, limits
 
 LIMITS = limits(64 * MiB, 1 * MiB)
 CSV = b"a,b\n" + b"".join(b"%d,value-%d\n" % (i, i * 7919 % 1000) for i in range(20000))

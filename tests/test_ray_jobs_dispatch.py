@@ -12,7 +12,7 @@ import ray
 
 from celeray.errors import CelerayError, RayUnavailableError, TransformError
 from ray_jobs.dispatcher import run_units
-from tests._limits import MiB, limits
+from tests._plans import MiB, limits, plan
 
 REPO = str(Path(__file__).resolve().parents[1])
 PROBE_ENV = "CELERAY_TEST_PROBE_DIR"
@@ -53,21 +53,7 @@ def probes(probe_dir: Path) -> Iterator[Path]:
 
 
 def make_plan(**overrides: Any) -> dict[str, Any]:
-    plan: dict[str, Any] = {
-        "pipeline": "t",
-        "format": "csv",
-        "schema": None,
-        "sql": None,
-        "transform": None,
-        "partition_by": [],
-        "compression": "zstd",
-        "compression_level": None,
-        "limits": LIMITS,
-        "storage_options": None,
-        "threads": 1,
-    }
-    plan.update(overrides)
-    return plan
+    return plan(LIMITS, **{"pipeline": "t", "format": "csv", **overrides})
 
 
 def make_units(tmp_path: Path, n: int) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import ray_jobs.writer as writer
 from celeray.errors import InputError, TransformError
 from ray_jobs.process import process_unit, unit_prefix
 from ray_jobs.readers import read_batches
-from tests._limits import limits
+from tests._plans import limits, plan
 
 LIMITS = limits()
 
@@ -55,21 +55,13 @@ def zst(data: bytes) -> bytes:
 
 
 def make_plan(**overrides: Any) -> dict[str, Any]:
-    plan: dict[str, Any] = {
+    defaults = {
         "pipeline": "flights",
-        "format": None,
         "schema": {"dep_delay": "int32"},
-        "sql": None,
-        "transform": None,
         "partition_by": ["year"],
-        "compression": "zstd",
-        "compression_level": None,
-        "limits": LIMITS,
-        "storage_options": None,
         "threads": 2,
     }
-    plan.update(overrides)
-    return plan
+    return plan(LIMITS, **{**defaults, **overrides})
 
 
 class Landing:

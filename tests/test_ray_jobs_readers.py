@@ -22,7 +22,7 @@ from celeray.errors import (
 )
 from ray_jobs._read_jsonl import _check_line_lengths
 from ray_jobs.readers import detect_format, parse_type, read_batches
-from tests._limits import limits
+from tests._plans import limits
 
 LIMITS = limits()
 N = 30_000

@@ -24,7 +24,7 @@ from ray_jobs.merge import merge_unit_results
 from ray_jobs.process import process_unit
 from ray_jobs.readers import read_batches
 from ray_jobs.units import plan_units, split_ranges
-from tests._limits import MiB, limits
+from tests._plans import MiB, limits, plan
 
 LIMITS = limits()
 N = 3000
@@ -263,21 +263,7 @@ def test_split_ranges_cover_exactly() -> None:
 
 
 def make_plan(**overrides: Any) -> dict[str, Any]:
-    plan: dict[str, Any] = {
-        "pipeline": "p",
-        "format": None,
-        "schema": None,
-        "sql": None,
-        "transform": None,
-        "partition_by": [],
-        "compression": "zstd",
-        "compression_level": None,
-        "limits": LIMITS,
-        "storage_options": None,
-        "threads": 1,
-    }
-    plan.update(overrides)
-    return plan
+    return plan(LIMITS, **overrides)
 
 
 class Batch:
