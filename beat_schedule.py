@@ -4,15 +4,22 @@ One entry per pipeline with a ``schedule``; on-demand pipelines get none. Each e
 ``tasks.start_run`` by name to the ``io`` queue, so this module imports nothing from the
 ``tasks`` package (which imports it). Cron schedules run in the Celery app's timezone.
 Beat reads the schedule when it starts: edit the file, then restart beat.
+
+Beat has no lock, so two beats schedule twice (PITFALLS). Every send therefore carries its
+*slot*: the start of the schedule period it is for. Intervals are aligned to the epoch
+(every 300 s fires at :00, :05, ...) and cron fires on whole minutes, so two beats compute
+the same slot, and ``start_run`` runs only the first message of each slot.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from celery.schedules import crontab
+from celery.schedules import crontab, schedstate, schedule
 
 from celeray.pipelines import Pipeline, load_pipelines
 
@@ -20,13 +27,51 @@ __all__ = [
     "ENTRY_PREFIX",
     "START_RUN_QUEUE",
     "START_RUN_TASK",
+    "AlignedInterval",
     "build_beat_schedule",
     "load_beat_schedule",
+    "slot_of",
 ]
 
 ENTRY_PREFIX = "celeray:"  # beat entry names; keeps ours apart from any others in the app
 START_RUN_TASK = "tasks.start_run"
 START_RUN_QUEUE = "io"
+
+
+MIN_SLOT_TTL = 60  # seconds a slot key lives at least: far beyond two beats' clock skew
+
+
+class AlignedInterval(schedule):
+    """Every ``seconds``, on multiples of ``seconds`` since the epoch.
+
+    Celery's plain interval counts from when each beat started, so two beats would fire
+    at different moments and in different slots; aligned, they fire in the same one.
+    """
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        last = self.maybe_make_aware(last_run_at).timestamp()
+        now = self.maybe_make_aware(self.now()).timestamp()
+        step = self.seconds
+        next_at = (math.floor(last / step) + 1) * step
+        return timedelta(seconds=max(next_at - now, 0.0))
+
+    def is_due(self, last_run_at: datetime) -> schedstate:
+        remaining = self.remaining_estimate(last_run_at).total_seconds()
+        if remaining > 0:
+            return schedstate(is_due=False, next=remaining)
+        now = self.maybe_make_aware(self.now()).timestamp()
+        step = self.seconds
+        return schedstate(is_due=True, next=(math.floor(now / step) + 1) * step - now)
+
+    def __reduce__(self) -> Any:
+        return self.__class__, (self.run_every, self.relative, self.nowfun)
+
+
+def slot_of(when: Any, now: float) -> tuple[int, int]:
+    """The slot (epoch seconds of its period's start) a send at ``now`` is for, and the
+    seconds its key should live: two periods, at least :data:`MIN_SLOT_TTL`."""
+    step = max(1, int(when.seconds)) if isinstance(when, schedule) else 60  # cron: minutes
+    return int(now // step) * step, max(MIN_SLOT_TTL, 2 * step)
 
 
 def _crontab(spec: str) -> crontab:
@@ -44,15 +89,18 @@ def _crontab(spec: str) -> crontab:
 def build_beat_schedule(pipelines: Mapping[str, Pipeline]) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule`` mapping, keyed ``celeray:NAME``, in name order.
 
-    Cron schedules become ``crontab`` objects, intervals a float of seconds; the only
-    argument is the pipeline's name, so messages stay small and JSON-serializable.
+    Cron schedules become ``crontab`` objects, intervals :class:`AlignedInterval`; the
+    only argument is the pipeline's name (beat adds the slot when it sends), so messages
+    stay small and JSON-serializable.
     """
     schedule: dict[str, dict[str, Any]] = {}
     for name in sorted(pipelines):
         spec = pipelines[name].schedule_spec
         if spec is None:
             continue
-        when: crontab | float = _crontab(spec[1]) if spec[0] == "cron" else float(spec[1])
+        when: crontab | AlignedInterval = (
+            _crontab(spec[1]) if spec[0] == "cron" else AlignedInterval(float(spec[1]))
+        )
         schedule[f"{ENTRY_PREFIX}{name}"] = {
             "task": START_RUN_TASK,
             "schedule": when,

@@ -22,11 +22,13 @@ __all__ = [
     "ParseError",
     "PipelineFileError",
     "PipelineIssue",
+    "PoisonInputError",
     "RayUnavailableError",
     "RunActiveError",
     "RunFailedError",
     "SchemaError",
     "StorageError",
+    "TimeLimitError",
     "TransformError",
     "TransientIOError",
     "UnknownPipelineError",
@@ -104,6 +106,15 @@ class LedgerError(StorageError):
 
 class RayUnavailableError(CelerayError):
     """The Ray cluster cannot be reached at the configured address."""
+
+
+class TimeLimitError(CelerayError):
+    """A batch ran past its time limit; its Ray tasks were cancelled and it failed.
+
+    The threads pool that drives Ray does not enforce Celery's time limits (celery#9203),
+    so the dispatcher keeps its own deadline, under the visibility timeout: a batch is
+    stopped before Redis could deliver it a second time.
+    """
 
 
 class TransformError(CelerayError):
@@ -186,3 +197,9 @@ class EmptyInputError(InputError):
     """The file holds no data at all (zero bytes or no rows)."""
 
     kind = "empty"
+
+
+class PoisonInputError(InputError):
+    """The file's Ray worker died every time it was read (a crash, not an exception)."""
+
+    kind = "poison"

@@ -117,6 +117,16 @@ class RunStore:
         value = self.r.get(self._lock_key(pipeline))
         return str(value) if value else None
 
+    def claim_slot(self, pipeline: str, slot: int, run_id: str, ttl: int) -> bool:
+        """Whether ``run_id`` is the run of the schedule ``slot`` (the first to claim it).
+
+        A redelivered start of the same run claims its slot again and is told yes.
+        """
+        key = f"{_PREFIX}:slot:{pipeline}:{slot}"
+        if self.r.set(key, run_id, nx=True, ex=ttl):
+            return True
+        return self.r.get(key) == run_id
+
     # -- run records ------------------------------------------------------------------
 
     def _run_key(self, run_id: str) -> str:

@@ -11,14 +11,21 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psutil
 import ray
-from ray.exceptions import RayError, RaySystemError, RayTaskError
+from ray.exceptions import (
+    OutOfMemoryError,
+    RayError,
+    RaySystemError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
-from celeray.errors import CelerayError, RayUnavailableError
+from celeray.errors import CelerayError, PoisonInputError, RayUnavailableError, TimeLimitError
 from ray_jobs.process import process_unit
 
 __all__ = ["process_unit_task", "run_units", "warm_workers"]
@@ -98,6 +105,7 @@ def run_units(
     min_free_memory: float,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     task_options: dict[str, Any] | None = None,
+    deadline: float | None = None,
 ) -> list[dict[str, Any]]:
     """Process ``units`` as Ray tasks; return their results in the order of ``units``.
 
@@ -109,9 +117,14 @@ def run_units(
     ``{"num_cpus": 2}`` to match ``plan["threads"]``.
 
     An error inside a task that is a ``CelerayError`` (``TransformError`` above all) is
-    re-raised as itself; a task that died (worker crash, OOM kill, past its retries) or
-    failed otherwise raises ``CelerayError`` naming the batch and unit. Either way the
-    tasks still pending are cancelled. Without ``ray.init`` it raises
+    re-raised as itself; a task that failed otherwise raises ``CelerayError`` naming the
+    batch and unit. A task whose worker died every time (a crash or an OOM kill, past
+    Ray's retries) is a poison: a unit of several files is split into one unit per file
+    (so the good files still go through), and a unit of one file (or of one byte range)
+    quarantines that file as ``PoisonInputError``. ``deadline`` (a ``time.monotonic()``
+    value) bounds the whole call: past it, every pending task is cancelled with
+    ``force=True`` (its worker is killed) and ``TimeLimitError`` is raised. On any error
+    the tasks still pending are cancelled. Without ``ray.init`` it raises
     ``RayUnavailableError``.
     """
     if not ray.is_initialized():
@@ -121,9 +134,11 @@ def run_units(
     limit = max_in_flight if max_in_flight > 0 else _default_in_flight()
     task = process_unit_task.options(**task_options) if task_options else process_unit_task
     plan_ref = ray.put(plan)
+    units = list(units)  # poison splits append to it
     results: list[dict[str, Any] | None] = [None] * len(units)
     pending: dict[Any, int] = {}
     submitted = 0
+    force = False
     try:
         while submitted < len(units) or pending:
             while submitted < len(units) and len(pending) < limit:
@@ -132,20 +147,96 @@ def run_units(
                         "memory below %.0f%% free: waiting before submitting", 100 * min_free_memory
                     )
                     break
-                pending[task.remote(plan_ref, units[submitted])] = submitted
+                options = {"max_retries": POISON_RETRIES} if units[submitted].get("retry") else {}
+                ref = (task.options(**options) if options else task).remote(
+                    plan_ref, units[submitted]
+                )
+                pending[ref] = submitted
                 submitted += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not done:
+                force = True
+                raise TimeLimitError(
+                    f"batch {units[0].get('batch_id')} ran past its time limit with "
+                    f"{len(pending)} Ray task(s) unfinished; they were cancelled"
+                )
             for ref in done:
                 index = pending.pop(ref)
-                result = _get(ref, units[index])
+                try:
+                    result = _get(ref, units[index])
+                except _Crashed as crash:
+                    split = _split_poison(units[index], len(units), crash.reason)
+                    if isinstance(split, dict):  # one file: quarantined
+                        result = split
+                    else:  # several files: each goes again on its own
+                        units.extend(split)
+                        results.extend([None] * len(split))
+                        continue
                 results[index] = result
                 if on_result is not None:
                     on_result(result)
     except BaseException:
         for ref in pending:
-            ray.cancel(ref)
+            ray.cancel(ref, force=force)
         raise
     return [r for r in results if r is not None]
+
+
+POISON_RETRIES = 1  # a file split out of a crashed unit gets one retry, not Ray's three
+
+
+class _Crashed(Exception):
+    """A Ray task's worker died past its retries (a crash or an OOM kill)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def _split_poison(
+    unit: dict[str, Any], next_number: int, reason: str
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """A crashed unit's files, each as a unit of its own; or, for one file, its quarantine.
+
+    The new units are numbered from ``next_number`` so their output names are new too.
+    """
+    files = unit["files"]
+    if len(files) > 1:
+        log.warning(
+            "batch %s unit %s: its worker died every time; trying its %d files one by one",
+            unit.get("batch_id"), unit.get("unit"), len(files),
+        )
+        return [
+            {**unit, "unit": next_number + i, "files": [f], "retry": True}
+            for i, f in enumerate(files)
+        ]
+    file = files[0]
+    record = PoisonInputError(
+        f"the Ray worker reading this file died every time ({reason}); "
+        "quarantined as a poison input",
+        url=file["url"],
+    ).record()
+    result: dict[str, Any] = {
+        "batch_id": unit.get("batch_id"),
+        "unit": unit.get("unit"),
+        "files": [],
+        "quarantined": [record],
+        "outputs": [],
+        "rows_in": 0,
+        "rows_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "files_done": 1,
+        "seconds": 0.0,
+    }
+    if file.get("range") is not None:
+        result["split"] = {
+            "url": file["url"], "range": list(file["range"]), "size": file.get("size"),
+            "mode": "range", "reason": None,
+        }
+        result["files_done"] = int(file["range"][1] == file.get("size"))
+    return result
 
 
 def _get(ref: Any, unit: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +252,21 @@ def _get(ref: Any, unit: dict[str, Any]) -> dict[str, Any]:
         ) from exc
     except RaySystemError as exc:
         raise RayUnavailableError(f"{name}: lost the Ray cluster: {exc}") from exc
+    except (WorkerCrashedError, OutOfMemoryError) as exc:
+        if not _cluster_answers():  # the head went away: not the input's fault
+            raise RayUnavailableError(f"{name}: lost the Ray cluster: {exc}") from exc
+        raise _Crashed(type(exc).__name__) from exc
     except RayError as exc:
         raise CelerayError(f"{name} died: {type(exc).__name__}: {exc}") from exc
     return result
+
+
+def _cluster_answers() -> bool:
+    """Whether the Ray head still answers (after a task died, was it the task or Ray?)."""
+    try:
+        return any(n.get("Alive") for n in ray.nodes())
+    except Exception:
+        return False
 
 
 def _default_in_flight() -> int:

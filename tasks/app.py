@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,16 @@ class PipelineScheduler(PersistentScheduler):
         self.app.conf.beat_schedule = load_beat_schedule(path)
         log.info("beat: %d scheduled pipeline(s) from %s", len(self.app.conf.beat_schedule), path)
         super().setup_schedule()
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any):
+        """Send a due entry; celeray's entries carry the slot they are for (see
+        :func:`beat_schedule.slot_of`), so a second beat's send of the same slot is skipped."""
+        from beat_schedule import ENTRY_PREFIX, slot_of
+
+        if entry.name.startswith(ENTRY_PREFIX):
+            slot, ttl = slot_of(entry.schedule, time.time())
+            entry.kwargs = {**(entry.kwargs or {}), "slot": slot, "slot_ttl": ttl}
+        return super().apply_async(entry, producer, advance, **kwargs)
 
 
 def _make_app() -> Celery:

@@ -16,14 +16,13 @@ from typing import Any
 
 import redis.exceptions
 from celery import Task, chain, states
-from celery.exceptions import SoftTimeLimitExceeded
 
 from celeray import runs
 from celeray.errors import (
-    CelerayError,
     LockLostError,
     RayUnavailableError,
     RunFailedError,
+    TimeLimitError,
     TransientIOError,
 )
 from celeray.ledger import Ledger
@@ -47,6 +46,7 @@ TRANSIENT = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+DEADLINE_SHARE = 0.95  # of the time limit for the Ray fan-out; the rest merges and returns
 RETRY = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 2,
@@ -157,11 +157,22 @@ def _heartbeat(job: dict[str, Any]) -> Iterator[threading.Event]:
     store_errors_even_if_ignored=True,
     **RETRY,
 )
-def start_run(self: Task, pipeline: str, trigger: str = "beat") -> dict[str, Any]:
-    """Plan a run of ``pipeline`` and send a chain per batch; the run id is this task's id."""
+def start_run(
+    self: Task, pipeline: str, trigger: str = "beat", slot: int | None = None,
+    slot_ttl: int = 3600,
+) -> dict[str, Any]:
+    """Plan a run of ``pipeline`` and send a chain per batch; the run id is this task's id.
+
+    Beat's sends carry ``slot``: a slot already claimed by another run (a second beat's
+    send of the same period) is skipped.
+    """
     run_id = self.request.id
     settings = get_settings()
     store = run_store()
+    if slot is not None and not store.claim_slot(pipeline, slot, run_id, slot_ttl):
+        # Nobody waits on a beat's run id, so no result is stored: two beats cost no keys.
+        log.info("run %s of %s skipped: slot %s was sent by another beat", run_id, pipeline, slot)
+        return {"status": "skipped", "duplicate_slot": slot}
     spec = get_pipeline(current_pipelines(settings.pipelines), pipeline)
     out = runs.begin_run(run_id, spec, store, settings, trigger=trigger)
     if out["status"] == "skipped":
@@ -272,6 +283,10 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
     store.mark_once(job["run_id"], "first_unit_at")  # trigger -> first Ray task: run overhead
     started = time.perf_counter()
+    # The threads pool does not enforce Celery's time limits (celery#9203): the dispatcher
+    # keeps this deadline itself, under the visibility timeout, so a batch is stopped
+    # before Redis could hand it to a second worker while it still runs.
+    deadline = time.monotonic() + settings.task_time_limit * DEADLINE_SHARE
     with _heartbeat(job) as lost:
         try:
             results = run_units(
@@ -280,11 +295,13 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
                 max_in_flight=settings.ray_max_in_flight,
                 min_free_memory=settings.min_free_memory,
                 on_result=on_result,
+                deadline=deadline,
             )
-        except SoftTimeLimitExceeded as exc:
-            raise CelerayError(
+        except TimeLimitError as exc:
+            raise TimeLimitError(
                 f"batch {job['batch_id']} exceeded the time limit of "
-                f"{settings.task_time_limit}s; its files stay uncommitted"
+                f"{settings.task_time_limit}s ({exc}); its files stay uncommitted for the "
+                "next run"
             ) from exc
     if lost.is_set():
         raise LockLostError(f"run {job['run_id']} lost its lock while transforming")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from celery.schedules import crontab
 
-from beat_schedule import build_beat_schedule, load_beat_schedule
+from beat_schedule import AlignedInterval, build_beat_schedule, load_beat_schedule, slot_of
 from celeray.errors import PipelineFileError
 from celeray.pipelines import load_pipelines
 
@@ -71,9 +72,33 @@ def test_cron_entries_are_crontabs_with_matching_fields(path: Path) -> None:
     assert weekdays.day_of_week == {1, 2, 3, 4, 5}
 
 
-def test_interval_entries_are_float_seconds(path: Path) -> None:
+def test_interval_entries_are_epoch_aligned_intervals(path: Path) -> None:
     when = build_beat_schedule(load_pipelines(path))["celeray:every90"]["schedule"]
-    assert isinstance(when, float) and when == 90.0
+    assert isinstance(when, AlignedInterval) and when.seconds == 90.0
+
+
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def test_aligned_interval_fires_on_multiples_of_its_period() -> None:
+    # Two beats that last fired at different moments of the same period are both due at
+    # the next multiple of 90 s, and not before.
+    for last in (900.0 * 1000 + 1.0, 900.0 * 1000 + 55.5):
+        due_before = AlignedInterval(90.0, nowfun=lambda: _at(900.0 * 1000 + 89.0))
+        state = due_before.is_due(_at(last))
+        assert not state.is_due and abs(state.next - 1.0) < 1e-6
+        due_at = AlignedInterval(90.0, nowfun=lambda: _at(900.0 * 1000 + 90.2))
+        state = due_at.is_due(_at(last))
+        assert state.is_due and abs(state.next - 89.8) < 1e-6
+
+
+def test_slots_are_period_starts_shared_by_beats_a_moment_apart() -> None:
+    every90 = AlignedInterval(90.0)
+    assert slot_of(every90, 90_000.2) == slot_of(every90, 90_003.9) == (90_000, 180)
+    assert slot_of(every90, 90_090.1)[0] == 90_090
+    assert slot_of(AlignedInterval(1.0), 5.7) == (5, 60)  # keys live at least a minute
+    assert slot_of(crontab(minute="*/5"), 125.0) == (120, 120)
 
 
 def test_on_demand_pipelines_are_absent(path: Path) -> None:
