@@ -25,6 +25,7 @@ from celeray.pipelines import Pipeline, load_pipelines
 
 __all__ = [
     "ENTRY_PREFIX",
+    "RECONCILE_ENTRY",
     "START_RUN_QUEUE",
     "START_RUN_TASK",
     "AlignedInterval",
@@ -110,16 +111,34 @@ def build_beat_schedule(pipelines: Mapping[str, Pipeline]) -> dict[str, dict[str
     return schedule
 
 
+RECONCILE_ENTRY = "celeray-reconcile"
+RECONCILE_TASK = "tasks.reconcile"
+
+
 def load_beat_schedule(
-    path: str | Path | None = None, *, allow_chained_urls: bool = False
+    path: str | Path | None = None,
+    *,
+    allow_chained_urls: bool = False,
+    reconcile_every: float | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The beat schedule of the pipeline file at ``path`` (default: ``CELERAY_PIPELINES``).
+    """The beat schedule of the pipeline file at ``path`` (default: ``CELERAY_PIPELINES``),
+    plus the reconciliation pass every ``reconcile_every`` seconds (0: none; default
+    ``CELERAY_RECONCILE_INTERVAL``).
 
     Raises :class:`celeray.errors.PipelineFileError` listing every issue, so beat refuses to
     start on a broken file instead of silently scheduling part of it.
     """
-    if path is None:
-        from celeray.settings import get_settings
+    from celeray.settings import get_settings
 
+    if path is None:
         path = get_settings().pipelines
-    return build_beat_schedule(load_pipelines(path, allow_chained_urls=allow_chained_urls))
+    if reconcile_every is None:
+        reconcile_every = get_settings().reconcile_interval
+    schedule = build_beat_schedule(load_pipelines(path, allow_chained_urls=allow_chained_urls))
+    if reconcile_every:
+        schedule[RECONCILE_ENTRY] = {
+            "task": RECONCILE_TASK,
+            "schedule": AlignedInterval(float(reconcile_every)),
+            "options": {"queue": START_RUN_QUEUE, "expires": 60},
+        }
+    return schedule

@@ -25,6 +25,7 @@ TASK_NAMES = {
     "commit_batch": "tasks.commit_batch",
     "watch_run": "tasks.watch_run",
     "ray_status": "tasks.ray_status",
+    "reconcile": "tasks.reconcile",
 }
 
 
@@ -59,6 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_NAMES["commit_batch"]: {"queue": IO_QUEUE},
             TASK_NAMES["watch_run"]: {"queue": IO_QUEUE},
             TASK_NAMES["ray_status"]: {"queue": RAY_QUEUE},
+            TASK_NAMES["reconcile"]: {"queue": IO_QUEUE},
         },
         # Ack after the task ends, and give the message back when its worker dies, so a
         # SIGKILL mid-task means redelivery instead of loss.

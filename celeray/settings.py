@@ -41,6 +41,7 @@ DEFAULT_ZSTD_MAX_WINDOW = 128 * 1024**2  # zstd's own default limit (window log 
 DEFAULT_RAY_MAX_IN_FLIGHT = 0  # 0 = twice the cluster's CPUs: keeps cores fed, memory bounded
 DEFAULT_MIN_FREE_MEMORY = 0.10  # below 10% free memory the dispatcher waits before submitting
 DEFAULT_UNIT_BYTES = 32 * 1024**2  # small files grouped to ~32 MiB per Ray task (>100 ms work)
+DEFAULT_RECONCILE_INTERVAL = 300  # s; a Redis that lost its queues is noticed within 5 min
 DEFAULT_MAX_DELIVERIES = 3  # a batch whose worker died this often is quarantined as poison
 
 
@@ -77,6 +78,10 @@ class Settings(BaseSettings):
     run_lock_ttl: int = Field(default=DEFAULT_RUN_LOCK_TTL, gt=0)
     result_expires: int = Field(default=DEFAULT_RESULT_EXPIRES, gt=0)
     max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1)
+    reconcile_interval: int = Field(
+        default=DEFAULT_RECONCILE_INTERVAL, ge=0,
+        description="seconds between beat's reconciliation passes; 0 turns them off",
+    )
 
     max_file_bytes: Size = DEFAULT_MAX_FILE_BYTES
     max_decompressed_bytes: Size = DEFAULT_MAX_DECOMPRESSED_BYTES

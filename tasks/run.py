@@ -181,6 +181,8 @@ def start_run(
             run_id, {"status": "skipped", "running": out["running"]}, states.SUCCESS
         )
         return out
+    if slot is not None:
+        store.set_fields(run_id, slot=slot)  # which schedule period this run is for
     jobs = out.pop("jobs")
     if not jobs:
         finalize(run_id)

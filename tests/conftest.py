@@ -30,7 +30,10 @@ def flights_df():  # type: ignore[no-untyped-def]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the fast pure tests before the ones that start the stack."""
-    items.sort(key=lambda i: "stack" in i.fixturenames)
+    items.sort(key=lambda i: (
+        "stack" in i.fixturenames or i.get_closest_marker("stack") is not None,
+        i.get_closest_marker("faults") is not None,
+    ))
 
 
 __all__ = ["Path"]

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from celery.schedules import crontab
 
-from beat_schedule import AlignedInterval, build_beat_schedule, load_beat_schedule, slot_of
+from beat_schedule import (
+    RECONCILE_ENTRY,
+    AlignedInterval,
+    build_beat_schedule,
+    load_beat_schedule,
+    slot_of,
+)
 from celeray.errors import PipelineFileError
 from celeray.pipelines import load_pipelines
 
@@ -107,7 +113,12 @@ def test_on_demand_pipelines_are_absent(path: Path) -> None:
 
 
 def test_load_beat_schedule_reads_the_file(path: Path, tmp_path: Path) -> None:
-    assert load_beat_schedule(path).keys() == build_beat_schedule(load_pipelines(path)).keys()
+    pipelines = build_beat_schedule(load_pipelines(path)).keys()
+    assert load_beat_schedule(path, reconcile_every=0).keys() == pipelines
+    with_pass = load_beat_schedule(path, reconcile_every=120)
+    assert with_pass.keys() == {*pipelines, RECONCILE_ENTRY}
+    assert with_pass[RECONCILE_ENTRY]["task"] == "tasks.reconcile"
+    assert with_pass[RECONCILE_ENTRY]["schedule"].seconds == 120
     broken = tmp_path / "broken.toml"
     broken.write_text(TEXT + 'bad = "x"\n')
     with pytest.raises(PipelineFileError):

@@ -1,0 +1,161 @@
+"""Inputs that kill their worker every time, batches past the time limit, a full sink disk.
+
+Each test gives its pipeline a transform module of its own (in the stack's PYTHONPATH, which
+the Ray workers inherit), the way a user's pipeline names ``package.module:function``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.dataset as ds
+import pytest
+
+from tests._data import write_landing
+from tests._stack import wait_for
+from tests.faults._faultstack import TIME_LIMIT, VISIBILITY, FaultStack, exactly_once
+from tests.faults.conftest import record
+
+pytestmark = [pytest.mark.stack, pytest.mark.faults]
+
+
+def _module(stack: FaultStack, name: str, body: str) -> str:
+    (stack.mods / f"{name}.py").write_text(textwrap.dedent(body))
+    return name
+
+
+def _wait_end(stack: FaultStack, run_id: str, timeout: float = 120) -> dict:
+    return wait_for(lambda: (r := stack.store.get(run_id)) and r.get("state") in
+                    ("SUCCESS", "FAILURE") and r, timeout, f"run {run_id} to end")
+
+
+def test_an_input_that_kills_its_ray_worker_every_time_is_quarantined(
+    fault_stack: FaultStack, flights_df, tmp_path: Path
+):
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    good = write_landing(flights_df.iloc[:30_000], landing, 6)
+    poison = landing / "flights-poison.csv"
+    flights_df.iloc[:500].assign(carrier="XX").to_csv(poison, index=False)
+    mod = _module(fault_stack, "poisonous", """
+        import os
+        import pyarrow.compute as pc
+
+        def kill_on_xx(table):
+            if pc.any(pc.equal(table["carrier"], "XX")).as_py():
+                os._exit(1)  # the worker dies: no exception, nothing to catch
+            return table
+    """)
+    fault_stack.add_pipeline("poison", landing, sink, batch_bytes='"64MiB"',
+                             transform=f'"{mod}:kill_on_xx"')
+    ray_worker = fault_stack.program_pid("worker-ray")
+    started = time.monotonic()
+    record_ = _wait_end(fault_stack, fault_stack.trigger("poison"), timeout=180)
+    took = time.monotonic() - started
+
+    assert record_["state"] == "SUCCESS", record_
+    assert (record_["files_committed"], record_["files_quarantined"]) == (len(good), 1)
+    [q] = record_["quarantined"]
+    assert q["url"].endswith("flights-poison.csv") and q["kind"] == "poison", q
+    assert "died every time" in q["error"]
+    assert fault_stack.program_pid("worker-ray") == ray_worker  # the Celery worker lived on
+    found = exactly_once(sink, good)
+    record("poison input (kills its Ray worker)", **found, seconds=round(took, 1))
+    assert (found["duplicates"], found["losses"]) == (0, 0), found
+
+
+def test_a_batch_past_the_time_limit_is_stopped_and_never_runs_twice_at_once(
+    fault_stack: FaultStack, flights_df, tmp_path: Path
+):
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    files = write_landing(flights_df.iloc[:1_500], landing, 1)  # one file, one Ray task
+    starts = tmp_path / "starts.log"
+    mod = _module(fault_stack, "sleepy", f"""
+        import os, time
+        import psutil
+
+        def sleep_long(table):
+            log = {str(starts)!r}
+            earlier = open(log).read().split() if os.path.exists(log) else []
+            alive = [p for p in earlier if psutil.pid_exists(int(p))]
+            with open(log, "a") as f:
+                f.write(("OVERLAP " if alive else "") + str(os.getpid()) + "\\n")
+            time.sleep(600)
+            return table
+    """)
+    fault_stack.add_pipeline("slow", landing, sink, batch_bytes='"64MiB"',
+                             transform=f'"{mod}:sleep_long"')
+    started = time.monotonic()
+    run = _wait_end(fault_stack, fault_stack.trigger("slow"), timeout=60)
+    took = time.monotonic() - started
+
+    assert run["state"] == "FAILURE"
+    assert any("exceeded the time limit" in e["error"] for e in run["errors"]), run["errors"]
+    assert took < TIME_LIMIT + VISIBILITY  # stopped by the deadline, before any redelivery
+    first = [line for line in starts.read_text().split("\n") if line]
+    wait_for(lambda: not any(psutil.pid_exists(int(p.split()[-1])) for p in first), 30,
+             "the sleeping Ray worker killed")
+    # Past the visibility timeout nothing came back on its own while it ran: the next
+    # start (beat's reconciliation) only came after the first was stopped.
+    time.sleep(VISIBILITY - min(took, VISIBILITY) + 1)
+    assert not any(line.startswith("OVERLAP") for line in starts.read_text().split("\n"))
+    assert not (sink / "_celeray" / "ledger").exists() or \
+        not list((sink / "_celeray" / "ledger").glob("*.json"))
+
+    fault_stack.add_pipeline("slow", landing, sink, batch_bytes='"64MiB"')  # fixed
+    fault_stack.settle("slow")
+    found = exactly_once(sink, files)
+    record("batch past the time limit", **found, starts=len(first))
+    assert (found["duplicates"], found["losses"]) == (0, 0), found
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 3 MiB tmpfs for the sink, unmounted afterwards (needs root, as CI here has)."""
+    mount = tmp_path / "smalldisk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_sink_disk_fails_cleanly_and_the_run_resumes_with_space(
+    fault_stack: FaultStack, flights_df, tmp_path: Path, small_disk: Path
+):
+    landing, sink = tmp_path / "landing", small_disk / "lake"
+    files = write_landing(flights_df.iloc[:150_000], landing, 12)
+    fault_stack.add_pipeline("diskfull", landing, sink, batch_bytes='"2MiB"')
+    run = _wait_end(fault_stack, fault_stack.trigger("diskfull"))
+
+    assert run["state"] == "FAILURE"
+    assert any("No space left on device" in e["error"] for e in run["errors"]), run["errors"]
+    # No partial batch visible: every Parquet file outside _celeray belongs to a committed
+    # entry, and the visible rows are exactly those of the committed files.
+    entries = [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("*.json")] \
+        if (sink / "_celeray/ledger").exists() else []
+    listed = {o["path"] for e in entries for o in e["outputs"]}
+    visible = {str(p.relative_to(sink)) for p in sink.rglob("*.parquet")
+               if not str(p.relative_to(sink)).startswith("_")}
+    assert visible <= listed, visible - listed
+    committed = {f["url"] for e in entries for f in e["inputs"]}
+    partial = [p for p in files if p.as_uri() in committed]
+    if partial:
+        assert exactly_once(sink, partial)["losses"] == 0
+    else:
+        assert not visible
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    fault_stack.settle("diskfull")
+    found = exactly_once(sink, files)
+    record("sink disk full, then space back", **found, committed_while_full=len(partial))
+    assert (found["duplicates"], found["losses"]) == (0, 0), found
+    assert ds.dataset(str(sink), format="parquet").count_rows() == found["expected"]
