@@ -132,7 +132,7 @@ def run_units(
     if not units:
         return []
     limit = max_in_flight if max_in_flight > 0 else _default_in_flight()
-    task = process_unit_task.options(**task_options) if task_options else process_unit_task
+    plain = process_unit_task.options(**task_options) if task_options else process_unit_task
     plan_ref = ray.put(plan)
     units = list(units)  # poison splits append to it
     results: list[dict[str, Any] | None] = [None] * len(units)
@@ -147,10 +147,12 @@ def run_units(
                         "memory below %.0f%% free: waiting before submitting", 100 * min_free_memory
                     )
                     break
-                options = {"max_retries": POISON_RETRIES} if units[submitted].get("retry") else {}
-                ref = (task.options(**options) if options else task).remote(
-                    plan_ref, units[submitted]
-                )
+                task = plain
+                if units[submitted].get("retry"):  # split out of a crashed unit
+                    task = process_unit_task.options(
+                        **{**(task_options or {}), "max_retries": POISON_RETRIES}
+                    )
+                ref = task.remote(plan_ref, units[submitted])
                 pending[ref] = submitted
                 submitted += 1
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -9,7 +9,17 @@ import uuid
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["NOT_CALLABLE", "boom", "crash", "double_v", "not_a_table", "probe", "tag_chunk"]
+__all__ = [
+    "NOT_CALLABLE",
+    "boom",
+    "crash",
+    "crash_on_k3",
+    "double_v",
+    "not_a_table",
+    "probe",
+    "sleep_long",
+    "tag_chunk",
+]
 
 NOT_CALLABLE = 42
 PROBE_DIR_ENV = "CELERAY_TEST_PROBE_DIR"
@@ -49,3 +59,18 @@ def probe(table: pa.Table) -> pa.Table:
 def crash(table: pa.Table) -> pa.Table:
     """Kill the worker process, as a segfault or the OOM killer would."""
     os._exit(1)
+
+
+def crash_on_k3(table: pa.Table) -> pa.Table:
+    """Kill the worker when the chunk holds a row with ``k == 3`` (a poison file)."""
+    if pc.any(pc.equal(table["k"], 3)).as_py():
+        os._exit(1)
+    return table
+
+
+def sleep_long(table: pa.Table) -> pa.Table:
+    """Log this worker's pid into ``$CELERAY_TEST_PROBE_DIR``, then hang for 10 minutes."""
+    with open(os.path.join(os.environ[PROBE_DIR_ENV], f"{os.getpid()}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+    return table

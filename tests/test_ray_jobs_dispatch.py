@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import ray
 
-from celeray.errors import CelerayError, RayUnavailableError, TransformError
+from celeray.errors import RayUnavailableError, TransformError
 from ray_jobs.dispatcher import run_units
 from tests._plans import MiB, limits, plan
 
@@ -137,16 +137,65 @@ def test_transform_error_comes_back_as_itself(tmp_path: Path, probe_dir: Path) -
     assert type(info.value) is TransformError
 
 
-def test_dead_worker_is_reported(tmp_path: Path, probe_dir: Path) -> None:
-    with pytest.raises(CelerayError, match=r"Ray task for batch b1 unit 0 died") as info:
+def test_a_file_whose_worker_always_dies_is_quarantined_as_poison(
+    tmp_path: Path, probe_dir: Path
+) -> None:
+    [result] = run_units(
+        make_plan(transform="tests._sample_transforms:crash"),
+        make_units(tmp_path, 1),
+        max_in_flight=1,
+        min_free_memory=0.0,
+        task_options={"max_retries": 0},
+    )
+    [record] = result["quarantined"]
+    assert record["kind"] == "poison" and record["url"].endswith("f0.csv")
+    assert "died every time" in record["error"] and "WorkerCrashedError" in record["error"]
+    assert (result["files"], result["outputs"], result["files_done"]) == ([], [], 1)
+
+
+def test_a_crashed_unit_of_several_files_is_retried_file_by_file(
+    tmp_path: Path, probe_dir: Path
+) -> None:
+    units = make_units(tmp_path, 5)
+    together = [{**units[0], "files": [f for u in units for f in u["files"]]}]
+    results = run_units(
+        make_plan(transform="tests._sample_transforms:crash_on_k3"),
+        together,
+        max_in_flight=2,
+        min_free_memory=0.0,
+        task_options={"max_retries": 0},
+    )
+    assert [r["unit"] for r in results] == [1, 2, 3, 4, 5]  # numbered after the first
+    good = sorted(f["url"].rsplit("/", 1)[1] for r in results for f in r["files"])
+    assert good == ["f0.csv", "f1.csv", "f2.csv", "f4.csv"]
+    [poison] = [q for r in results for q in r["quarantined"]]
+    assert poison["url"].endswith("f3.csv") and poison["kind"] == "poison"
+    assert sum(r["rows_out"] for r in results) == 10 + 11 + 12 + 14
+
+
+def test_the_deadline_cancels_and_kills_hanging_tasks(tmp_path: Path, probes: Path) -> None:
+    import time
+
+    import psutil
+
+    from celeray.errors import TimeLimitError
+
+    started = time.monotonic()
+    with pytest.raises(TimeLimitError, match="time limit"):
         run_units(
-            make_plan(transform="tests._sample_transforms:crash"),
-            make_units(tmp_path, 1),
-            max_in_flight=1,
+            make_plan(transform="tests._sample_transforms:sleep_long"),
+            make_units(tmp_path, 2),
+            max_in_flight=2,
             min_free_memory=0.0,
-            task_options={"max_retries": 0},
+            deadline=time.monotonic() + 5.0,
         )
-    assert not isinstance(info.value, TransformError)
+    assert time.monotonic() - started < 10
+    pids = [int(p.read_text()) for p in probes.glob("*.pid")]
+    assert pids  # the tasks had started
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(p) for p in pids)  # force-cancelled: workers killed
 
 
 def test_warm_workers_warms_one_worker_per_cpu_and_cleans_up(probe_dir: Path) -> None:

@@ -31,6 +31,7 @@ TIME_LIMIT = 8  # s: a batch of the suite's pipelines takes well under a second
 VISIBILITY = 12  # s: a dead worker's batch comes back this long after it was taken
 LOCK_TTL = 15  # s: a dead run's lock frees this long after its last renewal
 RECONCILE = 5  # s: beat's reconciliation pass finds what a lost Redis forgot
+RESULT_EXPIRES = 60  # s: results and run records; the load test waits for them to go
 
 
 class RedisServer:
@@ -94,6 +95,7 @@ class FaultStack:
                 "CELERAY_RUN_LOCK_TTL": str(LOCK_TTL),
                 "CELERAY_RECONCILE_INTERVAL": str(RECONCILE),
                 "CELERAY_UNIT_BYTES": "256KiB",
+                "CELERAY_RESULT_EXPIRES": str(RESULT_EXPIRES),
                 "PYTHONPATH": str(self.mods),  # Ray workers inherit it from the head
                 "COLUMNS": "200",
                 **extra,
