@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from celeray import fsoptions
-from celeray.errors import TransformError
+from celeray.errors import StorageError, TransformError
 from ray_jobs._tap import ErrorTap
 
 __all__ = [
@@ -120,6 +120,10 @@ def write_parquet(
         if tap.error is not None:
             raise tap.error from None
         raise TransformError(f"writing Parquet failed: {exc}") from exc
+    except OSError as exc:  # the output's storage: a missing bucket, no permission...
+        if tap.error is not None:
+            raise tap.error from None
+        raise StorageError(f"cannot write Parquet under {out_url}: {exc}") from exc
     return sorted(
         (
             {"path": _relative(path, root), "rows": rows, "bytes": int(fs.size(path))}

@@ -261,12 +261,16 @@ class Stack:
         self.io = self.start_worker("io")
         self.rayw = self.start_worker("ray")
 
-    def start_worker(self, kind: str, suffix: str = "") -> Worker:
+    def start_worker(
+        self, kind: str, suffix: str = "", env: dict[str, str] | None = None
+    ) -> Worker:
+        """Start an ``io`` or ``ray`` worker with the stack's environment (``env`` laid over)."""
+        wenv = {**self.env, **(env or {})}
         if kind == "io":
-            w = Worker(self.root, self.env, queue="io", pool="prefork", concurrency=2,
+            w = Worker(self.root, wenv, queue="io", pool="prefork", concurrency=2,
                        name=f"io{suffix}")
         else:
-            w = Worker(self.root, self.env, queue="ray", pool="threads", concurrency=2,
+            w = Worker(self.root, wenv, queue="ray", pool="threads", concurrency=2,
                        name=f"ray{suffix}")
         w.wait_ready(self.client)
         return w

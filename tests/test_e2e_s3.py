@@ -111,3 +111,50 @@ def test_s3_landing_to_s3_lake_exactly_once(
     for where, text in (("the saved jobs", jobs), ("the run summary", json.dumps(first)),
                         ("the stack's logs", logs)):  # fmt: skip
         assert s3.secret not in text, f"the S3 secret leaked into {where}"
+
+
+def test_http_source_staged_on_s3(stack: Stack, s3_server: S3Server, flights_df, tmp_path: Path):
+    """With ``CELERAY_STAGING_URL=s3://...`` the io worker copies http inputs into S3, Ray
+    reads them there, and the commit removes them: nothing assumes a local disk."""
+    import os
+    import sys
+
+    from tests._stack import Proc, free_port, wait_for
+
+    s3 = s3_server
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+    landing = tmp_path / "landing"
+    files = [p for p in write_landing(flights_df.iloc[:40_000], landing, 8) if ".csv" in p.name]
+    port = free_port()
+    server = Proc([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                  env=dict(os.environ), log=tmp_path / "http.log", cwd=landing)  # fmt: skip
+    sink_key = f"lake/{prefix}/overhttp"
+    stack.add_pipeline(
+        "overhttps3",
+        "\n".join([
+            f'source = "http://127.0.0.1:{port}/flights-*.csv*"',
+            f'sink = "s3://{sink_key}"',
+            f'sql = "{SQL}"',
+            'partition_by = ["year", "month"]',
+            'batch_bytes = "1MiB"',
+            "[pipelines.overhttps3.schema]",
+            'time_hour = "timestamp[s, tz=UTC]"',
+        ]),
+    )  # fmt: skip
+    # Only the io worker stages (and cleans up): it alone needs the staging setting.
+    stack.io.stop()
+    stack.io = stack.start_worker(
+        "io", suffix="-s3", env={"CELERAY_STAGING_URL": f"s3://lake/{prefix}/_staging"}
+    )
+    try:
+        wait_for(lambda: "Serving HTTP" in (tmp_path / "http.log").read_text(), 30, "http.server")
+        _, summary = _run(stack, "overhttps3")
+    finally:
+        server.stop()
+        stack.io.stop()
+        stack.io = stack.start_worker("io")
+    assert summary["files_committed"] == len(files) == 6
+    _assert_sink_matches(s3, sink_key, files)
+    moto_log = (s3.proc.log).read_text(errors="replace")
+    assert f"PUT /lake/{prefix}/_staging/overhttps3/" in moto_log  # staged on S3
+    assert not s3.filesystem().find(f"lake/{prefix}/_staging")  # and cleaned after commit
