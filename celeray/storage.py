@@ -42,8 +42,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = "*?["
-# Error codes of S3 stores that do not implement conditional writes (If-None-Match).
-_NO_CONDITIONAL = frozenset({"NotImplemented", "501"})
 
 
 @dataclass(frozen=True)
@@ -207,15 +205,15 @@ def atomic_write_json(url: str, doc: Any, storage_options: dict[str, Any] | None
 
 
 def create_json(url: str, doc: Any, storage_options: dict[str, Any] | None = None) -> bool:
-    """Write ``doc`` as JSON at ``url`` unless something is there; True when this call wrote it.
+    """Write ``doc`` as JSON at ``url`` if nothing is there yet; True when this call wrote it.
 
     Object stores: one conditional PUT (``If-None-Match: *``), so of two writers of the same
     URL exactly one wins and the other gets False (S3 answers it 412). A store that does not
-    implement the condition gets a plain PUT instead, logged once per process: there the
-    last writer wins, which is harmless for documents that two writers make alike.
+    implement the condition (501) gets a plain PUT instead, logged once per process: there
+    the last writer wins, which is harmless for documents that two writers make alike.
     A concurrent conditional write that S3 refuses with 409 raises ``TransientIOError``, to
-    be retried. Local disks: the same temporary file, fsync and ``os.replace`` as
-    :func:`atomic_write_json` (True).
+    be retried. Local disks keep :func:`atomic_write_json`'s temporary file, fsync and
+    ``os.replace``, and always return True: the caller looks for the document first.
     """
     data = _dumps(doc)
     fs, path = open_fs(url, storage_options)
@@ -232,7 +230,7 @@ def create_json(url: str, doc: Any, storage_options: dict[str, Any] | None = Non
             return False
         if code == "ConditionalRequestConflict" or status == 409:
             raise TransientIOError(f"conditional write of {url} conflicted: {exc}") from exc
-        if code not in _NO_CONDITIONAL and str(status) not in _NO_CONDITIONAL:
+        if code != "NotImplemented" and status != 501:  # 501: no conditional writes here
             raise
         _warn_unconditional(url, code or str(status))
         fs.pipe_file(path, data)

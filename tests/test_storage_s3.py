@@ -82,7 +82,7 @@ def _client_error(code: str, status: int, condition: str | None = None) -> OSErr
     ],
 )
 def test_create_json_answers_to_what_the_store_said(
-    error, outcome, monkeypatch: pytest.MonkeyPatch
+    error, outcome, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The decisions behind a conditional PUT, from the errors s3fs raises for S3 answers."""
 
@@ -96,6 +96,7 @@ def test_create_json_answers_to_what_the_store_said(
                 raise error
 
     store = Store()
+    monkeypatch.setattr(storage, "_warned", set())
     monkeypatch.setattr(storage, "open_fs", lambda url, options=None: (store, "lake/e.json"))
     if isinstance(outcome, type):
         with pytest.raises(outcome):
@@ -103,6 +104,8 @@ def test_create_json_answers_to_what_the_store_said(
     else:
         assert storage.create_json("s3://lake/e.json", {"a": 1}) is outcome
     assert store.puts == (["create", "overwrite"] if outcome is True else ["create"])
+    warned = [r.getMessage() for r in caplog.records if "conditional writes" in r.getMessage()]
+    assert bool(warned) == (outcome is True), warned  # the fallback says so in the log
 
 
 def test_list_source_sees_new_files_at_once(s3: S3Server, prefix: str) -> None:
