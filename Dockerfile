@@ -18,7 +18,8 @@ COPY tasks/ tasks/
 COPY ray_jobs/ ray_jobs/
 COPY beat_schedule.py ./
 COPY supervisor/ supervisor/
-RUN pip install --no-cache-dir .
+# With the s3 extra (s3fs): sources, staging and sinks on S3 or an S3-compatible store.
+RUN pip install --no-cache-dir ".[s3]"
 
 USER celeray
 # State (beat schedule, staging, generated credentials) on a volume of its own.

@@ -8,7 +8,10 @@ Layout::
 
 A batch's Parquet is written under ``staging/``, which pyarrow.dataset skips (leading ``_``)
 and partition globs do not reach. Committing writes the ledger entry atomically; that is the
-commit point. The staged files are then renamed into the partition folders. A crash between
+commit point. On object stores the entry is one conditional PUT (``If-None-Match: *``), so
+of two committers of one batch exactly one writes it; nothing depends on a rename. The
+staged files are then moved into the partition folders (renames on local disks, copy and
+delete on object stores). A crash between
 the two is repaired by :meth:`Ledger.recover`, which finishes the moves of every entry whose
 staging folder is still there (redo, never undo). So output reaches readers only after its
 entry exists, and an input listed in an entry is never processed again.
@@ -106,14 +109,15 @@ class Ledger:
     def commit(self, entry: dict[str, Any]) -> bool:
         """Commit one batch: quarantine records, the entry (the commit point), the moves.
 
-        Returns False when the batch was committed before (a redelivered commit); the moves
-        are finished all the same, so a crash after the entry is repaired here too.
+        Returns False when the batch was committed before (a redelivered commit), or by a
+        concurrent committer of the same batch whose conditional write of the entry came
+        first (object stores); the moves are then finished from the entry that is there, so
+        a crash after the entry is repaired here too.
         """
         batch_id = entry["batch_id"]
-        already = self.is_committed(batch_id)
-        if already:
-            entry = storage.read_json(self.entry_url(batch_id), self.storage_options)
-        else:
+        url = self.entry_url(batch_id)
+        fresh = not self.is_committed(batch_id)
+        if fresh:
             for record in entry.get("quarantined", []):
                 storage.atomic_write_json(
                     self.quarantine_url(record["url"]),
@@ -121,9 +125,11 @@ class Ledger:
                     self.storage_options,
                 )
             entry = {**entry, "version": LEDGER_VERSION, "committed_at": time.time()}
-            storage.atomic_write_json(self.entry_url(batch_id), entry, self.storage_options)
+            fresh = storage.create_json(url, entry, self.storage_options)
+        if not fresh:
+            entry = storage.read_json(url, self.storage_options)
         self.roll_forward(entry)
-        return not already
+        return fresh
 
     def roll_forward(self, entry: dict[str, Any]) -> None:
         """Move a committed batch's staged files into place and drop its staging folder."""
@@ -132,8 +138,15 @@ class Ledger:
             return
         for out in entry.get("outputs", []):
             src = storage.join(staging, out["path"])
-            if storage.exists(src, self.storage_options):
-                storage.move(src, storage.join(self.sink, out["path"]), self.storage_options)
+            dst = storage.join(self.sink, out["path"])
+            if not storage.exists(src, self.storage_options):
+                continue
+            try:
+                storage.move(src, dst, self.storage_options)
+            except FileNotFoundError:
+                # Another committer of the batch moved it first (two redelivered commits).
+                if not storage.exists(dst, self.storage_options):
+                    raise
         storage.remove_tree(staging, self.storage_options)
 
     def recover(self, keep: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:

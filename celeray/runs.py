@@ -85,7 +85,9 @@ def _job_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
     return {
         **pipeline.to_plan(),
         "limits": settings.limits(),
-        "storage_options": None,  # credentials reach Ray nodes from their environment
+        # Never secrets in a plan: each Ray node builds its storage options (endpoint,
+        # region) from its own environment and botocore finds its AWS_* credentials there.
+        "storage_options": None,
         "threads": 1,  # each Ray task has one CPU; its pyarrow and DuckDB get one thread
     }
 

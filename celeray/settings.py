@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     flower_user: str = DEFAULT_FLOWER_USER
     flower_password: SecretStr | None = None
     staging_url: str | None = Field(default=None, description="default: file://$HOME/staging")
+    # S3: only where and which region; credentials stay in botocore's own chain (AWS_*).
+    # celeray.fsoptions reads these two variables itself on Ray nodes (no pydantic-settings).
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint (http(s)://host:port); default: AWS's own",
+    )
+    s3_region: str | None = Field(
+        default=None, description="S3 region; default: botocore's (AWS_DEFAULT_REGION, profile)"
+    )
 
     task_time_limit: int = Field(default=DEFAULT_TASK_TIME_LIMIT, gt=0)
     visibility_timeout: int | None = Field(
@@ -94,6 +103,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.s3_endpoint_url and urlsplit(self.s3_endpoint_url).scheme not in ("http", "https"):
+            raise ValueError(
+                f"CELERAY_S3_ENDPOINT_URL ({redact_url(self.s3_endpoint_url)}) must be an "
+                "http:// or https:// URL, e.g. https://s3.eu-west-1.amazonaws.com"
+            )
         if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 f"CELERAY_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "

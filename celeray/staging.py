@@ -17,7 +17,8 @@ _CHUNK = 4 * 1024 * 1024
 def _copy(src_url: str, dst_url: str, cap: int) -> None:
     fs_src, src = storage.open_fs(src_url)
     fs_dst, dst = storage.open_fs(dst_url)
-    fs_dst.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+    if storage.is_local(fs_dst):  # object stores have no folders (and would make buckets)
+        fs_dst.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
     copied = 0
     with fs_src.open(src, "rb") as fin, fs_dst.open(dst, "wb") as fout:
         while chunk := fin.read(_CHUNK):

@@ -3,12 +3,15 @@
 Listings never come from fsspec's listing cache, so a file that landed a moment ago is seen.
 Writes that must be all-or-nothing go to a temporary file in the same folder, are fsynced
 and renamed into place on local disks; object stores get a single PUT, which is atomic.
+File systems come from :func:`celeray.fsoptions.url_to_fs`: the endpoint, region and
+cache settings of each protocol come from the environment, never from a caller.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import posixpath
 import tempfile
@@ -16,15 +19,17 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from celeray.errors import StorageError
+from celeray import fsoptions
+from celeray.errors import StorageError, TransientIOError
 
 __all__ = [
     "FileInfo",
     "atomic_write_json",
+    "create_json",
     "exists",
+    "is_local",
     "join",
     "list_files",
     "list_source",
@@ -33,6 +38,8 @@ __all__ = [
     "read_json",
     "remove_tree",
 ]
+
+log = logging.getLogger(__name__)
 
 GLOB_CHARS = "*?["
 
@@ -57,15 +64,23 @@ class FileInfo:
 
 
 def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec filesystem and the protocol-free path for ``url``."""
+    """The fsspec filesystem and the protocol-free path for ``url``.
+
+    ``storage_options`` are laid over those :mod:`celeray.fsoptions` builds for the
+    protocol from the environment.
+    """
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ValueError, ImportError) as exc:
+        fs, path = fsoptions.url_to_fs(url, storage_options)
+    except ImportError as exc:
+        hint = " (pip install 'celeray[s3]')" if fsoptions.is_s3(url) else ""
+        raise StorageError(f"cannot open {url!r}: {exc}{hint}") from exc
+    except ValueError as exc:
         raise StorageError(f"cannot open {url!r}: {exc}") from exc
     return fs, path
 
 
-def _is_local(fs: Any) -> bool:
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is the local disk (renames, fsync and real folders are available)."""
     return isinstance(fs, LocalFileSystem)
 
 
@@ -171,17 +186,85 @@ def read_json(url: str, storage_options: dict[str, Any] | None = None) -> Any:
         return json.loads(f.read())
 
 
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+
 def atomic_write_json(url: str, doc: Any, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``doc`` as JSON so readers see the old state or the whole new file, never a part.
 
     Local: a temporary file in the same folder, fsync, ``os.replace``, fsync of the folder.
     Object stores: one PUT, which they make visible atomically.
     """
-    data = json.dumps(doc, sort_keys=True, indent=1).encode()
+    data = _dumps(doc)
     fs, path = open_fs(url, storage_options)
-    if not _is_local(fs):
+    if not is_local(fs):
         fs.pipe_file(path, data)
         return
+    _replace_local(path, data)
+
+
+def create_json(url: str, doc: Any, storage_options: dict[str, Any] | None = None) -> bool:
+    """Write ``doc`` as JSON at ``url`` if nothing is there yet; True when this call wrote it.
+
+    Object stores: one conditional PUT (``If-None-Match: *``), so of two writers of the same
+    URL exactly one wins and the other gets False (S3 answers it 412). A store that does not
+    implement the condition (501) gets a plain PUT instead, logged once per process: there
+    the last writer wins, which is harmless for documents that two writers make alike.
+    A concurrent conditional write that S3 refuses with 409 raises ``TransientIOError``, to
+    be retried. Local disks keep :func:`atomic_write_json`'s temporary file, fsync and
+    ``os.replace``, and always return True: the caller looks for the document first.
+    """
+    data = _dumps(doc)
+    fs, path = open_fs(url, storage_options)
+    if is_local(fs):
+        _replace_local(path, data)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        code, status = _s3_error(exc)
+        if code == "PreconditionFailed" or status == 412:
+            return False
+        if code == "ConditionalRequestConflict" or status == 409:
+            raise TransientIOError(f"conditional write of {url} conflicted: {exc}") from exc
+        if code != "NotImplemented" and status != 501:  # 501: no conditional writes here
+            raise
+        _warn_unconditional(url, code or str(status))
+        fs.pipe_file(path, data)
+    return True
+
+
+_warned: set[str] = set()
+
+
+def _warn_unconditional(url: str, why: str) -> None:
+    store = url.split("://", 1)[0] + "://" + url.split("://", 1)[-1].split("/", 1)[0]
+    if store not in _warned:
+        _warned.add(store)
+        log.warning(
+            "%s does not support conditional writes (If-None-Match: *; answer %s): "
+            "ledger entries there are written with a plain PUT, last writer wins",
+            store,
+            why,
+        )
+
+
+def _s3_error(exc: BaseException) -> tuple[str | None, int | None]:
+    """The S3 error code and HTTP status behind an exception s3fs translated, if any."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            return (str(code) if code else None), (int(status) if status else None)
+    return None, None
+
+
+def _replace_local(path: str, data: bytes) -> None:
+    """Temporary file in the same folder, fsync, ``os.replace``, fsync of the folder."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
@@ -203,10 +286,14 @@ def atomic_write_json(url: str, doc: Any, storage_options: dict[str, Any] | None
 
 
 def move(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Move one file, replacing the destination; a rename on local disks."""
+    """Move one file, replacing the destination; a rename on local disks.
+
+    On object stores a server-side copy then a delete: the destination appears whole (one
+    object), and a move interrupted between the two is simply done again.
+    """
     fs, src = open_fs(src_url, storage_options)
     _, dst = open_fs(dst_url, storage_options)
-    if _is_local(fs):
+    if is_local(fs):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         os.replace(src, dst)
     else:

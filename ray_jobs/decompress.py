@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, BinaryIO, cast
 
-import fsspec
 import zstandard
 
+from celeray import fsoptions
 from celeray.errors import (
     DecompressionError,
     EmptyInputError,
@@ -75,7 +75,7 @@ def open_input(
     """
     max_file = int(limits["max_file_bytes"])
     max_out = int(limits["max_decompressed_bytes"])
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fsoptions.url_to_fs(url, storage_options)
     size = _size_of(fs, path, url)
     if size == 0:
         raise EmptyInputError("the file is empty (0 bytes)", url=url)

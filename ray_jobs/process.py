@@ -70,7 +70,9 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
 
     ``plan`` holds ``pipeline``, ``format`` (``None``: from each file's name), ``schema``,
     ``sql``, ``transform``, ``partition_by``, ``compression``, ``compression_level``,
-    ``limits``, ``storage_options`` (used for inputs and output alike) and ``threads``;
+    ``limits``, ``storage_options`` (used for inputs and output alike, laid over those
+    :mod:`celeray.fsoptions` builds from this node's environment; None in celeray's plans,
+    which carry no secrets) and ``threads``;
     ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
     ``read_url`` (where to read it, e.g. a staged copy) and ``size``. The format is told
     from ``url``. pyarrow and DuckDB get ``threads`` threads for the duration of the call.

@@ -4,6 +4,9 @@ Files are named ``{basename}-{i}.parquet``. Before writing, every file of that n
 pattern under the output is deleted, so writing the same work again (a retry) leaves
 exactly the new files: it overwrites, never adds. Finding those files lists the whole
 output folder, which is cheap on local disks and costs one listing on object stores.
+The names do not depend on the file system, so on S3 too a retry overwrites the same keys.
+The file system and its options come from :mod:`celeray.fsoptions` (this Ray node's own
+environment), never from the plan.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
-from celeray.errors import TransformError
+from celeray import fsoptions
+from celeray.errors import StorageError, TransformError
 from ray_jobs._tap import ErrorTap
 
 __all__ = [
@@ -60,7 +63,7 @@ def write_parquet(
     ``remove_stale=False`` skips the deletion of earlier files of the same name pattern
     (and its listing), for a caller that already cleared them.
     """
-    fs, root = fsspec.core.url_to_fs(out_url, **(storage_options or {}))
+    fs, root = fsoptions.url_to_fs(out_url, storage_options)
     root = root.rstrip("/")
     if remove_stale:
         pattern = re.escape(basename) + r"-\d+\.parquet"
@@ -84,7 +87,9 @@ def write_parquet(
     def visit(file: Any) -> None:
         written.append((file.path, file.metadata.num_rows if file.metadata else None))
 
-    fs.makedirs(root, exist_ok=True)
+    local = isinstance(fs, LocalFileSystem)
+    if local:  # object stores have no folders; making one could create a bucket
+        fs.makedirs(root, exist_ok=True)
     options = ds.ParquetFileFormat().make_write_options(
         compression=compression, compression_level=compression_level
     )
@@ -109,11 +114,16 @@ def write_parquet(
             max_rows_per_group=MAX_ROWS_PER_GROUP,
             file_visitor=visit,
             existing_data_behavior="overwrite_or_ignore",
+            create_dir=local,
         )
     except _WRITE_ERRORS as exc:
         if tap.error is not None:
             raise tap.error from None
         raise TransformError(f"writing Parquet failed: {exc}") from exc
+    except OSError as exc:  # the output's storage: a missing bucket, no permission...
+        if tap.error is not None:
+            raise tap.error from None
+        raise StorageError(f"cannot write Parquet under {out_url}: {exc}") from exc
     return sorted(
         (
             {"path": _relative(path, root), "rows": rows, "bytes": int(fs.size(path))}
@@ -131,7 +141,7 @@ def remove_outputs(
     Folders starting with ``_`` or ``.`` (such as the ledger, ``_celeray/``) are never
     searched. Returns the removed paths relative to ``out_url``, sorted.
     """
-    fs, root = fsspec.core.url_to_fs(out_url, **(storage_options or {}))
+    fs, root = fsoptions.url_to_fs(out_url, storage_options)
     root = root.rstrip("/")
     if not fs.exists(root):
         return []

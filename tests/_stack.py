@@ -115,7 +115,9 @@ def ray_auth_env(root: Path) -> dict[str, str]:
 class RayHead:
     """``ray start --head --block`` on free ports with its own temp dir and auth token."""
 
-    def __init__(self, root: Path, num_cpus: int = 2) -> None:
+    def __init__(
+        self, root: Path, num_cpus: int = 2, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Unix socket paths are limited to 107 bytes: keep the temp dir short.
@@ -140,7 +142,14 @@ class RayHead:
         ]
         for k, v in ports.items():
             argv += [k, str(v)]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **ray_auth_env(root)}
+        # Ray's workers inherit the head's environment: that is how they get, e.g., the S3
+        # endpoint and credentials (never through a plan).
+        env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **ray_auth_env(root),
+            **(extra_env or {}),
+        }
         env.pop("RAY_ADDRESS", None)
         self.proc = Proc(argv, env=env, log=root / "ray-head.log", cwd=root)
         wait_for(self._ready, 90, f"Ray head on {self.address}\n{self.proc.tail()}")
@@ -217,9 +226,13 @@ def flush_test_dbs() -> None:
 
 
 class Stack:
-    """Ray head + an io worker (prefork) + a ray worker (threads), as the README runs them."""
+    """Ray head + an io worker (prefork) + a ray worker (threads), as the README runs them.
 
-    def __init__(self, root: Path) -> None:
+    ``extra_env`` (e.g. the S3 endpoint and credentials) reaches every process of the stack:
+    the Ray head (and so its workers) and both Celery workers.
+    """
+
+    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
         from celeray.celeryconfig import make_client
         from celeray.runstate import RunStore
         from celeray.settings import Settings
@@ -230,8 +243,8 @@ class Stack:
         self.pipelines_file.write_text("")
         self._pipelines: dict[str, str] = {}
         flush_test_dbs()
-        self.ray = RayHead(root)
-        self.env = stack_env(root, self.ray.address)
+        self.ray = RayHead(root, extra_env=extra_env)
+        self.env = stack_env(root, self.ray.address, **(extra_env or {}))
         self.settings = Settings(
             **{
                 k.removeprefix("CELERAY_").lower(): v
@@ -248,12 +261,16 @@ class Stack:
         self.io = self.start_worker("io")
         self.rayw = self.start_worker("ray")
 
-    def start_worker(self, kind: str, suffix: str = "") -> Worker:
+    def start_worker(
+        self, kind: str, suffix: str = "", env: dict[str, str] | None = None
+    ) -> Worker:
+        """Start an ``io`` or ``ray`` worker with the stack's environment (``env`` laid over)."""
+        wenv = {**self.env, **(env or {})}
         if kind == "io":
-            w = Worker(self.root, self.env, queue="io", pool="prefork", concurrency=2,
+            w = Worker(self.root, wenv, queue="io", pool="prefork", concurrency=2,
                        name=f"io{suffix}")
         else:
-            w = Worker(self.root, self.env, queue="ray", pool="threads", concurrency=2,
+            w = Worker(self.root, wenv, queue="ray", pool="threads", concurrency=2,
                        name=f"ray{suffix}")
         w.wait_ready(self.client)
         return w

@@ -7,13 +7,37 @@ from pathlib import Path
 
 import pytest
 
+from tests._s3 import S3Server
 from tests._stack import Stack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One Ray head and two workers for the whole session, stopped by pid at the end."""
-    s = Stack(tmp_path_factory.mktemp("stack"))
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port, buckets ``landing`` and ``lake``."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server, with its endpoint and credentials in this test process's environment."""
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "CELERAY_S3_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Stack]:
+    """One Ray head and two workers for the whole session, stopped by pid at the end.
+
+    Every process of it has the S3 server's endpoint and credentials in its environment.
+    """
+    s = Stack(tmp_path_factory.mktemp("stack"), extra_env=s3_server.env)
     try:
         yield s
     finally:
