@@ -133,7 +133,8 @@ class RunStore:
         return f"{_PREFIX}:run:{run_id}"
 
     def _touch(self, pipe: Any, run_id: str) -> None:
-        for suffix in ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs"):
+        for suffix in ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs",
+                       ":attempts"):
             pipe.expire(self._run_key(run_id) + suffix, self.record_ttl)
 
     def create(self, run_id: str, pipeline: str, **fields: Any) -> None:
@@ -258,13 +259,24 @@ class RunStore:
         """Run ids of the pipeline, newest first."""
         return [str(r) for r in self.r.zrevrange(f"{_PREFIX}:runs:{pipeline}", 0, limit - 1)]
 
-    def count_delivery(self, task_id: str) -> int:
-        """Count one more delivery of a task message; Redis itself keeps no such count."""
-        key = f"{_PREFIX}:deliveries:{task_id}"
+    def begin_attempt(self, run_id: str, batch_id: str) -> int:
+        """Count one more start of the batch's transform; return how many earlier starts
+        died (never reached :meth:`end_attempt`): Redis itself keeps no delivery count.
+
+        Counting per batch, not per message, also counts the watchdog's resends and
+        Celery's retries, which are new messages of the same batch.
+        """
+        key = self._run_key(run_id) + ":attempts"
         pipe = self.r.pipeline()
-        pipe.incr(key)
+        pipe.hincrby(key, f"{batch_id}:started", 1)
+        pipe.hget(key, f"{batch_id}:ended")
         pipe.expire(key, self.record_ttl)
-        return int(pipe.execute()[0])
+        started, ended, _ = pipe.execute()
+        return int(started) - 1 - int(ended or 0)
+
+    def end_attempt(self, run_id: str, batch_id: str) -> None:
+        """Record that a start of the batch's transform ended (well or with an error)."""
+        self.r.hincrby(self._run_key(run_id) + ":attempts", f"{batch_id}:ended", 1)
 
     def save_jobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:
         """Keep the run's batch jobs so a redelivered start can resend the unfinished ones."""

@@ -28,7 +28,8 @@ from celeray.errors import (
 from celeray.ledger import Ledger
 from celeray.pipelines import current_pipelines, get_pipeline
 from celeray.planner import needs_staging
-from celeray.settings import get_settings
+from celeray.runstate import RunStore
+from celeray.settings import Settings, get_settings
 from celeray.staging import stage_files
 from ray_jobs.merge import merge_unit_results
 from tasks.app import app, run_store
@@ -251,17 +252,30 @@ def stage_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
 @app.task(name="tasks.transform_batch", bind=True, base=BatchTask, **RETRY)
 def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    """Drive Ray over the batch's files, reporting progress as Ray tasks finish."""
+    """Drive Ray over the batch's files, reporting progress as Ray tasks finish.
+
+    A batch whose earlier starts died (the worker killed mid-transform, every time) more
+    than ``CELERAY_MAX_DELIVERIES`` times is quarantined as poison instead.
+    """
+    settings = get_settings()
+    store = run_store()
+    deaths = store.begin_attempt(job["run_id"], job["batch_id"])
+    if deaths >= settings.max_deliveries:
+        store.end_attempt(job["run_id"], job["batch_id"])
+        log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
+        return {**job, "result": poison_result(job, deaths)}
+    try:
+        return _transform(job, settings, store)
+    finally:  # not reached when the worker dies: that start counts as a death
+        store.end_attempt(job["run_id"], job["batch_id"])
+
+
+def _transform(job: dict[str, Any], settings: Settings, store: RunStore) -> dict[str, Any]:
+    """The body of :func:`transform_batch` once the batch is known not to be poison."""
     from ray_jobs.dispatcher import run_units
     from ray_jobs.units import balanced_unit_bytes, plan_units
     from tasks._ray import cluster_cpus, ensure_ray
 
-    settings = get_settings()
-    store = run_store()
-    deliveries = store.count_delivery(self.request.id) - self.request.retries
-    if deliveries > settings.max_deliveries:
-        log.error("batch %s: delivered %d times; quarantining it", job["batch_id"], deliveries)
-        return {**job, "result": poison_result(job, deliveries)}
     if not store.hold(job["pipeline"], job["run_id"]):
         raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     ensure_ray()
@@ -333,10 +347,10 @@ def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def poison_result(job: dict[str, Any], deliveries: int) -> dict[str, Any]:
+def poison_result(job: dict[str, Any], deaths: int) -> dict[str, Any]:
     """A result that quarantines every file of a batch whose worker keeps dying."""
     reason = (
-        f"the worker transforming this file's batch died {deliveries - 1} times; "
+        f"the worker transforming this file's batch died {deaths} times; "
         "quarantined as a poison input"
     )
     return {

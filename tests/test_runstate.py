@@ -44,3 +44,22 @@ def test_batches_finish_once_and_counters_add_up(store: RunStore) -> None:
     assert rec["batches_done"] == 1 and rec["batches_failed"] == 1
     assert rec["errors"] == [{"batch_id": "b2", "error": "boom"}]
     assert store.recent("p") == ["r1"]
+
+
+def test_attempts_count_the_starts_that_died(store: RunStore) -> None:
+    assert store.begin_attempt("r1", "b1") == 0  # the first start
+    store.end_attempt("r1", "b1")  # ended (well, or with an error that is retried)
+    assert store.begin_attempt("r1", "b1") == 0  # a retry: nothing died so far
+    # ... that start is killed: no end_attempt
+    assert store.begin_attempt("r1", "b1") == 1  # redelivered: one death before it
+    assert store.begin_attempt("r1", "b1") == 2  # the watchdog's resend counts as well
+    assert store.begin_attempt("r1", "b2") == 0  # per batch
+    assert store.r.ttl("celeray:run:r1:attempts") > 0
+
+
+def test_a_slot_is_claimed_once_and_again_by_its_own_run(store: RunStore) -> None:
+    assert store.claim_slot("p", 120, "r1", ttl=60)
+    assert not store.claim_slot("p", 120, "r2", ttl=60)  # the second beat's send
+    assert store.claim_slot("p", 120, "r1", ttl=60)  # r1 redelivered
+    assert store.claim_slot("p", 180, "r2", ttl=60)  # the next slot
+    assert 0 < store.r.ttl("celeray:slot:p:120") <= 60
