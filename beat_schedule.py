@@ -62,16 +62,15 @@ def build_beat_schedule(pipelines: Mapping[str, Pipeline]) -> dict[str, dict[str
     return schedule
 
 
-def load_beat_schedule(
-    path: str | Path | None = None, *, allow_chained_urls: bool = False
-) -> dict[str, dict[str, Any]]:
+def load_beat_schedule(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The beat schedule of the pipeline file at ``path`` (default: ``CELERAY_PIPELINES``).
 
-    Raises :class:`celeray.errors.PipelineFileError` listing every issue, so beat refuses to
+    The file is checked with the rules of settings (chained URLs, local roots). Raises
+    :class:`celeray.errors.PipelineFileError` listing every issue, so beat refuses to
     start on a broken file instead of silently scheduling part of it.
     """
-    if path is None:
-        from celeray.settings import get_settings
+    from celeray.settings import get_settings
 
-        path = get_settings().pipelines
-    return build_beat_schedule(load_pipelines(path, allow_chained_urls=allow_chained_urls))
+    settings = get_settings()
+    path = Path(path) if path is not None else settings.pipelines
+    return build_beat_schedule(load_pipelines(path, **settings.pipeline_rules(path)))

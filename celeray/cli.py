@@ -44,7 +44,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
     path = Path(args.file) if args.file else settings.pipelines
     try:
-        pipelines = load_pipelines(path)
+        pipelines = load_pipelines(path, **settings.pipeline_rules(path))
     except PipelineFileError as exc:
         err.print(f"[red]{path}: {len(exc.issues)} problem(s)[/red]", highlight=False)
         err.print(format_issues(exc.issues), highlight=False, markup=False)
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from celeray.pipelines import get_pipeline, load_pipelines
     from celeray.runs import trigger_run
 
-    get_pipeline(load_pipelines(settings.pipelines), args.name)
+    get_pipeline(load_pipelines(settings.pipelines, **settings.pipeline_rules()), args.name)
     store = _store(settings)
     client = make_client(settings)
     try:
@@ -165,7 +165,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from celeray.pipelines import load_pipelines
     from celeray.runs import summary_of
 
-    names = [args.name] if args.name else sorted(load_pipelines(settings.pipelines))
+    pipelines = load_pipelines(settings.pipelines, **settings.pipeline_rules())
+    names = [args.name] if args.name else sorted(pipelines)
     store = _store(settings)
     table = Table("run", "pipeline", "state", "started", "files", "quarantined", "rows out",
                   "seconds")

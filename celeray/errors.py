@@ -19,6 +19,7 @@ __all__ = [
     "InputTooLargeError",
     "LedgerError",
     "LockLostError",
+    "OutsideRootsError",
     "ParseError",
     "PipelineFileError",
     "PipelineIssue",
@@ -186,3 +187,9 @@ class EmptyInputError(InputError):
     """The file holds no data at all (zero bytes or no rows)."""
 
     kind = "empty"
+
+
+class OutsideRootsError(InputError):
+    """A local file resolves (symlinks followed) outside the allowed local roots."""
+
+    kind = "outside_roots"

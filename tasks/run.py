@@ -162,7 +162,9 @@ def start_run(self: Task, pipeline: str, trigger: str = "beat") -> dict[str, Any
     run_id = self.request.id
     settings = get_settings()
     store = run_store()
-    spec = get_pipeline(current_pipelines(settings.pipelines), pipeline)
+    spec = get_pipeline(
+        current_pipelines(settings.pipelines, **settings.pipeline_rules()), pipeline
+    )
     out = runs.begin_run(run_id, spec, store, settings, trigger=trigger)
     if out["status"] == "skipped":
         log.info("run %s of %s skipped: run %s holds the lock", run_id, pipeline, out["running"])

@@ -167,6 +167,8 @@ def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
             "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BACKEND_DB}",
             "CELERAY_RAY_ADDRESS": ray_address,
+            # Tests land files in their own tmp_path, beside the stack's root: allow them all.
+            "CELERAY_LOCAL_ROOTS": str(root.parent),
             # Short limits so a killed worker's message comes back within seconds.
             "CELERAY_TASK_TIME_LIMIT": "20",
             "CELERAY_VISIBILITY_TIMEOUT": "25",

@@ -107,7 +107,7 @@ class Connections:
         The file is parsed again whenever its size, times or inode change, so an edit is
         seen by the next request without parsing (and starting DuckDB) on every one.
         """
-        return current_pipelines(self.settings.pipelines)
+        return current_pipelines(self.settings.pipelines, **self.settings.pipeline_rules())
 
 
 
