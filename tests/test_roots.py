@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ from celeray.runs import outside_roots
 from celeray.settings import Settings
 from celeray.storage import list_source
 from ray_jobs.process import process_unit
+from tests._data import write_landing
 from tests._plans import limits, plan
+from tests._stack import Stack
 
 
 @pytest.fixture
@@ -141,3 +146,33 @@ def test_ray_side_quarantines_a_read_outside_its_roots(tree: Path) -> None:
     assert "hunter2" not in str(result)
     with pytest.raises(Exception, match="outside the allowed local roots"):
         process_unit(plan(limits(), local_roots=roots), {**unit, "out_url": tree.as_uri()})
+
+
+def test_a_run_quarantines_a_symlink_out_of_the_roots(stack: Stack, flights_df, tmp_path):
+    """The real stack: a symlink in the landing folder to a file outside the roots is
+    quarantined with its reason (one alone in its batch, too); the other files commit."""
+    outside_dir = Path(tempfile.mkdtemp(prefix="celeray-secret-"))  # not under the roots
+    try:
+        secret = outside_dir / "secret.csv"
+        flights_df.iloc[:10].to_csv(secret, index=False)
+        landing, sink = tmp_path / "landing", tmp_path / "lake"
+        good = write_landing(flights_df.iloc[:2000], landing, 2)
+        (landing / "flights-009-evil.csv").symlink_to(secret)
+        (landing / "flights-010-inside.csv").symlink_to(good[0])  # a link inside: read
+        body = f'source = "{landing.as_uri()}/*"\nsink = "{sink.as_uri()}"\nbatch_bytes = 1'
+        stack.add_pipeline("roots", body)
+        run = stack.celeray("run", "roots", "--wait")
+        assert run.returncode == 0, run.stdout + run.stderr
+        run_id = run.stdout.split("run ", 1)[1].split()[0]
+        summary = stack.client.AsyncResult(run_id).result
+        assert (summary["files_committed"], summary["files_quarantined"]) == (3, 1), summary
+        [q] = summary["quarantined"]
+        assert q["url"].endswith("flights-009-evil.csv") and q["kind"] == "outside_roots"
+        assert str(secret) in q["error"] and "CELERAY_LOCAL_ROOTS" in q["error"]
+        records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("*")]
+        assert [r["kind"] for r in records] == ["outside_roots"]
+        again = stack.celeray("run", "roots", "--wait")  # never listed for work again
+        run_id = again.stdout.split("run ", 1)[1].split()[0]
+        assert stack.client.AsyncResult(run_id).result["files_skipped"] == 4
+    finally:
+        shutil.rmtree(outside_dir, ignore_errors=True)
