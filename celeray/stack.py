@@ -160,9 +160,12 @@ def program_states(home: Path) -> dict[str, str]:
     return states
 
 
-def _health(api_url: str) -> tuple[int, dict[str, Any]]:
+def _health(api_url: str, token: str) -> tuple[int, dict[str, Any]]:
+    """The health answer, with the token so that it has the details."""
+    req = urllib.request.Request(f"{api_url}/api/v1/health",
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     try:
-        with urllib.request.urlopen(f"{api_url}/api/v1/health", timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -189,6 +192,9 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
         if _answers("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is taken; choose another")
     env, info = _environment(settings, home)
+    from celeray import credentials
+
+    token = credentials.api_token(settings)  # the same the API reads: it gets it from env/home
     expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
     (home / "stack-env.json").write_text(json.dumps(expanded))
     (home / "stack-env.json").chmod(0o600)
@@ -209,11 +215,11 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
         if failed:
             raise StackError(f"programs failed to start: {failed}; see {info.logs}")
         if all(states.get(p) == "RUNNING" for p in wanted):
-            code, _ = _health(info.api_url)
+            code, _ = _health(info.api_url, token)
             if code == 200:
                 return info
         time.sleep(0.5)
-    _, body = _health(info.api_url)
+    _, body = _health(info.api_url, token)
     raise StackError(
         f"the stack did not become healthy within {timeout:.0f}s (last health {code}: "
         f"{json.dumps(body)[:500]}); see {info.logs}"
@@ -225,7 +231,10 @@ def status(settings: Settings) -> tuple[dict[str, str], int, dict[str, Any]]:
     home = settings.home.resolve()
     if _pid(home) is None:
         return {}, 0, {}
-    code, body = _health(f"http://127.0.0.1:{settings.api_port}")
+    from celeray import credentials
+
+    token = credentials.api_token(settings)
+    code, body = _health(f"http://127.0.0.1:{settings.api_port}", token)
     return program_states(home), code, body
 
 
