@@ -110,7 +110,7 @@ def auth(settings: Settings) -> dict[str, str]:
 
 def _run_keys(state: redis.Redis) -> list[str]:
     """The state store's keys but the rate limit's counters."""
-    return [k for k in state.keys() if not k.startswith(KEY_PREFIX)]
+    return [k for k in state.scan_iter() if not k.startswith(KEY_PREFIX)]
 
 
 def _queued(broker: redis.Redis, queue: str = "io") -> list[dict[str, Any]]:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures of test_api are imported and then named as arguments
 """The API's security audit: tokens on every route, what health shows, what routes accept,
 and the request rate limit (real Redis: the counters are shared by every server process)."""
 
@@ -15,7 +16,7 @@ from flask.testing import FlaskClient
 from celeray.api import _auth, create_app
 from celeray.api._ratelimit import KEY_PREFIX, WINDOW, retry_after
 from celeray.settings import Settings
-from tests.test_api import (  # noqa: F401 - fixtures
+from tests.test_api import (  # noqa: F401 - fixtures, used by name
     UUID,
     _no_celeray_environment,
     app,
@@ -142,8 +143,8 @@ def limited(tmp_path, dbs: Any) -> tuple[Flask, Flask, Settings]:
 def test_the_limit_is_shared_by_every_server_process(limited, dbs: Any) -> None:
     one, two, s = limited
     auth = {"Authorization": f"Bearer {_auth_token(s)}"}
-    codes = [app.test_client().get("/api/v1/pipelines", headers=auth).status_code
-             for app in (one, two, one, two, one, two, one)]  # fmt: skip
+    codes = [a.test_client().get("/api/v1/pipelines", headers=auth).status_code
+             for a in (one, two, one, two, one, two, one)]  # fmt: skip
     assert codes == [200] * 5 + [429] * 2
     r = two.test_client().get("/api/v1/pipelines", headers=auth)
     assert r.status_code == 429 and r.is_json and "CELERAY_API_RATE_LIMIT" in r.json["error"]

@@ -11,7 +11,6 @@ from importlib.resources import files
 
 from flask import Blueprint, Response
 
-
 __all__ = ["bp", "document"]
 
 bp = Blueprint("openapi", __name__)
