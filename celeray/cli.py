@@ -31,11 +31,7 @@ _NO_WORKER_HINT_AFTER = 15.0  # seconds a run may sit QUEUED before we suggest a
 
 
 def _store(settings: Settings) -> RunStore:
-    return RunStore.from_url(
-        settings.effective_state_url,
-        lock_ttl=settings.run_lock_ttl,
-        record_ttl=settings.result_expires,
-    )
+    return RunStore.from_settings(settings)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:

@@ -90,6 +90,13 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
 
     redis_port = _local_redis_port(settings.broker_url)
     supervise_redis = redis_port is not None and not _answers("127.0.0.1", redis_port)
+    parts = urlsplit(settings.broker_url)
+    if supervise_redis and (parts.scheme == "rediss" or parts.password is not None):
+        raise StackError(
+            f"nothing answers at the broker's port {redis_port}; celeray up starts a Redis "
+            "only for a plain redis:// URL without a password: start yours (with its "
+            "password / TLS) first"
+        )
     ray_temp = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # unix sockets: keep the path short
     env = dict(os.environ)
     env.update(
@@ -196,8 +203,11 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
 
     token = credentials.api_token(settings)  # the same the API reads: it gets it from env/home
     expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
-    (home / "stack-env.json").write_text(json.dumps(expanded))
-    (home / "stack-env.json").chmod(0o600)
+    # It holds the broker URL (a password, maybe): only the owner may ever read it.
+    fd = os.open(home / "stack-env.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(expanded))
     started = subprocess.run(
         [str(_bin() / "supervisord"), "-c", str(CONF)],
         env=env, capture_output=True, text=True, timeout=30,
