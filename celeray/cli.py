@@ -10,13 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from celeray.errors import CelerayError, PipelineFileError, RunActiveError
 from celeray.runstate import RunStore
-from celeray.settings import Settings, get_settings
+from celeray.settings import Settings, get_settings, redact_url
 from celeray.sizes import format_size
 
 __all__ = ["main"]
@@ -300,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     except CelerayError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return EXIT_USAGE
+    except (redis.exceptions.RedisError, kombu.exceptions.OperationalError) as exc:
+        where = ", ".join(f"{what} {redact_url(url)}" for what, url in (
+            ("broker", settings.broker_url), ("state store", settings.effective_state_url)))
+        text = escape(f"Redis failed: {type(exc).__name__}: {exc} ({where})")
+        err.print(f"[red]error:[/red] {text}", highlight=False)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

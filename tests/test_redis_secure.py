@@ -87,7 +87,8 @@ def test_worker_cli_and_api_with_a_password_and_tls(
                  "CELERAY_RESULT_BACKEND": secure_redis.url(1, password="wrong-" + pw),
                  "CELERAY_HOME": str(tmp_path / "home")}  # fmt: skip
         failed = _celeray(wrong, tmp_path, "run", "empty")
-        assert failed.returncode != 0
+        assert failed.returncode != 0 and "Redis failed" in failed.stderr, failed.stderr
+        assert ":***@127.0.0.1" in failed.stderr and "Traceback" not in failed.stderr
         bad = create_app(_settings(wrong)).test_client()
         bodies += [bad.post("/api/v1/pipelines/empty/runs", headers=auth),
                    bad.get("/api/v1/health", headers=auth)]  # fmt: skip
@@ -152,3 +153,23 @@ def test_the_whole_stack_on_tls_redis_with_a_password(tmp_path: Path, flights_df
     stack_env_file = up.home / "stack-env.json"
     assert stack_env_file.stat().st_mode & 0o077 == 0
     assert json.loads(stack_env_file.read_text())["CELERAY_BROKER_URL"].startswith("rediss://")
+
+
+def test_tls_settings_map_to_celery_and_redis_py(tmp_path: Path) -> None:
+    """Pure mapping: rediss:// URLs get verification and the files; redis:// gets none."""
+    import ssl
+
+    from celeray.celeryconfig import celery_config
+    from celeray.redis_tls import redis_ssl
+
+    s = Settings(home=tmp_path, broker_url="rediss://:p@h:6380/0",
+                 result_backend="redis://:p@h:6379/1", redis_tls_ca_file=tmp_path / "ca.crt",
+                 redis_tls_cert_file=tmp_path / "c.crt", redis_tls_key_file=tmp_path / "c.key")
+    conf = celery_config(s)
+    assert conf["broker_use_ssl"] == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(tmp_path / "ca.crt"),
+        "ssl_certfile": str(tmp_path / "c.crt"), "ssl_keyfile": str(tmp_path / "c.key"),
+    }
+    assert "redis_backend_use_ssl" not in conf  # the backend's URL is plain redis://
+    assert redis_ssl(s, s.result_backend) == {}
+    assert redis_ssl(Settings(), "rediss://h/0") == {"ssl_cert_reqs": "required"}  # system CAs

@@ -176,3 +176,18 @@ def test_a_run_quarantines_a_symlink_out_of_the_roots(stack: Stack, flights_df, 
         assert stack.client.AsyncResult(run_id).result["files_skipped"] == 4
     finally:
         shutil.rmtree(outside_dir, ignore_errors=True)
+
+
+def test_celeray_validate_names_pipeline_key_path_and_roots(tree: Path) -> None:
+    import subprocess
+
+    from tests._stack import VENV_BIN
+
+    path = _pipeline_file(tree, "file:///etc/passwd")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERAY_")}
+    out = subprocess.run([str(VENV_BIN / "celeray"), "validate", str(path)], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1
+    text = " ".join(out.stderr.split())
+    assert "pipelines.p.source" in text and "resolves to /etc/passwd" in text, text
+    assert str(tree / "allowed") in text and "CELERAY_LOCAL_ROOTS" in text
