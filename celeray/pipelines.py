@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import fsspec
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -122,7 +123,7 @@ def _check_roots(url: str, info: ValidationInfo, key: str) -> None:
         return
     parts = url.split("::")
     for part in parts:
-        if len(parts) > 1 and "://" not in part:
+        if len(parts) > 1 and part in fsspec.available_protocols():
             continue  # a bare protocol name of the chain, such as simplecache
         path = local_path(part)
         if path is None:

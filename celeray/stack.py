@@ -125,6 +125,8 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
         }
     )
     env["CELERAY_RAY_PORT"] = env["CELERAY_RAY_ADDRESS"].rsplit(":", 1)[1]
+    if settings.local_roots:  # programs run in the home: relative roots must not move
+        env["CELERAY_LOCAL_ROOTS"] = os.pathsep.join(settings.local_roots_for())
     for name in ("DASHBOARD", "AGENT", "AGENT_GRPC", "RUNTIME_ENV", "METRICS", "CLIENT"):
         env[f"CELERAY_RAY_{name}_PORT"] = str(_free_port())
     info = StackInfo(

@@ -112,9 +112,10 @@ def test_roots_from_settings_and_chained_urls(tree: Path, monkeypatch) -> None:
     monkeypatch.setenv("CELERAY_ALLOW_CHAINED_URLS", "true")
     settings = Settings()
     assert settings.local_roots_for() == (str(tree / "allowed"), "/srv/other")
-    path = _pipeline_file(tree, "simplecache::file:///etc/*.conf")
-    (issue,) = validate_file(path, **settings.pipeline_rules())
-    assert issue.key == "source" and "/etc" in issue.message
+    for chained in ("simplecache::file:///etc/*.conf", "filecache::/etc/*.conf"):
+        path = _pipeline_file(tree, chained)
+        (issue,) = validate_file(path, **settings.pipeline_rules())
+        assert issue.key == "source" and "resolves to /etc" in issue.message
     path = _pipeline_file(tree, "simplecache::s3://b/*.csv")
     assert validate_file(path, **settings.pipeline_rules()) == []
     monkeypatch.delenv("CELERAY_ALLOW_CHAINED_URLS")
