@@ -25,6 +25,7 @@ USER celeray
 # State (beat schedule, staging, generated credentials) on a volume of its own.
 ENV CELERAY_HOME=/var/lib/celeray \
     CELERAY_PIPELINES=/etc/celeray/pipelines.toml \
+    CELERAY_LOCAL_ROOTS=/data \
     RAY_USAGE_STATS_ENABLED=0 \
     PYTHONUNBUFFERED=1
 CMD ["celeray", "validate"]

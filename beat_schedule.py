@@ -116,25 +116,23 @@ RECONCILE_TASK = "tasks.reconcile"
 
 
 def load_beat_schedule(
-    path: str | Path | None = None,
-    *,
-    allow_chained_urls: bool = False,
-    reconcile_every: float | None = None,
+    path: str | Path | None = None, *, reconcile_every: float | None = None
 ) -> dict[str, dict[str, Any]]:
     """The beat schedule of the pipeline file at ``path`` (default: ``CELERAY_PIPELINES``),
     plus the reconciliation pass every ``reconcile_every`` seconds (0: none; default
     ``CELERAY_RECONCILE_INTERVAL``).
 
-    Raises :class:`celeray.errors.PipelineFileError` listing every issue, so beat refuses to
+    The file is checked with the rules of settings (chained URLs, local roots). Raises
+    :class:`celeray.errors.PipelineFileError` listing every issue, so beat refuses to
     start on a broken file instead of silently scheduling part of it.
     """
     from celeray.settings import get_settings
 
-    if path is None:
-        path = get_settings().pipelines
+    settings = get_settings()
+    path = Path(path) if path is not None else settings.pipelines
     if reconcile_every is None:
-        reconcile_every = get_settings().reconcile_interval
-    schedule = build_beat_schedule(load_pipelines(path, allow_chained_urls=allow_chained_urls))
+        reconcile_every = settings.reconcile_interval
+    schedule = build_beat_schedule(load_pipelines(path, **settings.pipeline_rules(path)))
     if reconcile_every:
         schedule[RECONCILE_ENTRY] = {
             "task": RECONCILE_TASK,

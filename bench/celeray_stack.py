@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.datasets import DATA
+
 __all__ = ["BenchStack", "StackFailedError"]
 
 VENV_BIN = Path(sys.executable).parent
@@ -66,6 +68,8 @@ class BenchStack:
         env.update({
             "CELERAY_HOME": str(home),
             "CELERAY_PIPELINES": str(root / "pipelines.toml"),
+            # the data sets and their outputs live beside the bench, not in the stack's root
+            "CELERAY_LOCAL_ROOTS": os.pathsep.join([str(root), str(DATA)]),
             "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BACKEND_DB}",
             "CELERAY_RAY_PORT": str(_free_port()),

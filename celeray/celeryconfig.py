@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from celeray.redis_tls import celery_ssl
 from celeray.settings import Settings
 
 __all__ = ["IO_QUEUE", "RAY_QUEUE", "TASK_NAMES", "celery_config", "make_client"]
@@ -40,9 +41,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": restore_interval,
         "unacked_restore_throttle": 1,
     }
+    tls = {  # rediss:// URLs: verify the server (CELERAY_REDIS_TLS_* files, else system CAs)
+        "broker_use_ssl": celery_ssl(settings, settings.broker_url),
+        "redis_backend_use_ssl": celery_ssl(settings, settings.result_backend),
+    }
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
+        **{k: v for k, v in tls.items() if v is not None},
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,

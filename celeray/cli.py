@@ -10,13 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from celeray.errors import CelerayError, PipelineFileError, RunActiveError
 from celeray.runstate import RunStore
-from celeray.settings import Settings, get_settings
+from celeray.settings import Settings, get_settings, redact_url
 from celeray.sizes import format_size
 
 __all__ = ["main"]
@@ -31,11 +34,7 @@ _NO_WORKER_HINT_AFTER = 15.0  # seconds a run may sit QUEUED before we suggest a
 
 
 def _store(settings: Settings) -> RunStore:
-    return RunStore.from_url(
-        settings.effective_state_url,
-        lock_ttl=settings.run_lock_ttl,
-        record_ttl=settings.result_expires,
-    )
+    return RunStore.from_settings(settings)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,7 +43,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
     path = Path(args.file) if args.file else settings.pipelines
     try:
-        pipelines = load_pipelines(path)
+        pipelines = load_pipelines(path, **settings.pipeline_rules(path))
     except PipelineFileError as exc:
         err.print(f"[red]{path}: {len(exc.issues)} problem(s)[/red]", highlight=False)
         err.print(format_issues(exc.issues), highlight=False, markup=False)
@@ -59,7 +58,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from celeray.pipelines import get_pipeline, load_pipelines
     from celeray.runs import trigger_run
 
-    get_pipeline(load_pipelines(settings.pipelines), args.name)
+    get_pipeline(load_pipelines(settings.pipelines, **settings.pipeline_rules()), args.name)
     store = _store(settings)
     client = make_client(settings)
     try:
@@ -165,7 +164,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from celeray.pipelines import load_pipelines
     from celeray.runs import summary_of
 
-    names = [args.name] if args.name else sorted(load_pipelines(settings.pipelines))
+    pipelines = load_pipelines(settings.pipelines, **settings.pipeline_rules())
+    names = [args.name] if args.name else sorted(pipelines)
     store = _store(settings)
     table = Table("run", "pipeline", "state", "started", "files", "quarantined", "rows out",
                   "seconds")
@@ -303,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     except CelerayError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return EXIT_USAGE
+    except (redis.exceptions.RedisError, kombu.exceptions.OperationalError) as exc:
+        where = ", ".join(f"{what} {redact_url(url)}" for what, url in (
+            ("broker", settings.broker_url), ("state store", settings.effective_state_url)))
+        text = escape(f"Redis failed: {type(exc).__name__}: {exc} ({where})")
+        err.print(f"[red]error:[/red] {text}", highlight=False)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ __all__ = [
     "InputTooLargeError",
     "LedgerError",
     "LockLostError",
+    "OutsideRootsError",
     "ParseError",
     "PipelineFileError",
     "PipelineIssue",
@@ -203,3 +204,9 @@ class PoisonInputError(InputError):
     """The file's Ray worker died every time it was read (a crash, not an exception)."""
 
     kind = "poison"
+
+
+class OutsideRootsError(InputError):
+    """A local file resolves (symlinks followed) outside the allowed local roots."""
+
+    kind = "outside_roots"

@@ -19,10 +19,11 @@ import os
 import re
 import threading
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import fsspec
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,6 +39,7 @@ from pydantic import (
 
 from celeray.arrow_types import arrow_type
 from celeray.errors import PipelineFileError, PipelineIssue, UnknownPipelineError
+from celeray.roots import local_path, outside
 from celeray.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -90,7 +92,7 @@ def _to_url(value: str, info: ValidationInfo, key: str) -> str:
         if not _context(info).get("allow_chained_urls"):
             raise ValueError(
                 f"chained fsspec URL {value!r} ('::') is not allowed: chains can cache remote "
-                "data on local disk and reach other file systems; allow_chained_urls=True "
+                "data on local disk and reach other file systems; CELERAY_ALLOW_CHAINED_URLS=true "
                 "permits them"
             )
         return value
@@ -107,6 +109,35 @@ def _to_url(value: str, info: ValidationInfo, key: str) -> str:
             "a plain path without file:// is taken relative to the pipeline file"
         )
     return value
+
+
+def _check_roots(url: str, info: ValidationInfo, key: str) -> None:
+    """Refuse a local ``url`` (or local part of a chain) outside the context's local roots.
+
+    For a source, the folder before the first glob char must resolve inside a root and the
+    glob itself may not climb out with ``..``; what the glob finds is checked again, file by
+    file, when the source is listed.
+    """
+    roots = _context(info).get("local_roots")
+    if roots is None:
+        return
+    parts = url.split("::")
+    for part in parts:
+        if len(parts) > 1 and part in fsspec.available_protocols():
+            continue  # a bare protocol name of the chain, such as simplecache
+        path = local_path(part)
+        if path is None:
+            continue
+        start = _glob_start(part)
+        if start is not None and ".." in part[start:].split("/"):
+            raise ValueError(f"{key} {url!r}: '..' after a glob character is not allowed")
+        resolved = outside(_root_of(part) if key == "source" else part, roots)
+        if resolved is not None:
+            raise ValueError(
+                f"{key} {url!r} resolves to {resolved}, outside the allowed local roots "
+                f"({', '.join(roots) or 'none'}); CELERAY_LOCAL_ROOTS lists the folders "
+                "local sources and sinks may use"
+            )
 
 
 def _strip_slash(url: str) -> str:
@@ -247,7 +278,8 @@ class Pipeline(BaseModel):
     """One ``[pipelines.NAME]`` table, validated and normalised; see DESIGN.md section 3.
 
     Build it with ``Pipeline.model_validate(table | {"name": key}, context=...)``; the context
-    may hold ``base_dir`` (for relative paths), ``allow_chained_urls`` and ``check_imports``.
+    may hold ``base_dir`` (for relative paths), ``allow_chained_urls``, ``check_imports`` and
+    ``local_roots`` (resolved folders local sources and sinks must stay in; absent: any).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -284,6 +316,7 @@ class Pipeline(BaseModel):
     @classmethod
     def _check_source(cls, value: str, info: ValidationInfo) -> str:
         url = _to_url(value, info, "source")
+        _check_roots(url, info, "source")
         if "::" not in url and _glob_start(url) is None and url.endswith("/"):
             return url + "*"  # a folder: the files directly inside it
         return url
@@ -302,6 +335,7 @@ class Pipeline(BaseModel):
     @classmethod
     def _check_sink(cls, value: str, info: ValidationInfo) -> str:
         url = _to_url(value, info, "sink")
+        _check_roots(url, info, "sink")
         if "::" in url:
             return url
         if _glob_start(url) is not None:
@@ -466,7 +500,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 _CACHE_LOCK = threading.Lock()
-_CACHE: dict[Path, tuple[tuple[int, ...], dict[str, Pipeline] | PipelineFileError]] = {}
+_CacheKey = tuple[Path, bool, tuple[str, ...] | None]
+_CACHE: dict[_CacheKey, tuple[tuple[int, ...], dict[str, Pipeline] | PipelineFileError]] = {}
 
 
 def _signature(path: Path) -> tuple[int, ...] | None:
@@ -477,40 +512,56 @@ def _signature(path: Path) -> tuple[int, ...] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def current_pipelines(path: str | Path) -> dict[str, Pipeline]:
+def current_pipelines(
+    path: str | Path,
+    *,
+    allow_chained_urls: bool = False,
+    local_roots: Sequence[str] | None = None,
+) -> dict[str, Pipeline]:
     """:func:`load_pipelines` of the file as it is now, parsed again only when it changed.
 
     The result is kept per process and path, keyed by the file's inode, size and times, so
     an edit is seen by the next call while unchanged files cost one ``stat`` (validating
     each ``sql`` through DuckDB's parser costs ~14 ms). A broken file raises
-    :class:`PipelineFileError` every time until it is fixed.
+    :class:`PipelineFileError` every time until it is fixed. The keywords are those of
+    :func:`load_pipelines`.
     """
     path = Path(path).absolute()
+    roots = tuple(local_roots) if local_roots is not None else None
+    key = (path, allow_chained_urls, roots)
     signature = _signature(path)
     with _CACHE_LOCK:
-        cached = _CACHE.get(path)
+        cached = _CACHE.get(key)
     if signature is None or cached is None or cached[0] != signature:
         try:
-            found: dict[str, Pipeline] | PipelineFileError = load_pipelines(path)
+            found: dict[str, Pipeline] | PipelineFileError = load_pipelines(
+                path, allow_chained_urls=allow_chained_urls, local_roots=roots
+            )
         except PipelineFileError as exc:
             found = exc
         cached = (signature or (), found)
         if signature is not None:
             with _CACHE_LOCK:
-                _CACHE[path] = cached
+                _CACHE[key] = cached
     if isinstance(cached[1], PipelineFileError):
         raise PipelineFileError(cached[1].path, cached[1].issues)  # a fresh traceback
     return cached[1]
 
 
 def load_pipelines(
-    path: str | Path, *, allow_chained_urls: bool = False, check_imports: bool = False
+    path: str | Path,
+    *,
+    allow_chained_urls: bool = False,
+    check_imports: bool = False,
+    local_roots: Sequence[str] | None = None,
 ) -> dict[str, Pipeline]:
     """Every pipeline in the file, by name, in file order.
 
     Raises :class:`PipelineFileError` listing every issue of every pipeline. A file without
     pipelines is valid (nothing scheduled). ``allow_chained_urls`` permits ``a::b`` fsspec
-    URLs; ``check_imports`` imports each ``transform`` to check that it exists.
+    URLs; ``check_imports`` imports each ``transform`` to check that it exists;
+    ``local_roots`` (resolved folders, see :meth:`Settings.pipeline_rules`) confines local
+    sources and sinks, None leaves them unchecked. The service always passes settings'.
     """
     path = Path(path)
     doc = _read(path)
@@ -521,7 +572,7 @@ def load_pipelines(
         issues.append(PipelineIssue(None, None, "'pipelines' must be a table of tables"))
         tables = {}
     context = {"base_dir": path.absolute().parent, "allow_chained_urls": allow_chained_urls,
-               "check_imports": check_imports}  # fmt: skip
+               "check_imports": check_imports, "local_roots": local_roots}  # fmt: skip
     pipelines: dict[str, Pipeline] = {}
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -540,11 +591,16 @@ def load_pipelines(
 
 
 def validate_file(
-    path: str | Path, *, allow_chained_urls: bool = False, check_imports: bool = False
+    path: str | Path,
+    *,
+    allow_chained_urls: bool = False,
+    check_imports: bool = False,
+    local_roots: Sequence[str] | None = None,
 ) -> list[PipelineIssue]:
     """Every issue in the pipeline file, as :func:`load_pipelines` finds them; empty = valid."""
     try:
-        load_pipelines(path, allow_chained_urls=allow_chained_urls, check_imports=check_imports)
+        load_pipelines(path, allow_chained_urls=allow_chained_urls, check_imports=check_imports,
+                       local_roots=local_roots)  # fmt: skip
     except PipelineFileError as exc:
         return list(exc.issues)
     return []

@@ -19,6 +19,7 @@ from celeray.errors import LockLostError, RunActiveError
 from celeray.ledger import Ledger
 from celeray.pipelines import Pipeline
 from celeray.planner import needs_staging, plan_batches
+from celeray.roots import refusal
 from celeray.runstate import COUNTERS, RunStore
 from celeray.settings import Settings
 
@@ -30,6 +31,7 @@ __all__ = [
     "fail_job",
     "finalize_run",
     "new_run_id",
+    "outside_roots",
     "progress_of",
     "reserve_run",
     "staged_job",
@@ -85,6 +87,7 @@ def _job_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
     return {
         **pipeline.to_plan(),
         "limits": settings.limits(),
+        "local_roots": settings.read_roots(),  # Ray tasks refuse local reads outside these
         # Never secrets in a plan: each Ray node builds its storage options (endpoint,
         # region) from its own environment and botocore finds its AWS_* credentials there.
         "storage_options": None,
@@ -114,6 +117,7 @@ def begin_run(
     listed = storage.list_source(pipeline.source)
     plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
     job_plan = _job_plan(pipeline, settings)
+    escaped = outside_roots(listed, settings.local_roots_for())
     jobs = [
         {
             "run_id": run_id,
@@ -123,6 +127,7 @@ def begin_run(
             "sink": pipeline.sink,
             "staging_url": storage.join(settings.effective_staging_url, pipeline.name, b.batch_id),
             "plan": job_plan,
+            "prequarantined": {f["url"]: escaped[f["url"]] for f in b.files if f["url"] in escaped},
         }
         for b in plan.batches
     ]
@@ -145,6 +150,20 @@ def begin_run(
         "listed": plan.listed,
         "skipped": plan.already_done,
     }
+
+
+def outside_roots(listed: list[storage.FileInfo], roots: tuple[str, ...]) -> dict[str, Any]:
+    """Quarantine records of the listed local files that resolve outside ``roots``.
+
+    A symlink in the landing folder can point anywhere; such a file is never read, and it is
+    quarantined (so committed-or-quarantined holds for every listed file).
+    """
+    found = {}
+    for f in listed:
+        error = refusal(f.url, roots)
+        if error is not None:
+            found[f.url] = error.record()
+    return found
 
 
 def staged_job(job: dict[str, Any]) -> dict[str, Any]:

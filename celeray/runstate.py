@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+if TYPE_CHECKING:
+    from celeray.settings import Settings
 
 __all__ = ["COUNTERS", "RunStore"]
 
@@ -88,10 +91,21 @@ class RunStore:
         self._finish = client.register_script(_FINISH)
 
     @classmethod
-    def from_url(cls, url: str, *, lock_ttl: int, record_ttl: int) -> RunStore:
-        """A store on the Redis at ``url``."""
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-        return cls(client, lock_ttl=lock_ttl, record_ttl=record_ttl)
+    def from_url(cls, url: str, *, lock_ttl: int, record_ttl: int, **options: Any) -> RunStore:
+        """A store on the Redis at ``url``; ``options`` go to ``redis.Redis.from_url`` (TLS
+        files, timeouts). A password is part of the URL: ``redis://:password@host:port/db``."""
+        options = {"decode_responses": True, "health_check_interval": 30, **options}
+        return cls(redis.Redis.from_url(url, **options), lock_ttl=lock_ttl, record_ttl=record_ttl)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> RunStore:
+        """The store of ``settings``: its state URL, TLS files, lock and record lifetimes."""
+        from celeray.redis_tls import redis_ssl
+
+        url = settings.effective_state_url
+        return cls.from_url(url, lock_ttl=settings.run_lock_ttl,
+                            record_ttl=settings.result_expires,
+                            **redis_ssl(settings, url), **options)  # fmt: skip
 
     # -- the run lock -----------------------------------------------------------------
 

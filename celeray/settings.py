@@ -7,19 +7,30 @@ URLs that :func:`redact_url` masks before anything is logged.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from celeray.sizes import parse_size
 
 __all__ = ["Settings", "get_settings", "redact_url"]
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _path_list(value: Any) -> Any:
+    """``"/a:/b"`` (os.pathsep-separated, like PATH) or a list, as a tuple of paths."""
+    if isinstance(value, str):
+        value = [p for p in value.split(os.pathsep) if p.strip()]
+    return value
+
+
+PathList = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_path_list)]
 
 # Named defaults, each with the reason it has this value.
 DEFAULT_HOME = Path(".celeray")  # beside the project, like .venv: one stack per checkout
@@ -43,6 +54,14 @@ DEFAULT_MIN_FREE_MEMORY = 0.10  # below 10% free memory the dispatcher waits bef
 DEFAULT_UNIT_BYTES = 32 * 1024**2  # small files grouped to ~32 MiB per Ray task (>100 ms work)
 DEFAULT_RECONCILE_INTERVAL = 300  # s; a Redis that lost its queues is noticed within 5 min
 DEFAULT_MAX_DELIVERIES = 3  # a batch whose worker died this often is quarantined as poison
+# No roots given: local sources and sinks must lie in the pipeline file's own folder, where
+# `celeray demo` (and a project) keeps landing/ and lake/. Anything else is listed on purpose.
+DEFAULT_LOCAL_ROOTS: tuple[Path, ...] = ()
+DEFAULT_ALLOW_CHAINED_URLS = False  # `a::b` can cache remote data locally and reach other FSs
+# Requests per minute per client (token, or address when unauthenticated). A load test of
+# 1,000 triggers in a minute from one client, each followed by a few status polls, stays
+# under 6,000; a runaway script or a token-guessing loop does not.
+DEFAULT_API_RATE_LIMIT = 6000
 
 
 class Settings(BaseSettings):
@@ -79,6 +98,18 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(
         default=None, description="S3 region; default: botocore's (AWS_DEFAULT_REGION, profile)"
     )
+    local_roots: PathList = Field(
+        default=DEFAULT_LOCAL_ROOTS,
+        description="folders local sources and sinks must stay in; default: the pipeline "
+        "file's folder",
+    )
+    allow_chained_urls: bool = DEFAULT_ALLOW_CHAINED_URLS
+    api_rate_limit: int = Field(default=DEFAULT_API_RATE_LIMIT, ge=0, description="0: off")
+    redis_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle for rediss:// URLs; default: the system's"
+    )
+    redis_tls_cert_file: Path | None = None  # client certificate, when Redis asks for one
+    redis_tls_key_file: Path | None = None
 
     task_time_limit: int = Field(default=DEFAULT_TASK_TIME_LIMIT, gt=0)
     visibility_timeout: int | None = Field(
@@ -139,6 +170,30 @@ class Settings(BaseSettings):
         if self.staging_url:
             return self.staging_url
         return (self.home.resolve() / "staging").as_uri()
+
+    def local_roots_for(self, pipelines: Path | None = None) -> tuple[str, ...]:
+        """The allowed local roots, resolved: ``local_roots``, or else the folder of
+        ``pipelines`` (default: the configured pipeline file)."""
+        from celeray.roots import resolve_roots
+
+        if self.local_roots:
+            return resolve_roots(self.local_roots)
+        return resolve_roots([Path(pipelines or self.pipelines).absolute().parent])
+
+    def pipeline_rules(self, pipelines: Path | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``load_pipelines`` that come from settings."""
+        return {
+            "allow_chained_urls": self.allow_chained_urls,
+            "local_roots": self.local_roots_for(pipelines),
+        }
+
+    def read_roots(self) -> list[str]:
+        """Where Ray tasks may read local files: the local roots and local staging."""
+        from celeray.roots import local_path, resolve_roots
+
+        staging = local_path(self.effective_staging_url)
+        extra = [staging] if staging else []
+        return list(resolve_roots([*self.local_roots_for(), *extra]))
 
     def limits(self) -> dict[str, int]:
         """The input caps as the plain dict Ray tasks receive."""

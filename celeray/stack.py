@@ -90,6 +90,13 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
 
     redis_port = _local_redis_port(settings.broker_url)
     supervise_redis = redis_port is not None and not _answers("127.0.0.1", redis_port)
+    parts = urlsplit(settings.broker_url)
+    if supervise_redis and (parts.scheme == "rediss" or parts.password is not None):
+        raise StackError(
+            f"nothing answers at the broker's port {redis_port}; celeray up starts a Redis "
+            "only for a plain redis:// URL without a password: start yours (with its "
+            "password / TLS) first"
+        )
     ray_temp = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # unix sockets: keep the path short
     env = dict(os.environ)
     env.update(
@@ -118,6 +125,8 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
         }
     )
     env["CELERAY_RAY_PORT"] = env["CELERAY_RAY_ADDRESS"].rsplit(":", 1)[1]
+    if settings.local_roots:  # programs run in the home: relative roots must not move
+        env["CELERAY_LOCAL_ROOTS"] = os.pathsep.join(settings.local_roots_for())
     for name in ("DASHBOARD", "AGENT", "AGENT_GRPC", "RUNTIME_ENV", "METRICS", "CLIENT"):
         env[f"CELERAY_RAY_{name}_PORT"] = str(_free_port())
     info = StackInfo(
@@ -160,9 +169,12 @@ def program_states(home: Path) -> dict[str, str]:
     return states
 
 
-def _health(api_url: str) -> tuple[int, dict[str, Any]]:
+def _health(api_url: str, token: str) -> tuple[int, dict[str, Any]]:
+    """The health answer, with the token so that it has the details."""
+    req = urllib.request.Request(f"{api_url}/api/v1/health",
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     try:
-        with urllib.request.urlopen(f"{api_url}/api/v1/health", timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -189,9 +201,15 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
         if _answers("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is taken; choose another")
     env, info = _environment(settings, home)
+    from celeray import credentials
+
+    token = credentials.api_token(settings)  # the same the API reads: it gets it from env/home
     expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
-    (home / "stack-env.json").write_text(json.dumps(expanded))
-    (home / "stack-env.json").chmod(0o600)
+    # It holds the broker URL (a password, maybe): only the owner may ever read it.
+    fd = os.open(home / "stack-env.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(expanded))
     started = subprocess.run(
         [str(_bin() / "supervisord"), "-c", str(CONF)],
         env=env, capture_output=True, text=True, timeout=30,
@@ -209,11 +227,11 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
         if failed:
             raise StackError(f"programs failed to start: {failed}; see {info.logs}")
         if all(states.get(p) == "RUNNING" for p in wanted):
-            code, _ = _health(info.api_url)
+            code, _ = _health(info.api_url, token)
             if code == 200:
                 return info
         time.sleep(0.5)
-    _, body = _health(info.api_url)
+    _, body = _health(info.api_url, token)
     raise StackError(
         f"the stack did not become healthy within {timeout:.0f}s (last health {code}: "
         f"{json.dumps(body)[:500]}); see {info.logs}"
@@ -225,7 +243,10 @@ def status(settings: Settings) -> tuple[dict[str, str], int, dict[str, Any]]:
     home = settings.home.resolve()
     if _pid(home) is None:
         return {}, 0, {}
-    code, body = _health(f"http://127.0.0.1:{settings.api_port}")
+    from celeray import credentials
+
+    token = credentials.api_token(settings)
+    code, body = _health(f"http://127.0.0.1:{settings.api_port}", token)
     return program_states(home), code, body
 
 

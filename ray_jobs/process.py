@@ -37,7 +37,8 @@ from typing import Any
 import pyarrow as pa
 
 from celeray.arrow_types import arrow_types
-from celeray.errors import InputError, TransformError
+from celeray.errors import InputError, StorageError, TransformError
+from celeray.roots import check_read, outside
 from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._tap import ErrorTap
 from ray_jobs.readers import FORMATS, detect_format, read_batches
@@ -72,7 +73,9 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     ``sql``, ``transform``, ``partition_by``, ``compression``, ``compression_level``,
     ``limits``, ``storage_options`` (used for inputs and output alike, laid over those
     :mod:`celeray.fsoptions` builds from this node's environment; None in celeray's plans,
-    which carry no secrets) and ``threads``;
+    which carry no secrets), ``threads`` and optionally ``local_roots`` (resolved folders: a
+    local input outside them is quarantined unread, a local output folder outside them
+    fails the unit);
     ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
     ``read_url`` (where to read it, e.g. a staged copy) and ``size``. The format is told
     from ``url``. pyarrow and DuckDB get ``threads`` threads for the duration of the call.
@@ -119,6 +122,12 @@ class _UnitRun:
 
     def run(self) -> None:
         _check_plan(self.plan)
+        roots = self.plan.get("local_roots")
+        if roots is not None and (resolved := outside(self.out_url, roots)) is not None:
+            raise StorageError(
+                f"output folder {self.out_url} resolves to {resolved}, outside the allowed "
+                f"local roots ({', '.join(roots)}); nothing written"
+            )
         remove_outputs(
             self.out_url,
             re.escape(self.prefix) + r"-[sf]\d+-\d+\.parquet",
@@ -180,6 +189,7 @@ class _UnitRun:
     ) -> InputError | SplitRefused | None:
         """Read, transform and write a file or a range of it; return what stopped it."""
         try:
+            check_read(file.get("read_url") or file["url"], self.plan.get("local_roots"))
             fmt = self.plan.get("format") or detect_format(file["url"])
             batches = read_batches(
                 file.get("read_url") or file["url"],

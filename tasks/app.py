@@ -64,8 +64,5 @@ def run_store() -> RunStore:
     """This process's RunStore, connected on first use."""
     global _store
     if _store is None:
-        s = get_settings()
-        _store = RunStore.from_url(
-            s.effective_state_url, lock_ttl=s.run_lock_ttl, record_ttl=s.result_expires
-        )
+        _store = RunStore.from_settings(get_settings())
     return _store

@@ -23,4 +23,6 @@ __all__ = ["reconcile"]
 )
 def reconcile() -> dict[str, dict[str, Any]]:
     """Trigger a run for each pipeline whose source lists files its ledger lacks."""
-    return reconcile_pass(current_pipelines(get_settings().pipelines), run_store(), app)
+    settings = get_settings()
+    pipelines = current_pipelines(settings.pipelines, **settings.pipeline_rules())
+    return reconcile_pass(pipelines, run_store(), app)

@@ -90,7 +90,7 @@ def after_batch(run_id: str, remaining: int | None) -> None:
     if remaining is None:
         store = run_store()
         record = store.get(run_id)  # None when Redis lost the run: nothing to finalize
-        if record and not store.pending(run_id) and record["state"] not in runs.FINAL_STATES:
+        if record and not store.pending(run_id) and record.get("state") not in runs.FINAL_STATES:
             finalize(run_id)
     elif remaining == 0:
         finalize(run_id)
@@ -174,7 +174,9 @@ def start_run(
         # Nobody waits on a beat's run id, so no result is stored: two beats cost no keys.
         log.info("run %s of %s skipped: slot %s was sent by another beat", run_id, pipeline, slot)
         return {"status": "skipped", "duplicate_slot": slot}
-    spec = get_pipeline(current_pipelines(settings.pipelines), pipeline)
+    spec = get_pipeline(
+        current_pipelines(settings.pipelines, **settings.pipeline_rules()), pipeline
+    )
     out = runs.begin_run(run_id, spec, store, settings, trigger=trigger)
     if out["status"] == "skipped":
         log.info("run %s of %s skipped: run %s holds the lock", run_id, pipeline, out["running"])

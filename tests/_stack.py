@@ -163,6 +163,64 @@ class RayHead:
         self.proc.stop(timeout=30)
 
 
+class RedisServer:
+    """A private ``redis-server`` on a free port, with a password and optionally TLS.
+
+    Its settings go into a config file (mode 0600), not onto the command line, so the
+    password is not in ``ps``. With ``tls`` a CA and a server certificate for 127.0.0.1 are
+    made with the ``openssl`` CLI in ``root``; clients verify against :attr:`ca_file`.
+    """
+
+    def __init__(self, root: Path, *, password: str, tls: bool = False) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = password
+        self.tls = tls
+        self.ca_file = root / "ca.crt"
+        lines = ["bind 127.0.0.1", f"dir {root}", 'save ""', "appendonly no",
+                 f"requirepass {password}"]  # fmt: skip
+        if tls:
+            self._make_certs(root)
+            lines += ["port 0", f"tls-port {self.port}", f"tls-cert-file {root / 'server.crt'}",
+                      f"tls-key-file {root / 'server.key'}", f"tls-ca-cert-file {self.ca_file}",
+                      "tls-auth-clients no"]  # fmt: skip
+        else:
+            lines.append(f"port {self.port}")
+        conf = root / "redis.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        conf.chmod(0o600)
+        self.proc = Proc(["redis-server", str(conf)], env=dict(os.environ),
+                         log=root / "redis.log", cwd=root)  # fmt: skip
+        wait_for(lambda: self.client(0).ping(), 30, f"redis-server on {self.port}")
+
+    @staticmethod
+    def _make_certs(root: Path) -> None:
+        def run(*argv: str) -> None:
+            subprocess.run(["openssl", *argv], cwd=root, check=True, capture_output=True,
+                           timeout=60)  # fmt: skip
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "2", "-subj", "/CN=celeray-test-ca")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+        (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+
+    def url(self, db: int, password: str | None = None) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://:{password or self.password}@127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int) -> redis.Redis:
+        options: dict[str, Any] = {"socket_connect_timeout": 2}
+        if self.tls:
+            options |= {"ssl_cert_reqs": "required", "ssl_ca_certs": str(self.ca_file)}
+        return redis.Redis.from_url(self.url(db), **options)
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=10)
+
+
 def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
     """The environment of every celeray process of a test stack."""
     env = dict(os.environ)
@@ -176,6 +234,8 @@ def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
             "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BACKEND_DB}",
             "CELERAY_RAY_ADDRESS": ray_address,
+            # Tests land files in their own tmp_path, beside the stack's root: allow them all.
+            "CELERAY_LOCAL_ROOTS": str(root.parent),
             # Short limits so a killed worker's message comes back within seconds.
             "CELERAY_TASK_TIME_LIMIT": "20",
             "CELERAY_VISIBILITY_TIMEOUT": "25",
@@ -253,11 +313,7 @@ class Stack:
             }
         )
         self.client = make_client(self.settings)
-        self.store = RunStore.from_url(
-            self.settings.effective_state_url,
-            lock_ttl=self.settings.run_lock_ttl,
-            record_ttl=self.settings.result_expires,
-        )
+        self.store = RunStore.from_settings(self.settings)
         self.io = self.start_worker("io")
         self.rayw = self.start_worker("ray")
 

@@ -24,23 +24,23 @@ from celeray.pipelines import load_pipelines
 REPO = Path(__file__).resolve().parent.parent
 TEXT = """
 [pipelines.every5]
-source = "file:///land/a/*.csv"
-sink = "file:///lake/a"
+source = "land/a/*.csv"
+sink = "lake/a"
 schedule = "*/5 * * * *"
 
 [pipelines.weekdays]
-source = "file:///land/b/*.csv"
-sink = "file:///lake/b"
+source = "land/b/*.csv"
+sink = "lake/b"
 schedule = "30  2 1,15 */3 mon-fri"
 
 [pipelines.every90]
-source = "file:///land/c/*.csv"
-sink = "file:///lake/c"
+source = "land/c/*.csv"
+sink = "lake/c"
 schedule = 90
 
 [pipelines.manual]
-source = "file:///land/d/*.csv"
-sink = "file:///lake/d"
+source = "land/d/*.csv"
+sink = "lake/d"
 """
 
 

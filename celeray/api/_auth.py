@@ -10,7 +10,7 @@ from flask import Flask, current_app, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-__all__ = ["check_auth", "has_valid_token", "public", "set_token"]
+__all__ = ["check_auth", "given_token", "has_valid_token", "public", "set_token"]
 
 _TOKEN = "celeray.api_token"  # app.extensions key; kept out of app.config, which gets dumped
 _PUBLIC = "_celeray_public"
@@ -35,7 +35,8 @@ def _refuse(description: str, **params: str) -> Unauthorized:
     return Unauthorized(description, www_authenticate=challenge)
 
 
-def _given() -> str | None:
+def given_token() -> str | None:
+    """The bearer token the request carries, or None."""
     scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return None
@@ -44,7 +45,7 @@ def _given() -> str | None:
 
 def has_valid_token() -> bool:
     """Whether the request carries the right bearer token (compared in constant time)."""
-    given = _given()
+    given = given_token()
     return given is not None and hmac.compare_digest(given.encode(), current_app.extensions[_TOKEN])
 
 
@@ -58,7 +59,7 @@ def check_auth() -> None:
     view = current_app.view_functions.get(request.endpoint)
     if view is not None and getattr(view, _PUBLIC, False):
         return
-    if _given() is None:
+    if given_token() is None:
         raise _refuse("missing bearer token: send Authorization: Bearer <token>")
     if not has_valid_token():
         raise _refuse("invalid bearer token", error="invalid_token")

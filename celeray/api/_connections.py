@@ -15,6 +15,7 @@ from flask import current_app
 
 from celeray.celeryconfig import make_client
 from celeray.pipelines import Pipeline, current_pipelines
+from celeray.redis_tls import redis_client
 from celeray.runstate import RunStore
 from celeray.settings import Settings
 
@@ -60,17 +61,10 @@ class Connections:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    r = redis.Redis.from_url(
-                        self.settings.effective_state_url,
-                        decode_responses=True,
+                    self._store = RunStore.from_settings(
+                        self.settings,
                         socket_connect_timeout=CONNECT_TIMEOUT,
                         socket_timeout=SOCKET_TIMEOUT,
-                        health_check_interval=30,
-                    )
-                    self._store = RunStore(
-                        r,
-                        lock_ttl=self.settings.run_lock_ttl,
-                        record_ttl=self.settings.result_expires,
                     )
         return self._store
 
@@ -93,7 +87,8 @@ class Connections:
         """A client of the Redis at ``url`` whose every call gives up within about a second."""
         with self._lock:
             if url not in self._redis:
-                self._redis[url] = redis.Redis.from_url(
+                self._redis[url] = redis_client(
+                    self.settings,
                     url,
                     socket_connect_timeout=PING_TIMEOUT,
                     socket_timeout=PING_TIMEOUT,
@@ -107,7 +102,7 @@ class Connections:
         The file is parsed again whenever its size, times or inode change, so an edit is
         seen by the next request without parsing (and starting DuckDB) on every one.
         """
-        return current_pipelines(self.settings.pipelines)
+        return current_pipelines(self.settings.pipelines, **self.settings.pipeline_rules())
 
 
 

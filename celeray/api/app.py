@@ -2,9 +2,10 @@
 
 One app per process. Its connections are made lazily on first use and kept on the app
 (``app.extensions``), so forking servers fork before any socket exists. Every route but
-health and the OpenAPI document needs ``Authorization: Bearer <token>``; every answer,
-errors included, is JSON (``/metrics`` is Prometheus text); request bodies over
-:data:`MAX_BODY_BYTES` are refused with 413, chunked ones too.
+health needs ``Authorization: Bearer <token>``; every client (token, or address) is held to
+``CELERAY_API_RATE_LIMIT`` requests a minute (429); every answer, errors included, is JSON
+(``/metrics`` is Prometheus text); request bodies over :data:`MAX_BODY_BYTES` are refused
+with 413, chunked ones too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from celeray.api import health, metrics, openapi, pipelines, runs
 from celeray.api._auth import check_auth, set_token
 from celeray.api._connections import EXTENSION, Connections
 from celeray.api._errors import register_errors
+from celeray.api._ratelimit import limit_rate
 from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings
 
@@ -88,6 +90,7 @@ def create_app(
     app.extensions[EXTENSION] = Connections(settings, store=store, client=client)
     set_token(app, credentials.api_token(settings))
     app.before_request(_start_clock)
+    app.before_request(limit_rate)
     app.before_request(check_auth)
     app.before_request(_read_body)
     app.after_request(_log_request)

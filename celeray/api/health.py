@@ -1,5 +1,8 @@
 """``GET /api/v1/health`` (no token): every part celeray needs, 200 when all are up, else 503.
 
+Without a valid token the answer says only ``ok`` overall and per part: worker host names,
+paths, addresses and error messages are internals, shown to token holders alone.
+
 Parts: ``broker``, ``backend``, ``state_store`` (Redis pings), ``pipelines`` (the file is
 valid), ``workers`` (someone consumes ``io`` and ``ray``), ``ray`` (asked through the ``ray``
 worker) and ``system`` (psutil). The pings and the file check run side by side with the
@@ -19,7 +22,7 @@ from celeray.api import _checks
 from celeray.api._auth import has_valid_token, public
 from celeray.api._connections import Connections, conns
 
-__all__ = ["bp", "health_report"]
+__all__ = ["bp", "health_report", "public_view"]
 
 bp = Blueprint("health", __name__)
 
@@ -57,12 +60,21 @@ def health_report(c: Connections, *, details: bool = False) -> dict[str, Any]:
     }
 
 
+def public_view(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` cut down to what anyone may see: ``ok`` overall and per part."""
+    parts = {k: {"ok": bool(v["ok"])} for k, v in report.items() if isinstance(v, dict)}
+    return {"ok": bool(report["ok"]), **parts}
+
+
 @bp.get("/api/v1/health")
 @public
 def health() -> tuple[Response, int]:
     """The health report: 200 when every part is up, 503 (same body) otherwise.
 
-    No token needed; with a valid one, the report also lists the pipeline file's problems.
+    No token needed for ``ok`` per part; with a valid one, every detail (workers, Ray,
+    system, errors, the pipeline file's problems).
     """
-    report = health_report(conns(), details=has_valid_token())
-    return jsonify(report), 200 if report["ok"] else 503
+    details = has_valid_token()
+    report = health_report(conns(), details=details)
+    body = report if details else public_view(report)
+    return jsonify(body), 200 if report["ok"] else 503

@@ -1,4 +1,5 @@
-"""``GET /api/v1/openapi.json`` (no token): the OpenAPI 3.1 description of this API.
+"""``GET /api/v1/openapi.json``: the OpenAPI 3.1 description of this API (token required,
+like every route but health).
 
 The document is the package data file ``celeray/api/openapi.json``, read once.
 """
@@ -9,8 +10,6 @@ from functools import cache
 from importlib.resources import files
 
 from flask import Blueprint, Response
-
-from celeray.api._auth import public
 
 __all__ = ["bp", "document"]
 
@@ -24,7 +23,6 @@ def document() -> bytes:
 
 
 @bp.get("/api/v1/openapi.json")
-@public
 def openapi() -> Response:
     """The OpenAPI document."""
     return Response(document(), content_type="application/json")

@@ -84,6 +84,8 @@ class FaultStack:
         self.env.update(
             {
                 "CELERAY_HOME": str(self.home),
+                # Every test's landing and sink lie in its own folder beside the stack's.
+                "CELERAY_LOCAL_ROOTS": str(root.parent),
                 "CELERAY_PIPELINES": str(self.pipelines_file),
                 "CELERAY_BROKER_URL": f"{redis_url}/0",
                 "CELERAY_RESULT_BACKEND": f"{redis_url}/1",
@@ -177,7 +179,8 @@ class FaultStack:
         from celeray.pipelines import load_pipelines
         from celeray.reconcile import uncommitted
 
-        pipeline = load_pipelines(self.pipelines_file)[name]
+        pipeline = load_pipelines(self.pipelines_file,
+                                  **self.settings.pipeline_rules(self.pipelines_file))[name]
 
         def settled() -> bool:
             if self.store.holder(name):
