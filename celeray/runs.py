@@ -104,7 +104,12 @@ def begin_run(
     ``{"status": "planned", "jobs": [...], ...}`` otherwise (``jobs`` may be empty).
     A redelivered start of a run that was already planned returns its unfinished jobs.
     """
-    if not store.hold(pipeline.name, run_id):
+    planned_before = (store.get(run_id) or {}).get("state") == "RUNNING"
+    # A new run takes the lock (and fences older runs off); a redelivered start of a run
+    # planned before may only keep or take back its own, never one a newer run took.
+    locked = (store.hold(pipeline.name, run_id) if planned_before
+              else store.acquire(pipeline.name, run_id) == run_id)
+    if not locked:
         return {"status": "skipped", "running": store.holder(pipeline.name)}
     store.create(run_id, pipeline.name, trigger=trigger)
     if (store.get(run_id) or {}).get("state") == "RUNNING":

@@ -36,14 +36,35 @@ COUNTERS = (  # the summed fields of a run record
     "batches_failed",
 )
 
-# Keep the lock if it is ours, take it if it is free, refuse if another run has it.
+# Keep the lock if it is ours; take it if it is free and no newer run ever took it (the
+# pipeline's "latest" key names the last run that acquired it); refuse otherwise. A run
+# superseded by a newer one can never take the lock back, while the current run (whose
+# lock merely expired, or whose Redis restarted empty) can.
+# KEYS: lock, latest. ARGV: run id, lock ttl ms, latest ttl s.
 _HOLD = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 elseif not v then
+  local latest = redis.call('GET', KEYS[2])
+  if (not latest) or latest == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+    return 1
+  end
+end
+return 0
+"""
+# A new run: take the lock if it is free (or already ours) and become the latest run.
+_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+elseif not v then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
   return 1
 end
 return 0
@@ -87,6 +108,7 @@ class RunStore:
         self.lock_ttl_ms = lock_ttl * 1000
         self.record_ttl = record_ttl
         self._hold = client.register_script(_HOLD)
+        self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
 
@@ -112,15 +134,31 @@ class RunStore:
     def _lock_key(self, pipeline: str) -> str:
         return f"{_PREFIX}:lock:{pipeline}"
 
+    def _latest_key(self, pipeline: str) -> str:
+        return f"{_PREFIX}:latest:{pipeline}"
+
+    def _lock_args(self, pipeline: str, run_id: str) -> dict[str, Any]:
+        return {"keys": [self._lock_key(pipeline), self._latest_key(pipeline)],
+                "args": [run_id, self.lock_ttl_ms, self.record_ttl]}
+
     def acquire(self, pipeline: str, run_id: str) -> str:
-        """Try to take the lock for ``run_id``; return the run id that holds it now."""
-        if self._hold(keys=[self._lock_key(pipeline)], args=[run_id, self.lock_ttl_ms]):
+        """Take the lock for a new run ``run_id``; return the run id that holds it now.
+
+        The new run becomes the pipeline's latest: older runs are fenced off for good.
+        """
+        if self._acquire(**self._lock_args(pipeline, run_id)):
             return run_id
         return self.holder(pipeline) or run_id
 
     def hold(self, pipeline: str, run_id: str) -> bool:
-        """Renew the lock if ``run_id`` holds it, take it if free; False if another has it."""
-        return bool(self._hold(keys=[self._lock_key(pipeline)], args=[run_id, self.lock_ttl_ms]))
+        """Renew the lock if ``run_id`` holds it, or take it back if it is free and no newer
+        run took it since; False otherwise (the fencing check before every commit)."""
+        return bool(self._hold(**self._lock_args(pipeline, run_id)))
+
+    def superseded(self, pipeline: str, run_id: str) -> str | None:
+        """The newer run that took the pipeline's lock after ``run_id``, if any."""
+        latest = self.r.get(self._latest_key(pipeline))
+        return str(latest) if latest and latest != run_id else None
 
     def release(self, pipeline: str, run_id: str) -> None:
         """Drop the lock if ``run_id`` holds it."""

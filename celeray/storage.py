@@ -148,7 +148,7 @@ def list_source(url: str, storage_options: dict[str, Any] | None = None) -> list
         raise StorageError(f"cannot list {url!r}: {exc}") from exc
     files = []
     for name, info in found.items():
-        if info.get("islink") and _is_local(fs) and os.path.isfile(name):
+        if info.get("islink") and is_local(fs) and os.path.isfile(name):
             info = {**info, "type": "file"}
         if info.get("type", "file") != "file" or _hidden(name):
             continue

@@ -228,6 +228,13 @@ def watch_run(run_id: str) -> None:
     record = store.get(run_id)
     if not record or record.get("state") in runs.FINAL_STATES:
         return
+    newer = store.superseded(str(record.get("pipeline")), run_id)
+    if newer:  # a newer run holds the pipeline now and commits what this one left
+        reason = f"superseded by run {newer}, which takes over its uncommitted files"
+        runs.abort_run(run_id, str(record.get("pipeline")), reason, store)
+        app.backend.store_result(run_id, RunFailedError(reason), states.FAILURE)
+        log.warning("run %s: %s", run_id, reason)
+        return
     pending = store.pending(run_id)
     if not pending:
         after_batch(run_id, None)

@@ -26,8 +26,15 @@ def test_one_holder_at_a_time_and_fencing(store: RunStore) -> None:
     store.release("p", "r2")  # not the holder: no effect
     assert store.holder("p") == "r1"
     store.release("p", "r1")
-    assert store.hold("p", "r2")  # a free lock is taken by whoever holds on
+    assert store.hold("p", "r1")  # its own free lock is taken back (it had expired)
+    store.release("p", "r1")
+    assert not store.hold("p", "r2")  # r2 never acquired it: no taking a free lock
+    assert store.acquire("p", "r2") == "r2"  # a new run acquires the free lock
     assert not store.hold("p", "r1")  # the old run is fenced off
+    store.release("p", "r2")
+    assert not store.hold("p", "r1")  # ... for good: even once the lock is free again
+    assert store.superseded("p", "r1") == "r2" and store.superseded("p", "r2") is None
+    assert store.hold("p", "r2")
 
 
 def test_batches_finish_once_and_counters_add_up(store: RunStore) -> None:

@@ -159,3 +159,53 @@ def test_a_full_sink_disk_fails_cleanly_and_the_run_resumes_with_space(
     record("sink disk full, then space back", **found, committed_while_full=len(partial))
     assert (found["duplicates"], found["losses"]) == (0, 0), found
     assert ds.dataset(str(sink), format="parquet").count_rows() == found["expected"]
+
+
+def test_an_input_that_kills_its_celery_worker_every_time_is_quarantined(
+    fault_stack: FaultStack, flights_df, tmp_path: Path
+):
+    """The worker that dies is the Celery ray worker itself (supervisor restarts it); the
+    batch comes back after the visibility timeout, and once its starts have died
+    CELERAY_MAX_DELIVERIES times it is quarantined; then the queue moves on."""
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    poison = landing / "zz-poison.csv"
+    flights_df.iloc[:300].assign(carrier="XX").to_csv(poison, index=False)
+    mod = _module(fault_stack, "driverkiller", f"""
+        import os, signal
+        import psutil
+        import pyarrow.compute as pc
+
+        def kill_driver_on_xx(table):
+            if pc.any(pc.equal(table["carrier"], "XX")).as_py():
+                for p in psutil.process_iter(["cmdline"]):
+                    cmd = " ".join(p.info["cmdline"] or [])
+                    try:
+                        ours = p.environ().get("CELERAY_HOME") == {str(fault_stack.home)!r}
+                    except psutil.Error:
+                        continue
+                    if ours and "worker -Q ray" in cmd:
+                        os.kill(p.pid, signal.SIGKILL)  # the Celery worker driving Ray
+            return table
+    """)
+    fault_stack.add_pipeline("driverpoison", landing, sink, batch_bytes='"256KiB"',
+                             transform=f'"{mod}:kill_driver_on_xx"')
+    started = time.monotonic()
+    run = _wait_end(fault_stack, fault_stack.trigger("driverpoison"), timeout=240)
+    took = time.monotonic() - started
+
+    assert run["state"] == "SUCCESS", run
+    assert (run["files_committed"], run["files_quarantined"]) == (0, 1), run
+    [q] = run["quarantined"]
+    assert q["url"].endswith("zz-poison.csv") and q["kind"] == "poison", q
+    assert "died 3 times" in q["error"], q
+
+    # The queue moves on: the next pipeline's run goes through the restarted worker.
+    fault_stack.wait_running("worker-ray")
+    after, after_sink = tmp_path / "after", tmp_path / "after-lake"
+    good = write_landing(flights_df.iloc[:9_000], after, 3)
+    fault_stack.add_pipeline("afterpoison", after, after_sink)
+    assert _wait_end(fault_stack, fault_stack.trigger("afterpoison"))["state"] == "SUCCESS"
+    found = exactly_once(after_sink, good)
+    record("poison input (kills its Celery worker)", **found, seconds=round(took, 1))
+    assert (found["duplicates"], found["losses"]) == (0, 0), found

@@ -41,7 +41,6 @@ def test_redis_restarted_empty_mid_run(fault_stack: FaultStack, flights_df, tmp_
     before = _entries(sink)
     fault_stack.redis.restart_empty()
     restarted = time.monotonic()
-    assert fault_stack.store.get(run_id) is None  # Redis forgot the run
 
     # Both workers answer again, and a fresh run is consumed end to end within the bound.
     wait_for(lambda: len(fault_stack.client.control.ping(timeout=1.0)) >= 2, RECONNECT_BOUND,

@@ -64,7 +64,8 @@ def test_sigkill_at_a_random_moment(
     run_id = fault_stack.trigger(name)
     delay = rng.uniform(0.0, 2.0)
     wait_seconds(delay)
-    mid_run = bool(fault_stack.store.pending(run_id))  # batches still to finish
+    state = (fault_stack.store.get(run_id) or {}).get("state")
+    mid_run = state not in ("SUCCESS", "FAILURE")  # the run had not ended yet
     victim = _victim(fault_stack, target, rng)
     if victim:
         os.kill(victim, signal.SIGKILL)
