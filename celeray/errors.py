@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DecompressionError",
     "EmptyInputError",
+    "EncodingError",
     "InputError",
     "InputTooLargeError",
     "LedgerError",
@@ -186,3 +187,9 @@ class EmptyInputError(InputError):
     """The file holds no data at all (zero bytes or no rows)."""
 
     kind = "empty"
+
+
+class EncodingError(InputError):
+    """The text is not UTF-8 (e.g. Latin-1, or UTF-16 with its byte-order mark)."""
+
+    kind = "encoding"
