@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import io
 import re
+import threading
 from typing import Any
 
 from celeray.errors import EncodingError, InputTooLargeError
@@ -73,6 +74,14 @@ class TextGuard(io.RawIOBase):
         self._served = 0
         self._lines = 0  # line breaks served so far
         self._ended = False
+        self._lock = threading.Lock()  # held while a read runs
+        self._stopped = False
+
+    def close(self) -> None:
+        """Wait for a read in progress (pyarrow's read-ahead thread), then end the stream."""
+        with self._lock:
+            self._stopped = True
+        super().close()
 
     def readable(self) -> bool:
         """Always true: this is a reader."""
@@ -80,6 +89,10 @@ class TextGuard(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (all that is left when negative), fewer only at the end."""
+        with self._lock:
+            return b"" if self._stopped else self._read(size)
+
+    def _read(self, size: int | None) -> bytes:
         if not self._started:
             self._read_first_line()
         want = -1 if size is None or size < 0 else size
@@ -135,8 +148,8 @@ class TextGuard(io.RawIOBase):
                 line = self._lines + data.count(b"\n", 0, max(at, 0)) + 1
             raise EncodingError(
                 f"not UTF-8: invalid byte(s) {bad.hex(' ') or '(end of file)'} at byte "
-                f"{self._served + at}{'' if line is None else f' (line {line})'}"
-                f"{_guess(whole, exc.start)}; celeray reads text as UTF-8: {_CONVERT}",
+                f"{self._served + at}{_guess(whole, exc.start)}; celeray reads text as "
+                f"UTF-8: {_CONVERT}",
                 url=self._url,
                 line=line,
             ) from None
@@ -160,14 +173,15 @@ class TextGuard(io.RawIOBase):
             if self._prefix.startswith(bom):
                 raise EncodingError(
                     f"the file is {name}: it starts with that byte-order mark "
-                    f"({bom.hex(' ')}), not UTF-8 text; {_CONVERT.replace('latin1', name.split()[0])}",
+                    f"({bom.hex(' ')}), not UTF-8 text; "
+                    + _CONVERT.replace("latin1", name.split()[0]),
                     url=self._url,
                     line=1,
                 )
         end = newline if newline >= 0 else len(buf)
         if end > self._max_row:
             raise InputTooLargeError(
-                f"line 1 is longer than the cap of {format_size(self._max_row)} "
+                f"the first line is longer than the cap of {format_size(self._max_row)} "
                 "(max_row_bytes); stopped reading there. Raise CELERAY_MAX_ROW_BYTES if "
                 "lines this long are real",
                 url=self._url,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
@@ -214,9 +214,12 @@ def _read_range(
         raise SplitRefused(
             "a quoted value near the start of the file holds a line break", head=True
         )
-    with open_input(url, limits=limits, storage_options=storage_options, byte_range=span) as r:
+    with (
+        open_input(url, limits=limits, storage_options=storage_options, byte_range=span) as r,
+        closing(_guard(r, url, fmt, limits, start=span.first)) as guard,
+    ):
         stream = cast(LineRangeReader, r)
-        s = cast(BinaryIO, _guard(r, url, fmt, limits, start=span.first))
+        s = cast(BinaryIO, guard)
         if fmt == "jsonl":
             yield from jsonl_range_batches(
                 s, url=url, schema=schema, types=types, max_row_bytes=max_row
@@ -238,8 +241,11 @@ def _open_text(
     url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
 ) -> Iterator[BinaryIO]:
     """:func:`open_input`, its stream behind a :class:`TextGuard`."""
-    with open_input(url, limits=limits, storage_options=storage_options) as stream:
-        yield cast(BinaryIO, _guard(stream, url, fmt, limits, start=True))
+    with (
+        open_input(url, limits=limits, storage_options=storage_options) as stream,
+        closing(_guard(stream, url, fmt, limits, start=True)) as guard,
+    ):
+        yield cast(BinaryIO, guard)
 
 
 def _guard(stream: Any, url: str, fmt: str, limits: dict[str, int], *, start: bool) -> TextGuard:
