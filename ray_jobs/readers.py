@@ -202,7 +202,7 @@ def _read_range(
     span: ByteRange,
 ) -> Iterator[pa.RecordBatch]:
     max_row = int(limits["max_row_bytes"])
-    sample = _sample(url, limits, storage_options)
+    sample = _sample(url, fmt, limits, storage_options)
     try:
         if fmt == "csv":
             schema, multiline = csv_sample(sample, url=url, types=types)
@@ -264,11 +264,17 @@ def _max_columns(limits: dict[str, int]) -> int:
     return int(limits.get("max_columns", DEFAULT_MAX_COLUMNS))
 
 
-def _sample(url: str, limits: dict[str, int], storage_options: dict[str, Any] | None) -> bytes:
-    """The whole lines in the first ``SAMPLE_BYTES`` (at least one line) of the file."""
+def _sample(
+    url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
+) -> bytes:
+    """The whole lines in the first ``SAMPLE_BYTES`` (at least one line) of the file.
+
+    Read through the :class:`TextGuard`, so a header too wide or not UTF-8 refuses the
+    split (the first range then reads the whole file and reports it).
+    """
     max_row = int(limits["max_row_bytes"])
     try:
-        with open_input(url, limits=limits, storage_options=storage_options) as stream:
+        with _open_text(url, fmt, limits, storage_options) as stream:
             data = stream.read(SAMPLE_BYTES)
             end = data.rfind(b"\n")
             if end < 0 and len(data) == SAMPLE_BYTES:

@@ -29,6 +29,7 @@ from celeray.errors import (
 from celeray.ledger import Ledger
 from ray_jobs._schema_ref import Reference
 from ray_jobs._text_guard import TextGuard
+from ray_jobs.merge import merge_unit_results
 from ray_jobs.process import process_unit
 from ray_jobs.readers import read_batches
 from tests._hostile import (
@@ -473,3 +474,37 @@ def test_a_unit_of_hostile_files_commits_the_good_one(tmp_path: Path) -> None:
     kinds = {Path(q["url"]).name: q["kind"] for q in result["quarantined"]}
     assert kinds == {name: kind for name, (_, kind) in hostile.items()}
     assert all(q["error"] for q in result["quarantined"])
+
+
+def _split_run(unit: Unit, name: str, data: bytes, pieces: int) -> dict[str, Any]:
+    """Process ``data`` as a file split into ``pieces`` byte ranges, merged as Celery does."""
+    file = unit.file(name, data)
+    size = len(data)
+    cuts = [size * i // pieces for i in range(pieces + 1)]
+    results = [
+        process_unit(
+            plan(LIMITS),
+            {
+                "batch_id": "b",
+                "unit": i,
+                "files": [{**file, "range": [cuts[i], cuts[i + 1]]}],
+                "out_url": (unit.root / "out").as_uri(),
+            },
+        )
+        for i in range(pieces)
+    ]
+    return merge_unit_results(results, [])
+
+
+def test_split_files_are_refused_like_whole_ones(tmp_path: Path) -> None:
+    unit = Unit(tmp_path)
+    wide = wide_csv(200_000) + b"2\n" * 100_000  # header 1.5 MiB: no range may parse it
+    result = _split_run(unit, "wide.csv", wide, 4)
+    (q,) = result["quarantined"]
+    assert q["kind"] == "too_large" and "200,000 columns" in q["error"] and q["line"] == 1
+    assert not result["files"] and not result["outputs"]
+
+    late = CSV + "Ålesund,x,1.0\n".encode("latin-1") + CSV.split(b"\n", 1)[1]
+    result = _split_run(unit, "late.csv", late, 3)
+    (q,) = result["quarantined"]
+    assert q["kind"] == "encoding" and q["line"] == ROWS + 2 and "c5 at byte" in q["error"]
