@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 SMALL_FILE_BYTES = 64 * 1024**2  # Arrow bytes of one file held in memory to validate it whole
 GROUP_BYTES = 256 * 1024**2  # Arrow bytes of small files written together at most
 OUT_ROWS = 128 * 1024  # rows per batch fed from a held table
+# pyarrow's dataset writer pulls a streamed file's batches on an I/O thread, and the CSV
+# and JSON readers refill their read-ahead on another: with one I/O thread a compressed
+# file past ~32 blocks (32 x max_row_bytes) of text deadlocked. I/O threads mostly wait
+# and cost no CPU, so the task keeps a few whatever its CPU count.
+MIN_IO_THREADS = 4
 
 
 def unit_prefix(batch_id: str, unit: int) -> str:
@@ -76,7 +81,7 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     as JSON) or else ``reference_files`` (URLs, the first readable one gives it);
     ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
     ``read_url`` (where to read it, e.g. a staged copy) and ``size``. The format is told
-    from ``url``. pyarrow and DuckDB get ``threads`` threads for the duration of the call.
+    from ``url``. pyarrow and DuckDB get ``threads`` CPU threads for the duration of the call.
 
     Returns ``batch_id``, ``unit``, ``files`` (the good files: ``url``, ``rows_in``,
     ``bytes_in``), ``quarantined`` (``InputError.record()`` dicts, ``url`` being the file's
@@ -357,10 +362,11 @@ def _take(
 
 @contextmanager
 def _arrow_threads(threads: int) -> Iterator[None]:
-    """Give pyarrow ``threads`` CPU and I/O threads for the block, then restore them."""
+    """Give pyarrow ``threads`` CPU threads and ``max(threads, MIN_IO_THREADS)`` I/O threads
+    for the block, then restore them."""
     cpu, io = pa.cpu_count(), pa.io_thread_count()
     pa.set_cpu_count(threads)
-    pa.set_io_thread_count(threads)
+    pa.set_io_thread_count(max(threads, MIN_IO_THREADS))
     try:
         yield
     finally:

@@ -508,3 +508,39 @@ def test_split_files_are_refused_like_whole_ones(tmp_path: Path) -> None:
     result = _split_run(unit, "late.csv", late, 3)
     (q,) = result["quarantined"]
     assert q["kind"] == "encoding" and q["line"] == ROWS + 2 and "c5 at byte" in q["error"]
+
+
+def _stream_child(url: str, row_bytes: int, out: Any) -> None:
+    import ray_jobs.process as process
+
+    process.SMALL_FILE_BYTES = 1 * MiB  # stream the file through the writer
+    unit = {
+        "batch_id": "b",
+        "unit": 0,
+        "files": [{"url": url, "read_url": url, "size": 1}],
+        "out_url": url.rsplit("/", 1)[0] + "/out",
+    }
+    result = process.process_unit(plan({**LIMITS, "max_row_bytes": row_bytes}, threads=1), unit)
+    out.put((result["rows_in"], result["quarantined"]))
+    out.close()
+    out.join_thread()
+    os._exit(0)
+
+
+def test_long_compressed_csv_streams_without_deadlock(tmp_path: Path) -> None:
+    # Past pyarrow's read-ahead (32 blocks of max_row_bytes) with one CPU thread: this hung
+    # forever when the task also had one I/O thread.
+    rows = 1_500_000
+    data = b"a,b\n" + b"".join(b"%d,%d\n" % (i, i % 7) for i in range(rows))  # ~13 MiB
+    url = put(tmp_path, "long.csv.zst", zstandard.ZstdCompressor(level=1).compress(data))
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_stream_child, args=(url, 64 * 1024, out))
+    child.start()
+    try:
+        assert out.get(timeout=90) == (rows, [])
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
