@@ -455,7 +455,7 @@ def test_a_unit_of_hostile_files_commits_the_good_one(tmp_path: Path) -> None:
     unit = Unit(tmp_path)
     hostile = {
         "bomb.csv.zst": (zstd_bomb(2 * GiB), "too_large"),
-        "bomb.jsonl.gz": (gzip_bomb(1 * GiB), "too_large"),
+        "bomb.jsonl.gz": (gzip_bomb(1 * GiB, head=b'{"a": 1}\n'), "too_large"),
         "forged.csv.zst": (forged_zstd(), "too_large"),
         "window.jsonl.zst": (wide_window_zstd(), "too_large"),
         "wide.csv": (wide_csv(200_000), "too_large"),
