@@ -36,7 +36,10 @@ DEFAULT_RUN_LOCK_TTL = 120  # a dead run's lock frees within 2 min; live tasks r
 DEFAULT_RESULT_EXPIRES = 7 * 24 * 3600  # runs stay visible a week, then Redis forgets them
 DEFAULT_MAX_FILE_BYTES = 10 * 1024**3  # a landing file over 10 GiB is likely a mistake
 DEFAULT_MAX_DECOMPRESSED_BYTES = 50 * 1024**3  # stops bombs; real data rarely inflates 5x+
-DEFAULT_MAX_ROW_BYTES = 16 * 1024**2  # pyarrow's block must hold a row; 16 MiB is generous
+# pyarrow's CSV/JSON block must hold a row, and its reader keeps up to 32 blocks read
+# ahead: 4 MiB bounds that at 128 MiB per reading task (16 MiB let a bomb of rows reach
+# +350 MiB), is 4x pyarrow's own block default and far longer than real rows.
+DEFAULT_MAX_ROW_BYTES = 4 * 1024**2
 DEFAULT_ZSTD_MAX_WINDOW = 128 * 1024**2  # zstd's own default limit (window log 27)
 # pyarrow holds ~9 KiB of builders per column while reading (measured: a CSV header of
 # 100,000 columns took 844 MiB); 10,000 keeps that under ~100 MiB and is wider than tables
