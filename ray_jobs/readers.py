@@ -160,7 +160,13 @@ def _read(
     max_row = int(limits["max_row_bytes"])
     rows = 0
     if fmt == "jsonl":
-        for batch in jsonl_batches(opener, url=url, types=types, max_row_bytes=max_row):
+        for batch in jsonl_batches(
+            opener,
+            url=url,
+            types=types,
+            max_row_bytes=max_row,
+            max_columns=_max_columns(limits),
+        ):
             if batch.num_rows:
                 rows += batch.num_rows
                 yield batch

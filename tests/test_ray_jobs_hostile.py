@@ -555,3 +555,15 @@ def test_long_compressed_csv_streams_without_deadlock(tmp_path: Path) -> None:
         if child.is_alive():
             child.kill()
             child.join()
+
+
+def test_keys_appearing_late_are_counted_before_the_whole_file_is_read(tmp_path: Path) -> None:
+    # The first block (64 KiB) shows one key; later lines bring 20,000 more. The streaming
+    # reader stops at the first new key and the file is read again whole, which would
+    # build a column for every key of the file: they are counted first.
+    head = b'{"a": 1}\n' * 10_000
+    tail = "".join(f'{{"k{i}": 1, "a": 2}}\n' for i in range(20_000)).encode()
+    url = put(tmp_path, "late-keys.jsonl", head + tail)
+    with pytest.raises(InputTooLargeError, match="20,001 distinct keys, over the cap of 10,000"):
+        read_all(url, {**LIMITS, "max_row_bytes": 64 * 1024})
+    assert read_all(url, {**LIMITS, "max_row_bytes": 64 * 1024, "max_columns": 30_000}) == 30_000
