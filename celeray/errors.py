@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DecompressionError",
     "EmptyInputError",
+    "EncodingError",
     "InputError",
     "InputTooLargeError",
     "LedgerError",
@@ -210,3 +211,9 @@ class OutsideRootsError(InputError):
     """A local file resolves (symlinks followed) outside the allowed local roots."""
 
     kind = "outside_roots"
+
+
+class EncodingError(InputError):
+    """The text is not UTF-8 (e.g. Latin-1, or UTF-16 with its byte-order mark)."""
+
+    kind = "encoding"

@@ -102,6 +102,21 @@ class Ledger:
                 done[q["url"]] = q
         return done
 
+    def pinned_schema(self) -> dict[str, Any] | None:
+        """The Parquet reference schema the first committed batch that read Parquet pinned.
+
+        As the JSON of :class:`ray_jobs._schema_ref.Reference` (``input_schema`` of the
+        oldest entry holding one), its ``source`` saying so; ``None`` before such a batch.
+        """
+        for entry in self.entries():
+            pinned = entry.get("input_schema")
+            if pinned:
+                return {
+                    **pinned,
+                    "source": f"pinned in the sink's ledger by batch {entry['batch_id']}",
+                }
+        return None
+
     def is_committed(self, batch_id: str) -> bool:
         """Whether the entry of ``batch_id`` exists."""
         return storage.exists(self.entry_url(batch_id), self.storage_options)

@@ -95,6 +95,39 @@ def _job_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
     }
 
 
+REFERENCE_CANDIDATES = 8  # Parquet files tried, in URL order, for the run's reference schema
+_PARQUET_NAMES = (".parquet", ".pq")
+
+
+def _reference(ledger: Ledger, batches: list[Any], pipeline: Pipeline) -> dict[str, Any]:
+    """Where the run's Parquet files take their reference schema from (plan keys).
+
+    The schema pinned in the sink's ledger by its first committed Parquet batch, else the
+    first of the run's Parquet files, in URL order, whose footer reads (each Ray task
+    looks at up to ``REFERENCE_CANDIDATES`` of them; files that must be staged first are
+    left out). Every batch of the run gets the same candidates, so they agree.
+    """
+    pinned = ledger.pinned_schema()
+    if pinned is not None:
+        return {"reference": pinned, "reference_files": []}
+    urls = sorted(
+        f["url"]
+        for b in batches
+        for f in b.files
+        if not needs_staging(f["url"]) and _is_parquet(f["url"], pipeline.format)
+    )
+    return {"reference": None, "reference_files": urls[:REFERENCE_CANDIDATES]}
+
+
+def _is_parquet(url: str, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "parquet"
+    name = url.split("?", 1)[0].lower()
+    for suffix in (".zst", ".zstd", ".gz", ".gzip"):
+        name = name.removesuffix(suffix)
+    return name.endswith(_PARQUET_NAMES)
+
+
 def begin_run(
     run_id: str, pipeline: Pipeline, store: RunStore, settings: Settings, *, trigger: str
 ) -> dict[str, Any]:
@@ -121,7 +154,7 @@ def begin_run(
     repaired = ledger.recover()
     listed = storage.list_source(pipeline.source)
     plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
-    job_plan = _job_plan(pipeline, settings)
+    job_plan = {**_job_plan(pipeline, settings), **_reference(ledger, plan.batches, pipeline)}
     escaped = outside_roots(listed, settings.local_roots_for())
     jobs = [
         {
@@ -216,6 +249,8 @@ def commit_job(
         **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
         "timings": result.get("timings"),
     }
+    if result.get("reference"):  # the first batch that reads Parquet pins its schema
+        entry["input_schema"] = result["reference"]
     fresh = ledger.commit(entry)
     remaining = store.finish_batch(
         job["run_id"],

@@ -47,8 +47,15 @@ DEFAULT_RUN_LOCK_TTL = 120  # a dead run's lock frees within 2 min; live tasks r
 DEFAULT_RESULT_EXPIRES = 7 * 24 * 3600  # runs stay visible a week, then Redis forgets them
 DEFAULT_MAX_FILE_BYTES = 10 * 1024**3  # a landing file over 10 GiB is likely a mistake
 DEFAULT_MAX_DECOMPRESSED_BYTES = 50 * 1024**3  # stops bombs; real data rarely inflates 5x+
-DEFAULT_MAX_ROW_BYTES = 16 * 1024**2  # pyarrow's block must hold a row; 16 MiB is generous
+# pyarrow's CSV/JSON block must hold a row, and its reader keeps up to 32 blocks read
+# ahead: 4 MiB bounds that at 128 MiB per reading task (16 MiB let a bomb of rows reach
+# +350 MiB), is 4x pyarrow's own block default and far longer than real rows.
+DEFAULT_MAX_ROW_BYTES = 4 * 1024**2
 DEFAULT_ZSTD_MAX_WINDOW = 128 * 1024**2  # zstd's own default limit (window log 27)
+# pyarrow holds ~9 KiB of builders per column while reading (measured: a CSV header of
+# 100,000 columns took 844 MiB); 10,000 keeps that under ~100 MiB and is wider than tables
+# people land as files.
+DEFAULT_MAX_COLUMNS = 10_000
 DEFAULT_RAY_MAX_IN_FLIGHT = 0  # 0 = twice the cluster's CPUs: keeps cores fed, memory bounded
 DEFAULT_MIN_FREE_MEMORY = 0.10  # below 10% free memory the dispatcher waits before submitting
 DEFAULT_UNIT_BYTES = 32 * 1024**2  # small files grouped to ~32 MiB per Ray task (>100 ms work)
@@ -127,6 +134,7 @@ class Settings(BaseSettings):
     max_decompressed_bytes: Size = DEFAULT_MAX_DECOMPRESSED_BYTES
     max_row_bytes: Size = DEFAULT_MAX_ROW_BYTES
     zstd_max_window_bytes: Size = DEFAULT_ZSTD_MAX_WINDOW
+    max_columns: int = Field(default=DEFAULT_MAX_COLUMNS, ge=1)
     unit_bytes: Size = DEFAULT_UNIT_BYTES
 
     ray_max_in_flight: int = Field(default=DEFAULT_RAY_MAX_IN_FLIGHT, ge=0)
@@ -202,6 +210,7 @@ class Settings(BaseSettings):
             "max_decompressed_bytes": self.max_decompressed_bytes,
             "max_row_bytes": self.max_row_bytes,
             "zstd_max_window_bytes": self.zstd_max_window_bytes,
+            "max_columns": self.max_columns,
         }
 
 

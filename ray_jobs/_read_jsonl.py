@@ -27,6 +27,7 @@ import pyarrow.json as pajson
 from celeray.errors import EmptyInputError, InputError, InputTooLargeError, ParseError, SchemaError
 from celeray.sizes import format_size
 from ray_jobs._casting import cast_declared
+from ray_jobs._text_guard import json_key_count
 
 __all__ = [
     "HOLD_BYTES",
@@ -58,12 +59,15 @@ def jsonl_batches(
     url: str,
     types: dict[str, pa.DataType],
     max_row_bytes: int,
+    max_columns: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of the JSON lines ``open_stream()`` yields, declared columns cast.
 
     ``open_stream`` is called again for the whole-file retry. Errors carry ``row``: the
     1-based count of JSON objects (blank lines are not counted). Declared columns are cast
-    after reading; a declared key absent from the file becomes a column of nulls.
+    after reading; a declared key absent from the file becomes a column of nulls. Before
+    the whole-file retry builds columns from every key of the file, its distinct keys are
+    counted (``InputTooLargeError`` past ``max_columns``).
     """
     source = _stream(open_stream, url=url, max_row_bytes=max_row_bytes)
     with closing(source):
@@ -77,7 +81,12 @@ def jsonl_batches(
                     break
         except _Drift as drift:
             yield from _whole_file(
-                open_stream, url=url, types=types, max_row_bytes=max_row_bytes, drift=drift.error
+                open_stream,
+                url=url,
+                types=types,
+                max_row_bytes=max_row_bytes,
+                max_columns=max_columns,
+                drift=drift.error,
             )
             return
         rows = 0
@@ -173,6 +182,7 @@ def _whole_file(
     url: str,
     types: dict[str, pa.DataType],
     max_row_bytes: int,
+    max_columns: int | None,
     drift: InputError,
 ) -> Iterator[pa.RecordBatch]:
     with open_stream() as stream:
@@ -180,6 +190,15 @@ def _whole_file(
     if len(data) > WHOLE_FILE_BYTES:
         raise drift
     _check_line_lengths(data, url=url, max_row_bytes=max_row_bytes)
+    if max_columns is not None:
+        keys = json_key_count(data)
+        if keys > max_columns:
+            raise InputTooLargeError(
+                f"the file's objects have {keys:,} distinct keys, over the cap of "
+                f"{max_columns:,} (max_columns); refused before parsing. Raise "
+                "CELERAY_MAX_COLUMNS if tables this wide are real",
+                url=url,
+            )
     try:
         table = pajson.read_json(
             io.BytesIO(data),

@@ -5,15 +5,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from celeray.errors import ParseError
+from celeray.errors import InputTooLargeError, ParseError
 from ray_jobs._casting import cast_declared, missing_declared
+from ray_jobs._schema_ref import Reference, check_schema, conform_batch, with_declared
 
-__all__ = ["parquet_batches"]
+__all__ = ["parquet_batches", "parquet_schema"]
 
 SPOOL_IN_MEMORY = 64 * 1024**2  # a decompressed .parquet.zst stays in RAM up to this, then disk
 BATCH_ROWS = 64 * 1024
@@ -21,26 +23,37 @@ _COPY_CHUNK = 1024 * 1024
 
 
 def parquet_batches(
-    stream: BinaryIO, *, url: str, types: dict[str, pa.DataType], threads: int
+    stream: BinaryIO,
+    *,
+    url: str,
+    types: dict[str, pa.DataType],
+    threads: int,
+    max_columns: int,
+    reference: Reference | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of the Parquet data in ``stream``, declared columns cast.
 
     Parquet needs random access: a forward-only (decompressed) stream is first copied into
     a ``SpooledTemporaryFile``; its size is already capped by the stream. Unreadable
     content raises ``ParseError``; declared columns that are missing or do not cast raise
-    ``SchemaError`` (with the row, found by bisecting the failing batch).
+    ``SchemaError`` (with the row, found by bisecting the failing batch). A file with
+    more than ``max_columns`` leaf columns raises ``InputTooLargeError`` from its footer,
+    before any column is read. With a ``reference``, the file must fit it (see
+    :mod:`ray_jobs._schema_ref`): its batches come widened and in the reference's column
+    order, or ``SchemaError`` is raised before any data is read.
     """
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-        source: BinaryIO = stream
-        if not stream.seekable():
-            shutil.copyfileobj(stream, spool, _COPY_CHUNK)
-            spool.seek(0)
-            source = spool  # type: ignore[assignment]
-        try:
-            pf = pq.ParquetFile(source)
-        except pa.ArrowException as exc:
-            raise ParseError(f"not a readable Parquet file: {exc}", url=url) from None
+    with _parquet_file(stream, url=url) as pf:
+        width = pf.metadata.num_columns
+        if width > max_columns:
+            raise InputTooLargeError(
+                f"the file has {width:,} columns, over the cap of {max_columns:,} "
+                "(max_columns); raise CELERAY_MAX_COLUMNS if tables this wide are real",
+                url=url,
+            )
         missing_declared(pf.schema_arrow.names, types, url=url)
+        casts: dict[str, pa.DataType] = {}
+        if reference is not None:
+            casts = check_schema(with_declared(pf.schema_arrow, types), reference, url=url)
         batches = pf.iter_batches(batch_size=BATCH_ROWS, use_threads=threads > 1)
         rows = 0
         while True:
@@ -51,5 +64,28 @@ def parquet_batches(
             except pa.ArrowException as exc:
                 raise ParseError(f"corrupt Parquet data after row {rows}: {exc}", url=url) from None
             batch = cast_declared(batch, types, url=url, rows_before=rows, fill_missing=False)
+            if reference is not None:
+                batch = conform_batch(batch, reference, casts, url=url, rows_before=rows)
             rows += batch.num_rows
             yield batch
+
+
+def parquet_schema(stream: BinaryIO, *, url: str) -> pa.Schema:
+    """The Arrow schema in the footer of the Parquet data in ``stream``; or ``ParseError``."""
+    with _parquet_file(stream, url=url) as pf:
+        return pf.schema_arrow
+
+
+@contextmanager
+def _parquet_file(stream: BinaryIO, *, url: str) -> Iterator[pq.ParquetFile]:
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        source: BinaryIO = stream
+        if not stream.seekable():
+            shutil.copyfileobj(stream, spool, _COPY_CHUNK)
+            spool.seek(0)
+            source = spool  # type: ignore[assignment]
+        try:
+            pf = pq.ParquetFile(source)
+        except pa.ArrowException as exc:
+            raise ParseError(f"not a readable Parquet file: {exc}", url=url) from None
+        yield pf

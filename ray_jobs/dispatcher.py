@@ -54,6 +54,7 @@ _WARM_PLAN: dict[str, Any] = {
         "max_decompressed_bytes": 1 << 30,
         "max_row_bytes": 1 << 20,
         "zstd_max_window_bytes": 1 << 27,
+        "max_columns": 100,
     },
     "storage_options": None,
     "threads": 1,

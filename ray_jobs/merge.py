@@ -20,7 +20,8 @@ _TOTALS = ("rows_in", "rows_out", "bytes_in", "bytes_out")
 def merge_unit_results(
     results: list[dict[str, Any]], prequarantined: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The batch result: ``files``, ``quarantined``, ``outputs`` and the four totals.
+    """The batch result: ``files``, ``quarantined``, ``outputs``, the four totals and
+    ``reference`` (the first unit's Parquet reference schema, to be pinned in the ledger).
 
     ``results`` are :func:`ray_jobs.process.process_unit` results, in unit order;
     ``prequarantined`` are the quarantine records of files that never reached Ray (they
@@ -53,6 +54,7 @@ def merge_unit_results(
     merged["bytes_in"] = sum(int(f["bytes_in"]) for f in merged["files"])
     merged["rows_out"] = sum(int(o["rows"] or 0) for o in merged["outputs"])
     merged["bytes_out"] = sum(int(o["bytes"]) for o in merged["outputs"])
+    merged["reference"] = next((r["reference"] for r in results if r.get("reference")), None)
     return merged
 
 

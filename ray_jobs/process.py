@@ -40,8 +40,9 @@ from celeray.arrow_types import arrow_types
 from celeray.errors import InputError, StorageError, TransformError
 from celeray.roots import check_read, outside
 from ray_jobs._line_range import ByteRange, SplitRefused
+from ray_jobs._schema_ref import Reference
 from ray_jobs._tap import ErrorTap
-from ray_jobs.readers import FORMATS, detect_format, read_batches
+from ray_jobs.readers import FORMATS, detect_format, read_batches, reference_from_files
 from ray_jobs.transforms import apply, load_callable
 from ray_jobs.writer import remove_outputs, write_parquet
 
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 SMALL_FILE_BYTES = 64 * 1024**2  # Arrow bytes of one file held in memory to validate it whole
 GROUP_BYTES = 256 * 1024**2  # Arrow bytes of small files written together at most
 OUT_ROWS = 128 * 1024  # rows per batch fed from a held table
+# pyarrow's dataset writer pulls a streamed file's batches on an I/O thread, and the CSV
+# and JSON readers refill their read-ahead on another: with one I/O thread a compressed
+# file past ~32 blocks (32 x max_row_bytes) of text deadlocked. I/O threads mostly wait
+# and cost no CPU, so the task keeps a few whatever its CPU count.
+MIN_IO_THREADS = 4
 
 
 def unit_prefix(batch_id: str, unit: int) -> str:
@@ -73,18 +79,22 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     ``sql``, ``transform``, ``partition_by``, ``compression``, ``compression_level``,
     ``limits``, ``storage_options`` (used for inputs and output alike, laid over those
     :mod:`celeray.fsoptions` builds from this node's environment; None in celeray's plans,
-    which carry no secrets), ``threads`` and optionally ``local_roots`` (resolved folders: a
+    which carry no secrets), ``threads``, optionally ``local_roots`` (resolved folders: a
     local input outside them is quarantined unread, a local output folder outside them
-    fails the unit);
+    fails the unit) and, for Parquet inputs, ``reference`` (a pinned
+    :class:`~ray_jobs._schema_ref.Reference` as JSON) or else ``reference_files`` (URLs,
+    the first readable one gives it);
     ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
     ``read_url`` (where to read it, e.g. a staged copy) and ``size``. The format is told
-    from ``url``. pyarrow and DuckDB get ``threads`` threads for the duration of the call.
+    from ``url``. pyarrow and DuckDB get ``threads`` CPU threads for the duration of the call.
 
     Returns ``batch_id``, ``unit``, ``files`` (the good files: ``url``, ``rows_in``,
     ``bytes_in``), ``quarantined`` (``InputError.record()`` dicts, ``url`` being the file's
     ``url``), ``outputs`` (``path`` relative to ``out_url``, ``rows``, ``bytes``), the
     totals ``rows_in``, ``rows_out``, ``bytes_in`` (compressed bytes of the good files),
-    ``bytes_out``, ``files_done`` (files this unit finished, for progress) and ``seconds``.
+    ``bytes_out``, ``files_done`` (files this unit finished, for progress), ``seconds``
+    and ``reference`` (the reference schema as JSON when a Parquet file was committed
+    against it, else ``None``).
     A unit whose file has a ``range`` [start, end] (and the file's listed ``size``) also
     returns ``split``: ``url``, ``range``, ``size``, ``mode`` (``"range"``: just the range
     was read, ``bytes_in`` being its nominal length; ``"whole"``: the whole file was read
@@ -119,6 +129,8 @@ class _UnitRun:
         self.group_bytes = 0
         self.groups_written = 0
         self.split: dict[str, Any] | None = None
+        self.parquet: set[int] = set()  # indexes of the files read as Parquet
+        self._reference: tuple[Reference | None] | None = None  # resolved once, lazily
 
     def run(self) -> None:
         _check_plan(self.plan)
@@ -155,7 +167,11 @@ class _UnitRun:
             "bytes_out": sum(int(o["bytes"]) for o in outputs),
             "files_done": len(files) + len(self.quarantined),
             "seconds": round(seconds, 3),
+            "reference": None,
         }
+        reference = self._reference[0] if self._reference else None
+        if reference is not None and self.parquet & set(self.good):
+            result["reference"] = reference.to_json()
         if self.split is not None:
             last = self.split["range"][1] == self.split["size"]
             result["split"] = self.split
@@ -191,6 +207,10 @@ class _UnitRun:
         try:
             check_read(file.get("read_url") or file["url"], self.plan.get("local_roots"))
             fmt = self.plan.get("format") or detect_format(file["url"])
+            reference = None
+            if fmt == "parquet":
+                self.parquet.add(index)
+                reference = self.reference()
             batches = read_batches(
                 file.get("read_url") or file["url"],
                 fmt=fmt,
@@ -199,6 +219,7 @@ class _UnitRun:
                 storage_options=self.storage_options,
                 threads=self.threads,
                 byte_range=span,
+                reference=reference,
             )
             head, rest = _take(batches, SMALL_FILE_BYTES)
         except (InputError, SplitRefused) as exc:
@@ -210,6 +231,24 @@ class _UnitRun:
         else:
             return self._stream_large(index, file, chain(head, rest))
         return None
+
+    def reference(self) -> Reference | None:
+        """The schema Parquet files must fit: the plan's pinned one, or the first file's."""
+        if self._reference is None:
+            pinned = self.plan.get("reference")
+            if pinned:
+                self._reference = (Reference.from_json(pinned),)
+            else:
+                found, skipped = reference_from_files(
+                    list(self.plan.get("reference_files") or []),
+                    schema=self.plan.get("schema"),
+                    limits=self.plan["limits"],
+                    storage_options=self.storage_options,
+                )
+                for reason in skipped:
+                    log.warning("not a reference schema: %s", reason)
+                self._reference = (found,)
+        return self._reference[0]
 
     def _add_small(self, index: int, file: dict[str, Any], table: pa.Table) -> None:
         if self.group:
@@ -335,10 +374,11 @@ def _take(
 
 @contextmanager
 def _arrow_threads(threads: int) -> Iterator[None]:
-    """Give pyarrow ``threads`` CPU and I/O threads for the block, then restore them."""
+    """Give pyarrow ``threads`` CPU threads and ``max(threads, MIN_IO_THREADS)`` I/O threads
+    for the block, then restore them."""
     cpu, io = pa.cpu_count(), pa.io_thread_count()
     pa.set_cpu_count(threads)
-    pa.set_io_thread_count(threads)
+    pa.set_io_thread_count(max(threads, MIN_IO_THREADS))
     try:
         yield
     finally:

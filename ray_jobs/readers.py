@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from typing import Any, cast
+from contextlib import closing, contextmanager
+from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
 
 from celeray.arrow_types import arrow_type, arrow_types
-from celeray.errors import EmptyInputError, InputError, ParseError
+from celeray.errors import EmptyInputError, InputError, ParseError, StorageError
+from celeray.settings import DEFAULT_MAX_COLUMNS
 from celeray.sizes import format_size
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
 from ray_jobs._read_csv import csv_batches, csv_range_batches, csv_sample
 from ray_jobs._read_jsonl import jsonl_batches, jsonl_range_batches, jsonl_sample
-from ray_jobs._read_parquet import parquet_batches
+from ray_jobs._read_parquet import parquet_batches, parquet_schema
+from ray_jobs._schema_ref import Reference, with_declared
+from ray_jobs._text_guard import TextGuard
 from ray_jobs.decompress import open_input, strip_codec_suffix
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "detect_format",
     "parse_type",
     "read_batches",
+    "reference_from_files",
 ]
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -83,6 +88,7 @@ def read_batches(
     storage_options: dict[str, Any] | None = None,
     threads: int = 1,
     byte_range: ByteRange | None = None,
+    reference: Reference | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the record batches of the file at ``url``; none of them is empty.
 
@@ -91,7 +97,9 @@ def read_batches(
     after reading. Every problem with the file's content raises an ``InputError``
     subclass carrying ``url`` and, where pyarrow tells, ``line``/``row``; a file with no
     data rows raises ``EmptyInputError`` once the stream ends. A bad ``fmt`` or type name
-    raises ``ValueError`` right away (a pipeline bug, not bad input).
+    raises ``ValueError`` right away (a pipeline bug, not bad input). CSV and JSON lines
+    must be UTF-8 (see :mod:`ray_jobs._text_guard`); a Parquet file must fit
+    ``reference`` when one is given (see :mod:`ray_jobs._schema_ref`).
 
     With ``byte_range`` (CSV or JSON lines only) just the lines of that range are read;
     a range may have no rows. The stream then raises ``SplitRefused`` when the range
@@ -106,7 +114,35 @@ def read_batches(
         if fmt not in SPLITTABLE_FORMATS:
             raise ValueError(f"a {fmt} file cannot be read by byte ranges")
         return _read_range(url, fmt, types, dict(limits), storage_options, byte_range)
-    return _read(url, fmt, types, dict(limits), storage_options, max(1, int(threads)))
+    return _read(
+        url, fmt, types, dict(limits), storage_options, max(1, int(threads)), reference
+    )
+
+
+def reference_from_files(
+    urls: list[str],
+    *,
+    schema: dict[str, str] | None,
+    limits: dict[str, int],
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[Reference | None, list[str]]:
+    """The schema of the first of the Parquet files ``urls`` whose footer reads.
+
+    Declared ``schema`` types are applied to it. Returns the reference (``None`` if no
+    file reads) and the reasons the files before it were passed over.
+    """
+    types = arrow_types(schema)
+    skipped = []
+    for url in urls:
+        try:
+            with open_input(url, limits=limits, storage_options=storage_options) as stream:
+                found = parquet_schema(stream, url=url)
+        except (InputError, StorageError) as exc:
+            skipped.append(str(exc))
+            continue
+        source = f"the first readable Parquet file of the run, {url}"
+        return Reference(with_declared(found, types), source), skipped
+    return None, skipped
 
 
 def _read(
@@ -116,23 +152,41 @@ def _read(
     limits: dict[str, int],
     storage_options: dict[str, Any] | None,
     threads: int,
+    reference: Reference | None,
 ) -> Iterator[pa.RecordBatch]:
     def opener() -> Any:
-        return open_input(url, limits=limits, storage_options=storage_options)
+        return _open_text(url, fmt, limits, storage_options)
 
     max_row = int(limits["max_row_bytes"])
     rows = 0
     if fmt == "jsonl":
-        for batch in jsonl_batches(opener, url=url, types=types, max_row_bytes=max_row):
+        for batch in jsonl_batches(
+            opener,
+            url=url,
+            types=types,
+            max_row_bytes=max_row,
+            max_columns=_max_columns(limits),
+        ):
             if batch.num_rows:
                 rows += batch.num_rows
                 yield batch
     else:
-        with opener() as stream:
+        with (
+            opener()
+            if fmt == "csv"
+            else open_input(url, limits=limits, storage_options=storage_options)
+        ) as stream:
             batches = (
                 csv_batches(stream, url=url, types=types, max_row_bytes=max_row, reopen=opener)
                 if fmt == "csv"
-                else parquet_batches(stream, url=url, types=types, threads=threads)
+                else parquet_batches(
+                    stream,
+                    url=url,
+                    types=types,
+                    threads=threads,
+                    max_columns=_max_columns(limits),
+                    reference=reference,
+                )
             )
             for batch in batches:
                 if batch.num_rows:
@@ -154,7 +208,7 @@ def _read_range(
     span: ByteRange,
 ) -> Iterator[pa.RecordBatch]:
     max_row = int(limits["max_row_bytes"])
-    sample = _sample(url, limits, storage_options)
+    sample = _sample(url, fmt, limits, storage_options)
     try:
         if fmt == "csv":
             schema, multiline = csv_sample(sample, url=url, types=types)
@@ -166,8 +220,12 @@ def _read_range(
         raise SplitRefused(
             "a quoted value near the start of the file holds a line break", head=True
         )
-    with open_input(url, limits=limits, storage_options=storage_options, byte_range=span) as s:
-        stream = cast(LineRangeReader, s)
+    with (
+        open_input(url, limits=limits, storage_options=storage_options, byte_range=span) as r,
+        closing(_guard(r, url, fmt, limits, start=span.first)) as guard,
+    ):
+        stream = cast(LineRangeReader, r)
+        s = cast(BinaryIO, guard)
         if fmt == "jsonl":
             yield from jsonl_range_batches(
                 s, url=url, schema=schema, types=types, max_row_bytes=max_row
@@ -184,11 +242,45 @@ def _read_range(
             )
 
 
-def _sample(url: str, limits: dict[str, int], storage_options: dict[str, Any] | None) -> bytes:
-    """The whole lines in the first ``SAMPLE_BYTES`` (at least one line) of the file."""
+@contextmanager
+def _open_text(
+    url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
+) -> Iterator[BinaryIO]:
+    """:func:`open_input`, its stream behind a :class:`TextGuard`."""
+    with (
+        open_input(url, limits=limits, storage_options=storage_options) as stream,
+        closing(_guard(stream, url, fmt, limits, start=True)) as guard,
+    ):
+        yield cast(BinaryIO, guard)
+
+
+def _guard(stream: Any, url: str, fmt: str, limits: dict[str, int], *, start: bool) -> TextGuard:
+    return TextGuard(
+        stream,
+        url=url,
+        fmt=fmt,
+        max_row_bytes=int(limits["max_row_bytes"]),
+        max_columns=_max_columns(limits),
+        start=start,
+    )
+
+
+def _max_columns(limits: dict[str, int]) -> int:
+    # Plans made before the cap existed (a message redelivered across an upgrade) lack it.
+    return int(limits.get("max_columns", DEFAULT_MAX_COLUMNS))
+
+
+def _sample(
+    url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
+) -> bytes:
+    """The whole lines in the first ``SAMPLE_BYTES`` (at least one line) of the file.
+
+    Read through the :class:`TextGuard`, so a header too wide or not UTF-8 refuses the
+    split (the first range then reads the whole file and reports it).
+    """
     max_row = int(limits["max_row_bytes"])
     try:
-        with open_input(url, limits=limits, storage_options=storage_options) as stream:
+        with _open_text(url, fmt, limits, storage_options) as stream:
             data = stream.read(SAMPLE_BYTES)
             end = data.rfind(b"\n")
             if end < 0 and len(data) == SAMPLE_BYTES:

@@ -12,6 +12,7 @@ def limits(max_bytes: int = 256 * MiB, max_row_bytes: int = 64 * 1024) -> dict[s
         "max_decompressed_bytes": max_bytes,
         "max_row_bytes": max_row_bytes,
         "zstd_max_window_bytes": 128 * MiB,
+        "max_columns": 10_000,
     }
 
 

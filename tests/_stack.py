@@ -243,6 +243,8 @@ def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
             # Small units, so the plain csv and jsonl landing files are split into byte
             # ranges and every run also checks the split against DuckDB's reading.
             "CELERAY_UNIT_BYTES": "512KiB",
+            # A decompression cap the hostile-input test's bombs reach in a second.
+            "CELERAY_MAX_DECOMPRESSED_BYTES": "256MiB",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
             **ray_auth_env(root),
