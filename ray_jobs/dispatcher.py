@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ import ray
 from ray.exceptions import RayError, RaySystemError, RayTaskError
 
 from celeray.errors import CelerayError, RayUnavailableError
+from ray_jobs._runtime_env import task_runtime_env
 from ray_jobs.process import process_unit
 
 __all__ = ["process_unit_task", "run_units", "warm_workers"]
@@ -28,8 +30,14 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)
 def process_unit_task(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
-    """:func:`ray_jobs.process.process_unit` as a Ray task (retried only if the worker dies)."""
-    return process_unit(plan, unit)
+    """:func:`ray_jobs.process.process_unit` as a Ray task (retried only if the worker dies).
+
+    The result also names where it ran: ``node`` (the Ray node id) and ``host``.
+    """
+    result = process_unit(plan, unit)
+    result["node"] = ray.get_runtime_context().get_node_id()
+    result["host"] = socket.gethostname()
+    return result
 
 
 _WARM_ROWS = 20_000  # enough rows for every code path, little enough to take ~0.2 s
@@ -98,6 +106,7 @@ def run_units(
     min_free_memory: float,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     task_options: dict[str, Any] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Process ``units`` as Ray tasks; return their results in the order of ``units``.
 
@@ -106,7 +115,10 @@ def run_units(
     (a fraction of the total, from psutil) and a task is in flight, it waits for one to
     finish first. ``on_result`` is called with each result as it arrives (in completion
     order, in this thread). ``task_options`` go to ``.options()`` of the task, e.g.
-    ``{"num_cpus": 2}`` to match ``plan["threads"]``.
+    ``{"num_cpus": 2}`` to match ``plan["threads"]``. ``runtime_env`` is the pipeline's
+    extras (:func:`celeray.ray_env.pipeline_extras`: its transform's package as a local
+    path, ``pip``, ``env_vars``); the package is uploaded once per content and every task
+    of the batch runs with it on top of the job's ``runtime_env`` (None: the job's alone).
 
     An error inside a task that is a ``CelerayError`` (``TransformError`` above all) is
     re-raised as itself; a task that died (worker crash, OOM kill, past its retries) or
@@ -119,7 +131,11 @@ def run_units(
     if not units:
         return []
     limit = max_in_flight if max_in_flight > 0 else _default_in_flight()
-    task = process_unit_task.options(**task_options) if task_options else process_unit_task
+    options = dict(task_options or {})
+    task_env = task_runtime_env(runtime_env)
+    if task_env:
+        options["runtime_env"] = task_env
+    task = process_unit_task.options(**options) if options else process_unit_task
     plan_ref = ray.put(plan)
     results: list[dict[str, Any] | None] = [None] * len(units)
     pending: dict[Any, int] = {}

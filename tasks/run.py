@@ -239,6 +239,7 @@ def stage_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(name="tasks.transform_batch", bind=True, base=BatchTask, **RETRY)
 def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Drive Ray over the batch's files, reporting progress as Ray tasks finish."""
+    from celeray.ray_env import pipeline_extras
     from ray_jobs.dispatcher import run_units
     from ray_jobs.units import balanced_unit_bytes, plan_units
     from tasks._ray import cluster_cpus, ensure_ray
@@ -280,6 +281,7 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
                 max_in_flight=settings.ray_max_in_flight,
                 min_free_memory=settings.min_free_memory,
                 on_result=on_result,
+                runtime_env=pipeline_extras(job["plan"]),
             )
         except SoftTimeLimitExceeded as exc:
             raise CelerayError(
@@ -294,14 +296,28 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
         "transform_s": round(time.perf_counter() - started, 4),
         "units_s": round(sum(r["seconds"] for r in results), 4),
         "units": len(units),
+        "nodes": nodes_of(results),
+        "transformed_by": self.request.hostname,
     }
     return {**job, "result": result}
+
+
+def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Ray node id -> its host and how many of the batch's units ran there."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.get("node"):
+            seen = nodes.setdefault(r["node"], {"host": r.get("host"), "units": 0})
+            seen["units"] += 1
+    return nodes
 
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
 def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Commit the batch to the ledger; the last batch of the run finalizes it."""
-    fresh, remaining = runs.commit_job(job, job["result"], run_store())
+    fresh, remaining = runs.commit_job(
+        job, job["result"], run_store(), committed_by=self.request.hostname
+    )
     after_batch(job["run_id"], remaining)
     result = job["result"]
     return {
