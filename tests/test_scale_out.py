@@ -11,6 +11,7 @@ folder, on the workers' ``PYTHONPATH``: the Ray workers of both nodes get it, wi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +39,12 @@ import pyarrow as pa
 
 
 def tag(table: pa.Table) -> pa.Table:
+    import time
+
     import celeray.errors
     import cr_clean
+
+    time.sleep(float(os.environ.get("CR_SLEEP", "0")))
 
     def origin(module) -> str:
         return "shipped" if "runtime_resources" in (module.__file__ or "") else "local"
@@ -123,19 +128,24 @@ def test_losing_a_host_mid_run_loses_nothing(scale_stack: Stack, flights_df, tmp
     (25 s here), or are resent by the run's watchdog; every row lands exactly once."""
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df, landing, 24)
-    _pipeline(scale_stack, "lose", landing, sink, batch_bytes="1MiB")
+    # A pause per chunk, so a transform runs for seconds: hostB dies in the middle of one.
+    _pipeline(scale_stack, "lose", landing, sink, batch_bytes="1MiB",
+              transform='"cr_clean.clean:tag"', ray_env='{ env_vars = { CR_SLEEP = "0.2" } }')
     run = scale_stack.celeray("run", "lose")
     assert run.returncode == 0, run.stderr
     run_id = run.stdout.split("run ", 1)[1].split()[0]
 
     host_b = scale_stack.hosts["hostB"]
-    inspect = scale_stack.client.control.inspect([host_b["ray"].name], timeout=0.5)
+    inspect = scale_stack.client.control.inspect([host_b["ray"].name], timeout=0.5, limit=1)
 
-    def transforming() -> bool:
-        active = (inspect.active() or {}).get(host_b["ray"].name, [])
-        return any(t["name"] == "tasks.transform_batch" for t in active)
+    def transforming() -> tuple[str, str] | None:
+        for task in (inspect.active() or {}).get(host_b["ray"].name, []):
+            if task["name"] == "tasks.transform_batch":
+                found = re.search(r"'batch_id': '([^']+)'", str(task["args"]))
+                return (task["id"], found.group(1)) if found else None
+        return None
 
-    wait_for(transforming, 120, "hostB transforming a batch", interval=0.05)
+    task_id, batch = wait_for(transforming, 120, "hostB transforming a batch", interval=0.05)
     for worker in (host_b["ray"], host_b["io"]):
         worker.proc.kill()
     assert not host_b["ray"].proc.alive() and not host_b["io"].proc.alive()
@@ -146,4 +156,8 @@ def test_losing_a_host_mid_run_loses_nothing(scale_stack: Stack, flights_df, tmp
     _assert_sink_matches(sink, files)
     entries = _entries(sink)
     assert sum(len(e["inputs"]) for e in entries) == 24
-    assert "ray@hostA" in {e["workers"]["transform"] for e in entries}
+    # The batch hostB was transforming was delivered again, to hostA, and committed there
+    # (unless hostB finished it in the milliseconds between the look and the kill).
+    [redone] = [e for e in entries if e["batch_id"] == batch]
+    finished_on_b = f"{task_id}] succeeded" in host_b["ray"].proc.log.read_text()
+    assert redone["workers"]["transform"] == ("ray@hostB" if finished_on_b else "ray@hostA")
