@@ -7,6 +7,7 @@ is stopped by name. Redis is the one on 127.0.0.1:6379, with database numbers of
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -169,8 +170,6 @@ class RayNode(RayHead):
 
     def __init__(self, root: Path, head: RayHead, *, bin_dir: Path, num_cpus: int = 1,
                  resources: dict[str, float] | None = None, name: str = "node2") -> None:
-        import json
-
         self.address = head.address
         self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")
         argv = [
