@@ -39,6 +39,7 @@ from pydantic import (
 
 from celeray.arrow_types import arrow_type
 from celeray.errors import PipelineFileError, PipelineIssue, UnknownPipelineError
+from celeray.ray_env import RayEnv
 from celeray.roots import local_path, outside
 from celeray.sizes import parse_size
 
@@ -301,6 +302,8 @@ class Pipeline(BaseModel):
     columns: dict[str, Annotated[str, AfterValidator(_canonical_type)]] | None = Field(
         default=None, alias="schema"
     )
+    # [pipelines.NAME.ray_env]: pip requirements and env_vars (never secrets) of its Ray tasks.
+    ray_env: RayEnv = Field(default_factory=RayEnv)
 
     @field_validator("name")
     @classmethod
@@ -444,6 +447,7 @@ class Pipeline(BaseModel):
             "compression": self.compression,
             "compression_level": self.compression_level,
             "split_large_files": self.split_large_files,
+            "ray_env": self.ray_env.to_plan(),
         }
 
 

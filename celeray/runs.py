@@ -226,11 +226,14 @@ def _check_fence(store: RunStore, job: dict[str, Any]) -> None:
 
 
 def commit_job(
-    job: dict[str, Any], result: dict[str, Any], store: RunStore
+    job: dict[str, Any], result: dict[str, Any], store: RunStore, *,
+    committed_by: str | None = None,
 ) -> tuple[bool, int | None]:
     """Write the batch's ledger entry and count it; return (newly committed, remaining).
 
-    Refuses with LockLostError when a newer run holds the lock (the fencing check).
+    ``committed_by`` (the Celery worker's node name) goes into the entry's ``workers``
+    beside ``transformed_by`` from the result's timings. Refuses with LockLostError when a
+    newer run holds the lock (the fencing check).
     ``remaining`` is None when this batch was already counted (a redelivered commit).
     """
     _check_fence(store, job)
@@ -248,6 +251,10 @@ def commit_job(
         "outputs": result["outputs"],
         **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
         "timings": result.get("timings"),
+        "workers": {
+            "transform": (result.get("timings") or {}).get("transformed_by"),
+            "commit": committed_by,
+        },
     }
     if result.get("reference"):  # the first batch that reads Parquet pins its schema
         entry["input_schema"] = result["reference"]

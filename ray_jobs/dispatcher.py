@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from ray.exceptions import (
 )
 
 from celeray.errors import CelerayError, PoisonInputError, RayUnavailableError, TimeLimitError
+from ray_jobs._runtime_env import task_runtime_env
 from ray_jobs.process import process_unit
 
 __all__ = ["process_unit_task", "run_units", "warm_workers"]
@@ -35,8 +37,14 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)
 def process_unit_task(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
-    """:func:`ray_jobs.process.process_unit` as a Ray task (retried only if the worker dies)."""
-    return process_unit(plan, unit)
+    """:func:`ray_jobs.process.process_unit` as a Ray task (retried only if the worker dies).
+
+    The result also names where it ran: ``node`` (the Ray node id) and ``host``.
+    """
+    result = process_unit(plan, unit)
+    result["node"] = ray.get_runtime_context().get_node_id()
+    result["host"] = socket.gethostname()
+    return result
 
 
 _WARM_ROWS = 20_000  # enough rows for every code path, little enough to take ~0.2 s
@@ -107,6 +115,7 @@ def run_units(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     task_options: dict[str, Any] | None = None,
     deadline: float | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Process ``units`` as Ray tasks; return their results in the order of ``units``.
 
@@ -115,7 +124,10 @@ def run_units(
     (a fraction of the total, from psutil) and a task is in flight, it waits for one to
     finish first. ``on_result`` is called with each result as it arrives (in completion
     order, in this thread). ``task_options`` go to ``.options()`` of the task, e.g.
-    ``{"num_cpus": 2}`` to match ``plan["threads"]``.
+    ``{"num_cpus": 2}`` to match ``plan["threads"]``. ``runtime_env`` is the pipeline's
+    extras (:func:`celeray.ray_env.pipeline_extras`: its transform's package as a local
+    path, ``pip``, ``env_vars``); the package is uploaded once per content and every task
+    of the batch runs with it on top of the job's ``runtime_env`` (None: the job's alone).
 
     An error inside a task that is a ``CelerayError`` (``TransformError`` above all) is
     re-raised as itself; a task that failed otherwise raises ``CelerayError`` naming the
@@ -133,7 +145,11 @@ def run_units(
     if not units:
         return []
     limit = max_in_flight if max_in_flight > 0 else _default_in_flight()
-    plain = process_unit_task.options(**task_options) if task_options else process_unit_task
+    options = dict(task_options or {})
+    task_env = task_runtime_env(runtime_env)
+    if task_env:
+        options["runtime_env"] = task_env
+    plain = process_unit_task.options(**options) if options else process_unit_task
     plan_ref = ray.put(plan)
     units = list(units)  # poison splits append to it
     results: list[dict[str, Any] | None] = [None] * len(units)
@@ -151,7 +167,7 @@ def run_units(
                 task = plain
                 if units[submitted].get("retry"):  # split out of a crashed unit
                     task = process_unit_task.options(
-                        **{**(task_options or {}), "max_retries": POISON_RETRIES}
+                        **{**options, "max_retries": POISON_RETRIES}
                     )
                 ref = task.remote(plan_ref, units[submitted])
                 pending[ref] = submitted

@@ -10,6 +10,7 @@ from celery.signals import worker_ready
 
 from celeray.celeryconfig import RAY_QUEUE
 from celeray.errors import RayUnavailableError
+from celeray.ray_env import job_runtime_env
 from celeray.settings import get_settings
 
 # Importing this module also hooks the Ray warm-up to worker_ready.
@@ -34,7 +35,9 @@ def ensure_ray() -> None:
     pool. Connects to the explicit ``host:port`` from settings, never ``auto``, so a second
     Ray on the same machine cannot be picked by mistake. Token auth follows Ray's own
     variables (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``),
-    which must match the head's.
+    which must match the head's. The job's ``runtime_env`` ships ``ray_jobs`` and the core
+    modules it imports (:func:`celeray.ray_env.job_runtime_env`), so Ray nodes need no
+    celeray installed; Ray uploads them once per content hash.
     """
     import ray
 
@@ -55,6 +58,7 @@ def ensure_ray() -> None:
                 namespace="celeray",
                 logging_level=logging.WARNING,
                 log_to_driver=False,
+                runtime_env=job_runtime_env(),
             )
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc

@@ -274,13 +274,16 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
         log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
         return {**job, "result": poison_result(job, deaths)}
     try:
-        return _transform(job, settings, store)
+        return _transform(job, settings, store, hostname=self.request.hostname)
     finally:  # not reached when the worker dies: that start counts as a death
         store.end_attempt(job["run_id"], job["batch_id"])
 
 
-def _transform(job: dict[str, Any], settings: Settings, store: RunStore) -> dict[str, Any]:
+def _transform(
+    job: dict[str, Any], settings: Settings, store: RunStore, *, hostname: str | None
+) -> dict[str, Any]:
     """The body of :func:`transform_batch` once the batch is known not to be poison."""
+    from celeray.ray_env import pipeline_extras
     from ray_jobs.dispatcher import run_units
     from ray_jobs.units import balanced_unit_bytes, plan_units
     from tasks._ray import cluster_cpus, ensure_ray
@@ -321,6 +324,7 @@ def _transform(job: dict[str, Any], settings: Settings, store: RunStore) -> dict
                 min_free_memory=settings.min_free_memory,
                 on_result=on_result,
                 deadline=deadline,
+                runtime_env=pipeline_extras(job["plan"]),
             )
         except TimeLimitError as exc:
             raise TimeLimitError(
@@ -336,14 +340,28 @@ def _transform(job: dict[str, Any], settings: Settings, store: RunStore) -> dict
         "transform_s": round(time.perf_counter() - started, 4),
         "units_s": round(sum(r["seconds"] for r in results), 4),
         "units": len(units),
+        "nodes": nodes_of(results),
+        "transformed_by": hostname,
     }
     return {**job, "result": result}
+
+
+def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Ray node id -> its host and how many of the batch's units ran there."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.get("node"):
+            seen = nodes.setdefault(r["node"], {"host": r.get("host"), "units": 0})
+            seen["units"] += 1
+    return nodes
 
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
 def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Commit the batch to the ledger; the last batch of the run finalizes it."""
-    fresh, remaining = runs.commit_job(job, job["result"], run_store())
+    fresh, remaining = runs.commit_job(
+        job, job["result"], run_store(), committed_by=self.request.hostname
+    )
     after_batch(job["run_id"], remaining)
     result = job["result"]
     return {

@@ -7,6 +7,7 @@ is stopped by name. Redis is the one on 127.0.0.1:6379, with database numbers of
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -96,6 +97,12 @@ class Proc:
             self.popen.wait(10)
         self._fh.close()
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once, as a host dying would (no cleanup)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -112,6 +119,16 @@ def ray_auth_env(root: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
+def _node_ports() -> list[str]:
+    """The ports every Ray node listens on, each a free one (two nodes share this host)."""
+    argv: list[str] = []
+    for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                 "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port",
+                 "--object-manager-port"):
+        argv += [flag, str(free_port())]
+    return [*argv, "--min-worker-port", "0", "--max-worker-port", "0"]
+
+
 class RayHead:
     """``ray start --head --block`` on free ports with its own temp dir and auth token."""
 
@@ -122,26 +139,15 @@ class RayHead:
         self.address = f"127.0.0.1:{self.port}"
         # Unix socket paths are limited to 107 bytes: keep the temp dir short.
         self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")
-        ports = {
-            "--dashboard-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--ray-client-server-port": free_port(),
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
-        }
         argv = [
             str(VENV_BIN / "ray"), "start", "--head", "--block",
             "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--temp-dir", self.temp_dir, "--num-cpus", str(num_cpus),
             "--object-store-memory", str(200 * 1024**2),
             "--include-dashboard", "false", "--disable-usage-stats",
-            "--min-worker-port", "0", "--max-worker-port", "0",
+            "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+            *_node_ports(),
         ]
-        for k, v in ports.items():
-            argv += [k, str(v)]
         # Ray's workers inherit the head's environment: that is how they get, e.g., the S3
         # endpoint and credentials (never through a plan).
         env = {
@@ -221,8 +227,41 @@ class RedisServer:
         self.proc.stop(timeout=10)
 
 
-def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
-    """The environment of every celeray process of a test stack."""
+class RayNode(RayHead):
+    """``ray start --address HEAD --block``: a second node joining ``head``.
+
+    Run from ``bin_dir`` (another virtualenv's ``bin``: that node's Python and packages),
+    with the head's auth token, free ports, its own short temp dir, and its working
+    directory in ``root`` so nothing of the project is importable from it.
+    """
+
+    def __init__(self, root: Path, head: RayHead, *, bin_dir: Path, num_cpus: int = 1,
+                 resources: dict[str, float] | None = None, name: str = "node2",
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.address = head.address
+        self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")
+        argv = [
+            str(bin_dir / "ray"), "start", "--address", head.address, "--block",
+            "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp_dir,
+            "--num-cpus", str(num_cpus), "--resources", json.dumps(resources or {name: 1}),
+            "--object-store-memory", str(100 * 1024**2), "--disable-usage-stats",
+            *_node_ports(),
+        ]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CELERAY_", "VIRTUAL_ENV", "PYTHON")) and k != "RAY_ADDRESS"}
+        env.update({"RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bin_dir}:{env.get('PATH', '')}",
+                    **ray_auth_env(root), **(extra_env or {})})
+        cwd = root / name
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.proc = Proc(argv, env=env, log=root / f"ray-{name}.log", cwd=cwd)
+        wait_for(self._ready, 90, f"Ray node {name} joining {head.address}\n{self.proc.tail()}")
+
+
+def stack_env(
+    root: Path, ray_address: str, *, dbs: tuple[int, int] = (BROKER_DB, BACKEND_DB),
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of every celeray process of a test stack (broker, backend dbs)."""
     env = dict(os.environ)
     for k in list(env):
         if k.startswith("CELERAY_") or k == "RAY_ADDRESS":
@@ -231,8 +270,8 @@ def stack_env(root: Path, ray_address: str, **extra: str) -> dict[str, str]:
         {
             "CELERAY_HOME": str(root / "home"),
             "CELERAY_PIPELINES": str(root / "pipelines.toml"),
-            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
-            "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BACKEND_DB}",
+            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{dbs[0]}",
+            "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{dbs[1]}",
             "CELERAY_RAY_ADDRESS": ray_address,
             # Tests land files in their own tmp_path, beside the stack's root: allow them all.
             "CELERAY_LOCAL_ROOTS": str(root.parent),
@@ -259,15 +298,16 @@ class Worker:
 
     def __init__(
         self, root: Path, env: dict[str, str], *, queue: str, pool: str, concurrency: int,
-        name: str,
+        name: str, host: str | None = None,
     ) -> None:
-        self.name = f"{name}@{socket.gethostname()}"
+        self.name = f"{name}@{host or socket.gethostname()}"
         argv = [
             str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", queue, "-P", pool,
             "-c", str(concurrency), "-n", self.name, "-l", "INFO",
             "--without-mingle", "--without-gossip",
         ]
-        self.proc = Proc(argv, env=env, log=root / f"worker-{name}.log", cwd=root)
+        log = root / (f"worker-{name}-{host}.log" if host else f"worker-{name}.log")
+        self.proc = Proc(argv, env=env, log=log, cwd=root)
 
     def wait_ready(self, client: Any, timeout: float = 60) -> None:
         def ready() -> bool:
@@ -281,32 +321,47 @@ class Worker:
         self.proc.stop(timeout=30)
 
 
-def flush_test_dbs() -> None:
+def flush_test_dbs(dbs: tuple[int, int] = (BROKER_DB, BACKEND_DB)) -> None:
     """Empty the Redis databases the tests own."""
-    for db in (BROKER_DB, BACKEND_DB):
+    for db in dbs:
         redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
 
 
 class Stack:
     """Ray head + an io worker (prefork) + a ray worker (threads), as the README runs them.
 
-    ``extra_env`` (e.g. the S3 endpoint and credentials) reaches every process of the stack:
-    the Ray head (and so its workers) and both Celery workers.
+    Scale-out variant: ``ray_cpus`` for the head, ``node_bins`` (one virtualenv ``bin`` per
+    extra Ray node, each of 1 CPU, joined before the workers start), ``hosts`` (one io and
+    one ray worker per name, named ``io@<host>`` / ``ray@<host>``; ``self.io`` and
+    ``self.rayw`` are the first host's), ``dbs`` (broker and backend databases, for a stack
+    beside the session's), ``worker_env`` (added to the workers' environment only) and
+    ``extra_env`` (e.g. the S3 endpoint and credentials), which reaches every process of the
+    stack: the Ray head and nodes (and so their workers) and the Celery workers.
     """
 
-    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, *, ray_cpus: int = 2, node_bins: tuple[Path, ...] = (),
+        hosts: tuple[str | None, ...] = (None,), dbs: tuple[int, int] = (BROKER_DB, BACKEND_DB),
+        worker_env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None,
+    ) -> None:
         from celeray.celeryconfig import make_client
         from celeray.runstate import RunStore
         from celeray.settings import Settings
 
         self.root = root
+        self.dbs = dbs
         (root / "home").mkdir(parents=True, exist_ok=True)
         self.pipelines_file = root / "pipelines.toml"
         self.pipelines_file.write_text("")
         self._pipelines: dict[str, str] = {}
-        flush_test_dbs()
-        self.ray = RayHead(root, extra_env=extra_env)
-        self.env = stack_env(root, self.ray.address, **(extra_env or {}))
+        flush_test_dbs(dbs)
+        self.ray = RayHead(root, num_cpus=ray_cpus, extra_env=extra_env)
+        self.nodes: list[RayNode] = []
+        for i, bin_dir in enumerate(node_bins, start=2):
+            self.nodes.append(RayNode(root, self.ray, bin_dir=bin_dir, name=f"node{i}",
+                                      extra_env=extra_env))
+        self.env = stack_env(root, self.ray.address, dbs=dbs, **(extra_env or {}))
+        self.worker_env = {**self.env, **(worker_env or {})}
         self.settings = Settings(
             **{
                 k.removeprefix("CELERAY_").lower(): v
@@ -316,20 +371,25 @@ class Stack:
         )
         self.client = make_client(self.settings)
         self.store = RunStore.from_settings(self.settings)
-        self.io = self.start_worker("io")
-        self.rayw = self.start_worker("ray")
+        self.hosts: dict[str | None, dict[str, Worker]] = {}
+        for host in hosts:
+            self.hosts[host] = {"io": self.start_worker("io", host=host),
+                                "ray": self.start_worker("ray", host=host)}
+        self.io, self.rayw = self.hosts[hosts[0]]["io"], self.hosts[hosts[0]]["ray"]
 
     def start_worker(
-        self, kind: str, suffix: str = "", env: dict[str, str] | None = None
+        self, kind: str, suffix: str = "", host: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Worker:
-        """Start an ``io`` or ``ray`` worker with the stack's environment (``env`` laid over)."""
-        wenv = {**self.env, **(env or {})}
+        """Start an ``io`` or ``ray`` worker with the stack's worker environment (``env``
+        laid over), named ``<kind><suffix>@<host>``."""
+        wenv = {**self.worker_env, **(env or {})}
         if kind == "io":
             w = Worker(self.root, wenv, queue="io", pool="prefork", concurrency=2,
-                       name=f"io{suffix}")
+                       name=f"io{suffix}", host=host)
         else:
             w = Worker(self.root, wenv, queue="ray", pool="threads", concurrency=2,
-                       name=f"ray{suffix}")
+                       name=f"ray{suffix}", host=host)
         w.wait_ready(self.client)
         return w
 
@@ -352,8 +412,12 @@ class Stack:
         return result
 
     def stop(self) -> None:
-        for part in (self.io, self.rayw):
+        workers = {id(w): w for ws in self.hosts.values() for w in ws.values()}
+        workers.update({id(self.io): self.io, id(self.rayw): self.rayw})
+        for part in workers.values():
             part.stop()
+        for node in self.nodes:
+            node.stop()
         self.ray.stop()
         self.client.close()
-        flush_test_dbs()
+        flush_test_dbs(self.dbs)

@@ -154,6 +154,7 @@ def test_plan_is_json_and_complete(tmp_path: Path) -> None:
         "compression": "zstd",
         "compression_level": 3,
         "split_large_files": True,
+        "ray_env": None,
     }
     bare = load_pipelines(write(tmp_path, GOOD))["weather"].to_plan()
     assert bare["schema"] is None and bare["sql"] is None and bare["partition_by"] == []

@@ -207,3 +207,36 @@ def test_warm_workers_warms_one_worker_per_cpu_and_cleans_up(probe_dir: Path) ->
     before = set(glob.glob(f"{tempfile.gettempdir()}/celeray-warm-*"))
     assert warm_workers() == 2  # the module's cluster has two CPUs
     assert set(glob.glob(f"{tempfile.gettempdir()}/celeray-warm-*")) == before
+
+
+def test_a_transform_package_is_shipped_once_with_its_env_vars(
+    tmp_path: Path, probe_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A package only this process can import reaches the Ray workers through the task's
+    runtime_env, uploaded once for as long as its files do not change."""
+    from celeray.ray_env import pipeline_extras
+    from ray_jobs import _runtime_env
+
+    code = tmp_path / "code"
+    (code / "shipme").mkdir(parents=True)
+    (code / "shipme" / "__init__.py").write_text(
+        "import os\nimport pyarrow as pa\n\n\ndef fn(t):\n"
+        "    return t.append_column('m', pa.array([os.environ['SHIP_MODE']] * t.num_rows))\n"
+    )
+    monkeypatch.syspath_prepend(str(code))  # here only: Ray's workers do not have it
+    plan = make_plan(transform="shipme:fn", ray_env={"pip": [], "env_vars": {"SHIP_MODE": "on"}})
+    extras = pipeline_extras(plan)
+    assert extras == {"py_modules": [str(code / "shipme")], "env_vars": {"SHIP_MODE": "on"}}
+    first = run_units(plan, make_units(tmp_path, 2), max_in_flight=0, min_free_memory=0.0,
+                      runtime_env=extras)
+    uri = _runtime_env._uris[str(code / "shipme")][1]
+    assert uri.startswith("gcs://")
+    again = run_units(plan, make_units(tmp_path, 2), max_in_flight=0, min_free_memory=0.0,
+                      runtime_env=extras)
+    assert _runtime_env._uris[str(code / "shipme")][1] == uri  # unchanged: no new package
+    assert all(not r["quarantined"] and r["rows_out"] for r in first + again)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    assert set(table["m"].to_pylist()) == {"on"}
+    assert all(r["node"] == ray.get_runtime_context().get_node_id() for r in first)

@@ -1,0 +1,134 @@
+"""``python -m bench.scale``: the same conversion with one Ray node and with two, 1 CPU each.
+
+Both stacks are the tests' (``tests/_stack.py``: a Ray head, an io worker, a ray worker,
+on free ports in a temporary folder, Redis databases 9 and 10 flushed first, stopped by
+pid); the second adds a Ray node that joins the head with ``ray start --address``. Each
+node has one CPU, so on a machine with two or more cores the second node is a second
+core's worth of work. The job converts one data set to zstd Parquet through the whole
+stack (the CLI's trigger to the run's last ledger commit). After a warm-up run over one
+row, each measured run gets a fresh pipeline and sink. Printed: seconds, MB/s, the
+speed-up (one node's seconds over two nodes'; a ratio, not a promise) and how many units
+each Ray node ran; written to ``bench/results/scale-<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.datasets import SETS, DataSet, ensure_sets, ensure_tiny
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).resolve().parent / "results"  # beside python -m bench's JSON
+BENCH_DBS = (9, 10)  # the bench's Redis databases (bench/celeray_stack.py), flushed first
+RUN_TIMEOUT = 1800  # seconds; one CPU converts 342 MB of CSV in well under a minute
+# The stack's default limits are the tests' short ones; a measured batch may take longer.
+WORKER_ENV = {
+    "CELERAY_UNIT_BYTES": "32MiB",  # celeray's default: real work per Ray task
+    "CELERAY_TASK_TIME_LIMIT": str(RUN_TIMEOUT),
+    "CELERAY_VISIBILITY_TIMEOUT": str(RUN_TIMEOUT + 600),
+}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    p.add_argument("--set", default="32-csv", choices=sorted(SETS), help="data set (32-csv)")
+    p.add_argument("--quick", action="store_true", help="1x flights instead of 10x")
+    p.add_argument("--repeat", type=int, default=1, help="measured runs per node count; "
+                   "the median is used")
+    p.add_argument("--redis-port", type=int, default=6379,
+                   help="Redis on 127.0.0.1 (databases 9 and 10 are flushed)")
+    return p.parse_args(argv)
+
+
+def _ledger_nodes(sink: Path) -> dict[str, int]:
+    units: dict[str, int] = {}
+    for entry in (sink / "_celeray" / "ledger").glob("*.json"):
+        for node, seen in (json.loads(entry.read_text())["timings"] or {}).get(
+                "nodes", {}).items():
+            units[node] = units.get(node, 0) + seen["units"]
+    return units
+
+
+def _run(stack: Any, name: str, data: DataSet, out: Path) -> dict[str, Any]:
+    sink = out / name
+    stack.add_pipeline(name, f'source = "{data.source_url}"\nsink = "{sink.as_uri()}"\n'
+                             'batch_bytes = "1GiB"')
+    done = stack.celeray("run", name, "--wait", "--timeout", str(RUN_TIMEOUT),
+                         timeout=RUN_TIMEOUT + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"run {name} failed:\n{done.stdout}\n{done.stderr}")
+    run_id = done.stdout.split("run ", 1)[1].split()[0]
+    summary = dict(stack.client.AsyncResult(run_id).result)
+    return {"pipeline": name, "seconds": summary["seconds"], "rows_in": summary["rows_in"],
+            "bytes_in": summary["bytes_in"], "units_by_node": _ledger_nodes(sink)}
+
+
+def _measure(nodes: int, data: DataSet, tiny: DataSet, repeat: int, root: Path,
+             say: Any) -> dict[str, Any]:
+    from tests._stack import VENV_BIN, Stack, wait_for
+
+    folder = root / f"nodes-{nodes}"
+    folder.mkdir()
+    say(f"{nodes} Ray node(s) of 1 CPU: starting the stack ...")
+    stack = Stack(folder, ray_cpus=1, node_bins=(VENV_BIN,) * (nodes - 1), dbs=BENCH_DBS,
+                  worker_env=WORKER_ENV)
+    try:
+        wait_for(lambda: "warmed" in stack.rayw.proc.log.read_text(), 180, "Ray warm-up")
+        _run(stack, "warm", tiny, folder / "out")
+        runs = []
+        for i in range(repeat):
+            runs.append(_run(stack, f"scale-{i}", data, folder / "out"))
+            say(f"  run {i}: {runs[-1]['seconds']:.2f} s, units by node "
+                f"{sorted(runs[-1]['units_by_node'].values(), reverse=True)}")
+    finally:
+        stack.stop()
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {"nodes": nodes, "seconds": seconds, "csv_mb_s": data.csv_bytes / 1e6 / seconds,
+            "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure one and two nodes; print the speed-up; write the JSON beside the others."""
+    args = _args(argv)
+    os.environ["CELERAY_TEST_REDIS_PORT"] = str(args.redis_port)  # read by tests._stack
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    load_start = report.load()
+    data = ensure_sets([args.set], quick=args.quick)[args.set]
+    tiny = ensure_tiny()
+    root = Path(f"/tmp/crscale-{stamp}")  # short: Ray's socket paths live under it
+    root.mkdir()
+    started = time.time()
+    try:
+        results = [_measure(n, data, tiny, max(1, args.repeat), root, print) for n in (1, 2)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    one, two = results
+    speedup = one["seconds"] / two["seconds"]
+    print(f"\n{data.name} ({data.csv_bytes / 1e6:.0f} MB of CSV, {data.rows:,} rows), "
+          "convert to zstd Parquet, each Ray node 1 CPU:")
+    for r in results:
+        print(f"  {r['nodes']} node(s): {r['seconds']:7.2f} s  {r['csv_mb_s']:7.1f} CSV MB/s")
+    print(f"  speed-up with 2 nodes: {speedup:.2f}x")
+    doc = {"stamp": stamp, "set": data.meta(), "quick": args.quick, "repeat": args.repeat,
+           "results": results, "speedup": round(speedup, 3), "machine": report.machine(),
+           "load_start": load_start, "load_end": report.load(),
+           "seconds_total": round(time.time() - started, 1)}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"scale-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
