@@ -28,7 +28,11 @@ from tests._stack import VENV_BIN, Proc, free_port, wait_for
 
 CONF = Path(__file__).resolve().parents[2] / "supervisor" / "supervisord.conf"
 TIME_LIMIT = 8  # s: a batch of the suite's pipelines takes well under a second
-VISIBILITY = 12  # s: a dead worker's batch comes back this long after it was taken
+# s: a dead worker's batch comes back this long after it was taken. It must exceed the time
+# limit plus Ray's wait for a lost GCS (RAY_gcs_rpc_server_reconnect_timeout_s, below),
+# or a batch whose driver waits on a restarting head could be delivered a second time.
+VISIBILITY = 20
+GCS_RECONNECT = 5  # s: Ray's own default is 60, which needs a visibility timeout above it
 LOCK_TTL = 15  # s: a dead run's lock frees this long after its last renewal
 RECONCILE = 5  # s: beat's reconciliation pass finds what a lost Redis forgot
 RESULT_EXPIRES = 60  # s: results and run records; the load test waits for them to go
@@ -99,6 +103,7 @@ class FaultStack:
                 "CELERAY_UNIT_BYTES": "256KiB",
                 "CELERAY_RESULT_EXPIRES": str(RESULT_EXPIRES),
                 "PYTHONPATH": str(self.mods),  # Ray workers inherit it from the head
+                "RAY_gcs_rpc_server_reconnect_timeout_s": str(GCS_RECONNECT),
                 "COLUMNS": "200",
                 **extra,
             }
