@@ -22,12 +22,13 @@ __all__ = ["build_node_venv", "node_requirements"]
 _OWN = {"celeray"}  # never on the node: that is what the test is about
 
 
-def node_requirements() -> list[str]:
-    """``name==version`` of every distribution the node needs, as installed here."""
+def node_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """``name==version`` of every distribution the node needs (plus ``extra``, e.g. s3fs
+    for object storage), as installed here."""
     from celeray.ray_env import NODE_REQUIREMENTS
 
     pins: dict[str, str] = {}
-    todo = [Requirement(r) for r in NODE_REQUIREMENTS]
+    todo = [Requirement(r) for r in (*NODE_REQUIREMENTS, *extra)]
     while todo:
         req = todo.pop()
         name = canonicalize_name(req.name)
@@ -48,7 +49,7 @@ def node_requirements() -> list[str]:
     return sorted(f"{name}=={version}" for name, version in pins.items())
 
 
-def build_node_venv(folder: Path) -> tuple[Path, float]:
+def build_node_venv(folder: Path, extra: tuple[str, ...] = ()) -> tuple[Path, float]:
     """Create the node's virtualenv in ``folder``; return its ``bin`` and the seconds taken."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True,
@@ -56,7 +57,7 @@ def build_node_venv(folder: Path) -> tuple[Path, float]:
     python = folder / "bin" / "python"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-         "--quiet", "--disable-pip-version-check", *node_requirements()],
+         "--quiet", "--disable-pip-version-check", *node_requirements(extra)],
         cwd=folder.parent, capture_output=True, text=True, timeout=900,
     )
     if done.returncode != 0:
