@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from celeray.sizes import parse_size
+from celeray.sizes import DEFAULT_MAX_COLUMNS, parse_size
 
 __all__ = ["Settings", "get_settings", "redact_url"]
 
@@ -52,10 +52,6 @@ DEFAULT_MAX_DECOMPRESSED_BYTES = 50 * 1024**3  # stops bombs; real data rarely i
 # +350 MiB), is 4x pyarrow's own block default and far longer than real rows.
 DEFAULT_MAX_ROW_BYTES = 4 * 1024**2
 DEFAULT_ZSTD_MAX_WINDOW = 128 * 1024**2  # zstd's own default limit (window log 27)
-# pyarrow holds ~9 KiB of builders per column while reading (measured: a CSV header of
-# 100,000 columns took 844 MiB); 10,000 keeps that under ~100 MiB and is wider than tables
-# people land as files.
-DEFAULT_MAX_COLUMNS = 10_000
 DEFAULT_RAY_MAX_IN_FLIGHT = 0  # 0 = twice the cluster's CPUs: keeps cores fed, memory bounded
 DEFAULT_MIN_FREE_MEMORY = 0.10  # below 10% free memory the dispatcher waits before submitting
 DEFAULT_UNIT_BYTES = 32 * 1024**2  # small files grouped to ~32 MiB per Ray task (>100 ms work)

@@ -20,8 +20,7 @@ import pyarrow as pa
 
 from celeray.arrow_types import arrow_type, arrow_types
 from celeray.errors import EmptyInputError, InputError, ParseError, StorageError
-from celeray.settings import DEFAULT_MAX_COLUMNS
-from celeray.sizes import format_size
+from celeray.sizes import DEFAULT_MAX_COLUMNS, format_size
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
 from ray_jobs._read_csv import csv_batches, csv_range_batches, csv_sample
 from ray_jobs._read_jsonl import jsonl_batches, jsonl_range_batches, jsonl_sample
