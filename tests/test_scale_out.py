@@ -125,6 +125,43 @@ def test_tasks_run_on_both_ray_nodes_and_batches_on_both_hosts(
     assert committed == {f"io@{h}" for h in HOSTS}, committed
 
 
+def test_s3_to_s3_on_both_ray_nodes_and_both_hosts(
+    scale_stack: Stack, s3_server: S3Server, flights_df, tmp_path: Path
+):
+    """The whole scale-out at once: s3://landing to s3://lake, exactly once, with Ray tasks
+    on the head and on the node without celeray, and batches on both Celery hosts (before
+    the next test takes hostB away)."""
+    import uuid
+
+    from tests.test_e2e_s3 import _assert_sink_matches as _assert_s3_sink_matches
+
+    prefix = f"scale-{uuid.uuid4().hex[:8]}"
+    files = write_landing(flights_df.iloc[:160_000], tmp_path / "landing", 16)
+    s3_server.filesystem().put([str(p) for p in files], f"landing/{prefix}/flights/")
+    sink_key = f"lake/{prefix}/flights"
+    scale_stack.add_pipeline("s3spread", "\n".join([
+        f'source = "s3://landing/{prefix}/flights/*"',
+        f'sink = "s3://{sink_key}"',
+        'sql = "SELECT *, distance / air_time * 60 AS mph FROM input '
+        'WHERE dep_delay IS NOT NULL"',
+        'partition_by = ["year", "month"]',
+        'batch_bytes = "1MiB"',
+        "[pipelines.s3spread.schema]",
+        'time_hour = "timestamp[s, tz=UTC]"',
+    ]))
+    run = scale_stack.celeray("run", "s3spread", "--wait", timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _summary(scale_stack, run.stdout)["files_committed"] == 16
+    _assert_s3_sink_matches(s3_server, sink_key, files)  # every row exactly once
+
+    fs = s3_server.filesystem()
+    entries = [json.loads(fs.cat_file(p)) for p in fs.glob(f"{sink_key}/_celeray/ledger/*.json")]
+    nodes = {node for e in entries for node in e["timings"]["nodes"]}
+    assert len(nodes) == 2, nodes
+    assert {e["workers"]["transform"] for e in entries} == {f"ray@{h}" for h in HOSTS}
+    assert {e["workers"]["commit"] for e in entries} == {f"io@{h}" for h in HOSTS}
+
+
 def test_losing_a_host_mid_run_loses_nothing(scale_stack: Stack, flights_df, tmp_path: Path):
     """SIGKILL hostB's io and ray workers (process groups, pool children too) while hostB
     transforms: its unacknowledged batches come back to hostA after the visibility timeout
@@ -164,39 +201,3 @@ def test_losing_a_host_mid_run_loses_nothing(scale_stack: Stack, flights_df, tmp
     [redone] = [e for e in entries if e["batch_id"] == batch]
     finished_on_b = f"{task_id}] succeeded" in host_b["ray"].proc.log.read_text()
     assert redone["workers"]["transform"] == ("ray@hostB" if finished_on_b else "ray@hostA")
-
-
-def test_s3_to_s3_on_both_ray_nodes_and_both_hosts(
-    scale_stack: Stack, s3_server: S3Server, flights_df, tmp_path: Path
-):
-    """The whole scale-out at once: s3://landing to s3://lake, exactly once, with Ray tasks
-    on the head and on the node without celeray, and batches on both Celery hosts."""
-    import uuid
-
-    from tests.test_e2e_s3 import _assert_sink_matches as _assert_s3_sink_matches
-
-    prefix = f"scale-{uuid.uuid4().hex[:8]}"
-    files = write_landing(flights_df.iloc[:160_000], tmp_path / "landing", 16)
-    s3_server.filesystem().put([str(p) for p in files], f"landing/{prefix}/flights/")
-    sink_key = f"lake/{prefix}/flights"
-    scale_stack.add_pipeline("s3spread", "\n".join([
-        f'source = "s3://landing/{prefix}/flights/*"',
-        f'sink = "s3://{sink_key}"',
-        'sql = "SELECT *, distance / air_time * 60 AS mph FROM input '
-        'WHERE dep_delay IS NOT NULL"',
-        'partition_by = ["year", "month"]',
-        'batch_bytes = "1MiB"',
-        "[pipelines.s3spread.schema]",
-        'time_hour = "timestamp[s, tz=UTC]"',
-    ]))
-    run = scale_stack.celeray("run", "s3spread", "--wait", timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert _summary(scale_stack, run.stdout)["files_committed"] == 16
-    _assert_s3_sink_matches(s3_server, sink_key, files)  # every row exactly once
-
-    fs = s3_server.filesystem()
-    entries = [json.loads(fs.cat_file(p)) for p in fs.glob(f"{sink_key}/_celeray/ledger/*.json")]
-    nodes = {node for e in entries for node in e["timings"]["nodes"]}
-    assert len(nodes) == 2, nodes
-    assert {e["workers"]["transform"] for e in entries} == {f"ray@{h}" for h in HOSTS}
-    assert {e["workers"]["commit"] for e in entries} == {f"io@{h}" for h in HOSTS}
