@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from celeray.demo import write_landing
 
-__all__ = ["COMPARE_COLUMNS", "raw_relation_sql", "write_landing"]
+__all__ = ["COMPARE_COLUMNS", "SQL", "assert_rows_match", "raw_relation_sql", "write_landing"]
+
+SQL = "SELECT *, distance / air_time * 60 AS mph FROM input WHERE dep_delay IS NOT NULL"
 
 # The columns every comparison uses; time_hour is compared as epoch seconds.
 COMPARE_COLUMNS = (
@@ -29,3 +32,28 @@ def raw_relation_sql(paths: list[Path]) -> str:
             f"FROM read_json({jsonl!r}, format='newline_delimited')"
         )
     return " UNION ALL ".join(selects)
+
+
+def assert_rows_match(table: Any, landing: list[Path]) -> int:
+    """``table`` (a sink read back) holds exactly the rows DuckDB computes with :data:`SQL`
+    from the raw landing files: none missing, none extra. Returns the row count."""
+    import duckdb
+
+    expected = f"SELECT *, distance / air_time * 60 AS mph FROM ({raw_relation_sql(landing)}) " \
+               "WHERE dep_delay IS NOT NULL"
+    con = duckdb.connect()
+    con.register("sink_table", table)
+    got = f"SELECT {COMPARE_COLUMNS}, epoch(time_hour) AS th, mph FROM sink_table"
+    want = f"SELECT {COMPARE_COLUMNS}, th, mph FROM ({expected})"
+
+    def one(sql: str) -> int:
+        row = con.execute(sql).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    missing = one(f"SELECT count(*) FROM ({want} EXCEPT ALL {got})")
+    extra = one(f"SELECT count(*) FROM ({got} EXCEPT ALL {want})")
+    n_want = one(f"SELECT count(*) FROM ({want})")
+    assert (missing, extra) == (0, 0), f"{missing} rows missing, {extra} rows extra"
+    assert table.num_rows == n_want
+    return n_want

@@ -13,16 +13,14 @@ import signal
 import threading
 from pathlib import Path
 
-import duckdb
 import pyarrow.dataset as ds
 import pytest
 
-from tests._data import COMPARE_COLUMNS, raw_relation_sql, write_landing
+from tests._data import SQL, assert_rows_match, write_landing
 from tests._stack import Stack, wait_for
 
 pytestmark = pytest.mark.stack
 
-SQL = "SELECT *, distance / air_time * 60 AS mph FROM input WHERE dep_delay IS NOT NULL"
 
 
 def _pipeline(stack: Stack, name: str, landing: Path, sink: Path, **extra: str) -> None:
@@ -46,19 +44,8 @@ def _sink_rows(sink: Path) -> int:
 
 def _assert_sink_matches(sink: Path, landing: list[Path]) -> int:
     """The sink holds exactly the rows DuckDB computes from the raw files: no more, no less."""
-    expected = f"SELECT *, distance / air_time * 60 AS mph FROM ({raw_relation_sql(landing)}) " \
-               "WHERE dep_delay IS NOT NULL"
     table = ds.dataset(str(sink), format="parquet", partitioning="hive").to_table()
-    con = duckdb.connect()
-    con.register("sink_table", table)
-    got = f"SELECT {COMPARE_COLUMNS}, epoch(time_hour) AS th, mph FROM sink_table"
-    want = f"SELECT {COMPARE_COLUMNS}, th, mph FROM ({expected})"
-    missing = con.execute(f"SELECT count(*) FROM ({want} EXCEPT ALL {got})").fetchone()[0]
-    extra = con.execute(f"SELECT count(*) FROM ({got} EXCEPT ALL {want})").fetchone()[0]
-    n_want = con.execute(f"SELECT count(*) FROM ({want})").fetchone()[0]
-    assert (missing, extra) == (0, 0), f"{missing} rows missing, {extra} rows extra"
-    assert table.num_rows == n_want
-    return int(n_want)
+    return assert_rows_match(table, landing)
 
 
 def _summary(stack: Stack, out: str) -> dict:

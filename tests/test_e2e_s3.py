@@ -12,18 +12,16 @@ import json
 import uuid
 from pathlib import Path
 
-import duckdb
 import pyarrow.dataset as ds
 import pytest
 
 from ray_jobs.writer import arrow_filesystem
-from tests._data import COMPARE_COLUMNS, raw_relation_sql, write_landing
+from tests._data import SQL, assert_rows_match, write_landing
 from tests._s3 import S3Server
 from tests._stack import Stack
 
 pytestmark = pytest.mark.stack
 
-SQL = "SELECT *, distance / air_time * 60 AS mph FROM input WHERE dep_delay IS NOT NULL"
 
 
 def _upload(s3: S3Server, files: list[Path], prefix: str) -> None:
@@ -39,19 +37,7 @@ def _sink_table(s3: S3Server, sink_key: str):  # type: ignore[no-untyped-def]
 
 def _assert_sink_matches(s3: S3Server, sink_key: str, landing: list[Path]) -> int:
     """The sink holds exactly the rows DuckDB computes from the raw files: no more, no less."""
-    table = _sink_table(s3, sink_key)
-    con = duckdb.connect()
-    con.register("sink_table", table)
-    expected = f"SELECT *, distance / air_time * 60 AS mph FROM ({raw_relation_sql(landing)}) " \
-               "WHERE dep_delay IS NOT NULL"
-    got = f"SELECT {COMPARE_COLUMNS}, epoch(time_hour) AS th, mph FROM sink_table"
-    want = f"SELECT {COMPARE_COLUMNS}, th, mph FROM ({expected})"
-    missing = con.execute(f"SELECT count(*) FROM ({want} EXCEPT ALL {got})").fetchone()[0]
-    extra = con.execute(f"SELECT count(*) FROM ({got} EXCEPT ALL {want})").fetchone()[0]
-    n_want = con.execute(f"SELECT count(*) FROM ({want})").fetchone()[0]
-    assert (missing, extra) == (0, 0), f"{missing} rows missing, {extra} rows extra"
-    assert table.num_rows == n_want
-    return int(n_want)
+    return assert_rows_match(_sink_table(s3, sink_key), landing)
 
 
 def _run(stack: Stack, name: str) -> tuple[str, dict]:
