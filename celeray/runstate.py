@@ -185,8 +185,7 @@ class RunStore:
         return f"{_PREFIX}:run:{run_id}"
 
     def _touch(self, pipe: Any, run_id: str) -> None:
-        for suffix in ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs",
-                       ":attempts"):
+        for suffix in ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs"):
             pipe.expire(self._run_key(run_id) + suffix, self.record_ttl)
 
     def create(self, run_id: str, pipeline: str, **fields: Any) -> None:
@@ -311,14 +310,19 @@ class RunStore:
         """Run ids of the pipeline, newest first."""
         return [str(r) for r in self.r.zrevrange(f"{_PREFIX}:runs:{pipeline}", 0, limit - 1)]
 
-    def begin_attempt(self, run_id: str, batch_id: str) -> int:
+    def _attempts_key(self, pipeline: str) -> str:
+        return f"{_PREFIX}:attempts:{pipeline}"
+
+    def begin_attempt(self, pipeline: str, batch_id: str) -> int:
         """Count one more start of the batch's transform; return how many earlier starts
         died (never reached :meth:`end_attempt`): Redis itself keeps no delivery count.
 
-        Counting per batch, not per message, also counts the watchdog's resends and
-        Celery's retries, which are new messages of the same batch.
+        Counting per batch (its id derives from its inputs), not per message or per run,
+        also counts the watchdog's resends, Celery's retries and the same batch planned
+        again by a later run (a dead run's lock frees before Redis gives its message back,
+        and the reconciliation pass starts a new run meanwhile).
         """
-        key = self._run_key(run_id) + ":attempts"
+        key = self._attempts_key(pipeline)
         pipe = self.r.pipeline()
         pipe.hincrby(key, f"{batch_id}:started", 1)
         pipe.hget(key, f"{batch_id}:ended")
@@ -326,9 +330,9 @@ class RunStore:
         started, ended, _ = pipe.execute()
         return int(started) - 1 - int(ended or 0)
 
-    def end_attempt(self, run_id: str, batch_id: str) -> None:
+    def end_attempt(self, pipeline: str, batch_id: str) -> None:
         """Record that a start of the batch's transform ended (well or with an error)."""
-        self.r.hincrby(self._run_key(run_id) + ":attempts", f"{batch_id}:ended", 1)
+        self.r.hincrby(self._attempts_key(pipeline), f"{batch_id}:ended", 1)
 
     def save_jobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:
         """Keep the run's batch jobs so a redelivered start can resend the unfinished ones."""

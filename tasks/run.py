@@ -268,15 +268,15 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """
     settings = get_settings()
     store = run_store()
-    deaths = store.begin_attempt(job["run_id"], job["batch_id"])
+    deaths = store.begin_attempt(job["pipeline"], job["batch_id"])
     if deaths >= settings.max_deliveries:
-        store.end_attempt(job["run_id"], job["batch_id"])
+        store.end_attempt(job["pipeline"], job["batch_id"])
         log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
         return {**job, "result": poison_result(job, deaths)}
     try:
         return _transform(job, settings, store, hostname=self.request.hostname)
     finally:  # not reached when the worker dies: that start counts as a death
-        store.end_attempt(job["run_id"], job["batch_id"])
+        store.end_attempt(job["pipeline"], job["batch_id"])
 
 
 def _transform(

@@ -54,14 +54,15 @@ def test_batches_finish_once_and_counters_add_up(store: RunStore) -> None:
 
 
 def test_attempts_count_the_starts_that_died(store: RunStore) -> None:
-    assert store.begin_attempt("r1", "b1") == 0  # the first start
-    store.end_attempt("r1", "b1")  # ended (well, or with an error that is retried)
-    assert store.begin_attempt("r1", "b1") == 0  # a retry: nothing died so far
+    assert store.begin_attempt("p", "b1") == 0  # the first start
+    store.end_attempt("p", "b1")  # ended (well, or with an error that is retried)
+    assert store.begin_attempt("p", "b1") == 0  # a retry: nothing died so far
     # ... that start is killed: no end_attempt
-    assert store.begin_attempt("r1", "b1") == 1  # redelivered: one death before it
-    assert store.begin_attempt("r1", "b1") == 2  # the watchdog's resend counts as well
-    assert store.begin_attempt("r1", "b2") == 0  # per batch
-    assert store.r.ttl("celeray:run:r1:attempts") > 0
+    assert store.begin_attempt("p", "b1") == 1  # redelivered: one death before it
+    assert store.begin_attempt("p", "b1") == 2  # a resend, or a later run: counted too
+    assert store.begin_attempt("p", "b2") == 0  # per batch
+    assert store.begin_attempt("q", "b1") == 0  # per pipeline
+    assert store.r.ttl("celeray:attempts:p") > 0
 
 
 def test_a_slot_is_claimed_once_and_again_by_its_own_run(store: RunStore) -> None:
