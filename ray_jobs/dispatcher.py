@@ -35,7 +35,13 @@ __all__ = ["process_unit_task", "run_units", "warm_workers"]
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)
+# One retry when a task's worker dies (Ray's default is 3): a worker killed by chance (the
+# OOM killer, a lost node) gets its second chance, and a poison input is found sooner, since
+# a unit that dies twice is split file by file (each file again with one retry).
+RAY_RETRIES = 1
+
+
+@ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)
 def process_unit_task(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     """:func:`ray_jobs.process.process_unit` as a Ray task (retried only if the worker dies).
 
@@ -202,7 +208,7 @@ def run_units(
     return [r for r in results if r is not None]
 
 
-POISON_RETRIES = 1  # a file split out of a crashed unit gets one retry, not Ray's three
+POISON_RETRIES = 1  # a file split out of a crashed unit: one retry, as every unit
 
 
 class _Crashed(Exception):

@@ -208,8 +208,11 @@ def dispatch(job: dict[str, Any]) -> None:
 
 def watch_interval() -> int:
     """Seconds between two looks of a run's watchdog: under the visibility timeout, since
-    a countdown message longer than that is delivered again while it waits."""
-    return max(1, get_settings().effective_visibility_timeout // 2)
+    a countdown message longer than that is delivered again while it waits, and under a
+    third of the lock's TTL, since the watchdog keeps the lock of a run whose batches
+    wait in a queue."""
+    settings = get_settings()
+    return max(1, min(settings.effective_visibility_timeout // 2, settings.run_lock_ttl // 3))
 
 
 @app.task(name="tasks.watch_run", ignore_result=True, acks_late=True)
@@ -239,6 +242,10 @@ def watch_run(run_id: str) -> None:
     if not pending:
         after_batch(run_id, None)
         return
+    # Batches waiting in a busy queue renew nothing themselves: without this, the lock of a
+    # live run would expire and a new run (beat's, the reconciliation's) would supersede
+    # it, again and again while the queue stays long.
+    store.hold(str(record.get("pipeline")), run_id)
     silent = time.time() - float(record.get("progress_at") or record.get("started_at") or 0)
     if silent > get_settings().effective_visibility_timeout:
         jobs = store.load_jobs(run_id)

@@ -27,11 +27,13 @@ from tests._data import COMPARE_COLUMNS, raw_relation_sql
 from tests._stack import VENV_BIN, Proc, free_port, wait_for
 
 CONF = Path(__file__).resolve().parents[2] / "supervisor" / "supervisord.conf"
-TIME_LIMIT = 8  # s: a batch of the suite's pipelines takes well under a second
+# s: a batch of the suite's pipelines takes under a second, but a poison input's Ray
+# retries each start a cold worker (with the pipeline's runtime_env), ~1-2 s on 2 busy cores
+TIME_LIMIT = 15
 # s: a dead worker's batch comes back this long after it was taken. It must exceed the time
 # limit plus Ray's wait for a lost GCS (RAY_gcs_rpc_server_reconnect_timeout_s, below),
 # or a batch whose driver waits on a restarting head could be delivered a second time.
-VISIBILITY = 20
+VISIBILITY = 25
 GCS_RECONNECT = 5  # s: Ray's own default is 60, which needs a visibility timeout above it
 LOCK_TTL = 15  # s: a dead run's lock frees this long after its last renewal
 RECONCILE = 5  # s: beat's reconciliation pass finds what a lost Redis forgot
