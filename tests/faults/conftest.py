@@ -43,10 +43,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             agg[k] += int(r.get(k, 0))
     tr = terminalreporter
     tr.section("fault suite")
-    tr.write_line(f"{'fault':<34} {'trials':>6} {'mid-run':>7} {'rows expected':>14} "
+    tr.write_line(f"{'fault':<40} {'trials':>6} {'mid-run':>7} {'rows expected':>14} "
                   f"{'rows found':>11} {'duplicates':>10} {'losses':>6}")
     for fault, a in by_fault.items():
-        tr.write_line(f"{fault:<34} {a['trials']:>6} {a['mid_run']:>7} {a['expected']:>14} "
+        tr.write_line(f"{fault:<40} {a['trials']:>6} {a['mid_run']:>7} {a['expected']:>14} "
                       f"{a['found']:>11} {a['duplicates']:>10} {a['losses']:>6}")
     report = os.environ.get("CELERAY_FAULT_REPORT")
     if report:
