@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -39,6 +40,7 @@ def ensure_ray() -> None:
     modules it imports (:func:`celeray.ray_env.job_runtime_env`), so Ray nodes need no
     celeray installed; Ray uploads them once per content hash.
     """
+    _bound_gcs_wait()
     import ray
 
     if ray.is_initialized():
@@ -63,6 +65,25 @@ def ensure_ray() -> None:
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc
         log.info("connected to Ray at %s", address)
+
+
+GCS_WAIT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+RAY_GCS_WAIT = 60  # s: Ray's own default wait of a driver for a lost GCS
+
+
+def _bound_gcs_wait() -> None:
+    """Keep this driver's wait for a lost Ray head under the visibility timeout's margin.
+
+    A driver whose head is gone waits ``RAY_gcs_rpc_server_reconnect_timeout_s`` (60 s)
+    before Ray ends the process; a batch must not outlive the visibility timeout meanwhile,
+    or Redis delivers it a second time. So the wait is at most half the margin between the
+    visibility timeout and the time limit (the default margin, 600 s, leaves Ray's 60 s),
+    and at least 5 s. Set for this process only (not the raylets), before Ray reads it; an
+    explicit value in the environment wins.
+    """
+    settings = get_settings()
+    margin = settings.effective_visibility_timeout - settings.task_time_limit
+    os.environ.setdefault(GCS_WAIT_ENV, str(max(5, min(RAY_GCS_WAIT, margin // 2))))
 
 
 _CPUS_TTL = 30.0  # seconds; nodes join and leave rarely, batches come often

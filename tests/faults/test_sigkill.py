@@ -1,7 +1,7 @@
 """SIGKILL, at seeded random moments, of each part of a running stack; nothing lost, nothing twice.
 
-Each trial lands its own files for a pipeline of its own, triggers a run, waits a seeded
-random moment (0-2 s: planning, transforms and commits all fall in it) and kills one part
+Each trial lands its own files for a pipeline of its own, triggers a run, waits for a seeded
+moment (after 0-4 of the run's ~6 batches committed, plus 0-0.3 s) and kills one part
 with SIGKILL. supervisor restarts what died. The trial then waits until the pipeline has
 settled (every listed file committed or quarantined, no run holding its lock; triggering a
 new run if the killed one was lost, as a user would) and compares the sink with the inputs
@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from tests._data import write_landing
+from tests._stack import wait_for
 from tests.faults._faultstack import FaultStack, exactly_once, wait_seconds
 from tests.faults.conftest import record
 
@@ -61,8 +62,14 @@ def test_sigkill_at_a_random_moment(
     name = f"kill_{target.replace('-', '_')}_{trial}"
     fault_stack.add_pipeline(name, landing, sink)
 
+    # The moment: after a seeded number of the run's ~6 batches committed (0: while it
+    # plans or transforms its first), plus a seeded jitter.
+    commits = rng.randrange(0, 5)
+    delay = rng.uniform(0.0, 0.3)
     run_id = fault_stack.trigger(name)
-    delay = rng.uniform(0.0, 2.0)
+    ledger = sink / "_celeray" / "ledger"
+    wait_for(lambda: commits == 0 or len(list(ledger.glob("*.json"))) >= commits, 60,
+             f"{commits} commits", interval=0.02)
     wait_seconds(delay)
     state = (fault_stack.store.get(run_id) or {}).get("state")
     mid_run = state not in ("SUCCESS", "FAILURE")  # the run had not ended yet
@@ -73,7 +80,8 @@ def test_sigkill_at_a_random_moment(
     fault_stack.settle(name)
 
     found = exactly_once(sink, files)
-    record(f"SIGKILL {target}", trial=trial, delay=round(delay, 3), killed=bool(victim),
+    record(f"SIGKILL {target}", trial=trial, after_commits=commits, delay=round(delay, 3),
+           killed=bool(victim),
            mid_run=mid_run, **found)
     assert (found["duplicates"], found["losses"]) == (0, 0), found
     assert found["expected"] == found["found"] and found["checksum_ok"], found
