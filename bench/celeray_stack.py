@@ -2,9 +2,10 @@
 
 Started: as ``tests/test_stack_up.py`` does it, ``celeray up`` with ``CELERAY_HOME`` in a
 temporary folder, free ports for the API, Flower and the Ray head, and Redis on
-127.0.0.1:6379 (``--redis-port`` picks another) with databases 9 (broker) and 10 (results), flushed first. ``close`` runs
-``celeray down`` for that stack only. Attached (``--home DIR``): the stack's own settings
-are read from ``DIR/stack-env.json`` and it is left running.
+127.0.0.1:6379 (``--redis-port`` picks another) with databases 9 (broker) and 10 (results),
+flushed first. ``close`` runs ``celeray down`` for that stack only. Attached
+(``--home DIR``): the stack's own settings are read from ``DIR/stack-env.json`` and it is
+left running.
 
 The suite's pipelines go into the stack's pipeline file (``CELERAY_PIPELINES``). The API and
 the workers read that file at each trigger, so pipelines may be added while the stack runs.
