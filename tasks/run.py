@@ -288,8 +288,6 @@ def _transform(
     from ray_jobs.units import balanced_unit_bytes, plan_units
     from tasks._ray import cluster_cpus, ensure_ray
 
-    if not store.hold(job["pipeline"], job["run_id"]):
-        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     ensure_ray()
     out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
     readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
@@ -309,7 +307,14 @@ def _transform(
         store.set_batch_progress(job["run_id"], job["batch_id"], done)
         publish_progress(job["run_id"])
 
-    store.mark_once(job["run_id"], "first_unit_at")  # trigger -> first Ray task: run overhead
+    # A batch of one unit has nothing to show before its commit_batch, which counts and
+    # publishes the same numbers (and marks progress for the watchdog) a moment later:
+    # live progress would cost it four Redis round trips for nothing.
+    report = on_result if len(units) > 1 else None
+
+    # The fencing check, and trigger -> first Ray task (the run overhead) in the same trip.
+    if not store.hold(job["pipeline"], job["run_id"], mark="first_unit_at"):
+        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     started = time.perf_counter()
     # The threads pool does not enforce Celery's time limits (celery#9203): the dispatcher
     # keeps this deadline itself, under the visibility timeout, so a batch is stopped
@@ -322,7 +327,7 @@ def _transform(
                 units,
                 max_in_flight=settings.ray_max_in_flight,
                 min_free_memory=settings.min_free_memory,
-                on_result=on_result,
+                on_result=report,
                 deadline=deadline,
                 runtime_env=pipeline_extras(job["plan"]),
             )
