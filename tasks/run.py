@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.exceptions
@@ -32,6 +31,7 @@ from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings
 from celeray.staging import stage_files
 from ray_jobs.merge import merge_unit_results
+from tasks._lock_keeper import keep_lock
 from tasks.app import app, run_store
 
 __all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch", "watch_run"]
@@ -125,29 +125,10 @@ class StartTask(Task):
             runs.abort_run(task_id, pipeline, f"{type(exc).__name__}: {exc}", run_store())
 
 
-@contextmanager
-def _heartbeat(job: dict[str, Any]) -> Iterator[threading.Event]:
+def _heartbeat(job: dict[str, Any]) -> AbstractContextManager[threading.Event]:
     """Keep the run's lock alive while a long step runs; the event is set if it was lost."""
-    store = run_store()
-    lost = threading.Event()
-    stop = threading.Event()
     interval = max(1.0, get_settings().run_lock_ttl / 3)
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                if not store.hold(job["pipeline"], job["run_id"]):
-                    lost.set()
-            except redis.exceptions.RedisError:
-                log.warning("run %s: lock renewal failed; will retry", job["run_id"])
-
-    t = threading.Thread(target=beat, name=f"lock-{job['batch_id']}", daemon=True)
-    t.start()
-    try:
-        yield lost
-    finally:
-        stop.set()
-        t.join()
+    return keep_lock(job["pipeline"], job["run_id"], store=run_store, interval=interval)
 
 
 @app.task(
