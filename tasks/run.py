@@ -272,9 +272,8 @@ def _transform(
     ensure_ray()
     out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
     readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
-    unit_bytes = balanced_unit_bytes(
-        readable, unit_bytes=settings.unit_bytes, cpus=cluster_cpus()
-    )
+    cpus = cluster_cpus()
+    unit_bytes = balanced_unit_bytes(readable, unit_bytes=settings.unit_bytes, cpus=cpus)
     units = [
         {"batch_id": job["batch_id"], "unit": i, "files": files, "out_url": out_url}
         for i, files in enumerate(plan_units(readable, unit_bytes=unit_bytes, plan=job["plan"]))
@@ -306,7 +305,9 @@ def _transform(
             results = run_units(
                 job["plan"],
                 units,
-                max_in_flight=settings.ray_max_in_flight,
+                # 0 means twice the CPUs: resolved here from the cached count, since
+                # run_units would ask Ray's GCS for it (~1 ms) on every batch
+                max_in_flight=settings.ray_max_in_flight or 2 * cpus,
                 min_free_memory=settings.min_free_memory,
                 on_result=report,
                 deadline=deadline,
