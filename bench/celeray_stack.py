@@ -2,9 +2,10 @@
 
 Started: as ``tests/test_stack_up.py`` does it, ``celeray up`` with ``CELERAY_HOME`` in a
 temporary folder, free ports for the API, Flower and the Ray head, and Redis on
-127.0.0.1:6379 with databases 9 (broker) and 10 (results), flushed first. ``close`` runs
-``celeray down`` for that stack only. Attached (``--home DIR``): the stack's own settings
-are read from ``DIR/stack-env.json`` and it is left running.
+127.0.0.1:6379 (``--redis-port`` picks another) with databases 9 (broker) and 10 (results),
+flushed first. ``close`` runs ``celeray down`` for that stack only. Attached
+(``--home DIR``): the stack's own settings are read from ``DIR/stack-env.json`` and it is
+left running.
 
 The suite's pipelines go into the stack's pipeline file (``CELERAY_PIPELINES``). The API and
 the workers read that file at each trigger, so pipelines may be added while the stack runs.
@@ -26,7 +27,7 @@ from typing import Any
 
 from bench.datasets import DATA
 
-__all__ = ["BenchStack", "StackFailedError"]
+__all__ = ["REDIS_PORT", "BenchStack", "StackFailedError"]
 
 VENV_BIN = Path(sys.executable).parent
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -47,8 +48,10 @@ def _free_port() -> int:
 class BenchStack:
     """A celeray stack, its API and Flower, and the pipeline file the suite writes."""
 
-    def __init__(self, home: Path, env: dict[str, str], *, owned: bool) -> None:
+    def __init__(self, home: Path, env: dict[str, str], *, owned: bool,
+                 redis_port: int = REDIS_PORT) -> None:
         self.home = home
+        self.redis_port = redis_port
         self.env = env
         self.owned = owned
         self.pipelines_file = Path(env["CELERAY_PIPELINES"])
@@ -57,12 +60,12 @@ class BenchStack:
         self._token: str | None = None
 
     @classmethod
-    def start(cls, root: Path) -> BenchStack:
+    def start(cls, root: Path, redis_port: int = REDIS_PORT) -> BenchStack:
         """``celeray up`` in ``root/home`` with the bench's Redis databases and free ports."""
         import redis
 
         for db in (BROKER_DB, BACKEND_DB):
-            redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+            redis.Redis(host=REDIS_HOST, port=redis_port, db=db).flushdb()
         home = root / "home"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERAY_", "RAY_"))}
         env.update({
@@ -70,15 +73,15 @@ class BenchStack:
             "CELERAY_PIPELINES": str(root / "pipelines.toml"),
             # the data sets and their outputs live beside the bench, not in the stack's root
             "CELERAY_LOCAL_ROOTS": os.pathsep.join([str(root), str(DATA)]),
-            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
-            "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BACKEND_DB}",
+            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{redis_port}/{BROKER_DB}",
+            "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{redis_port}/{BACKEND_DB}",
             "CELERAY_RAY_PORT": str(_free_port()),
             "CELERAY_API_PORT": str(_free_port()),
             "CELERAY_FLOWER_PORT": str(_free_port()),
             "COLUMNS": "200",
         })
         (root / "pipelines.toml").write_text(MARK)
-        stack = cls(home, env, owned=True)
+        stack = cls(home, env, owned=True, redis_port=redis_port)
         done = stack._celeray("up", timeout=600)
         if done.returncode != 0:
             stack._celeray("down", timeout=600)
@@ -119,7 +122,7 @@ class BenchStack:
             import redis
 
             for db in (BROKER_DB, BACKEND_DB):
-                redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+                redis.Redis(host=REDIS_HOST, port=self.redis_port, db=db).flushdb()
 
     def supervisord_pid(self) -> int | None:
         """supervisord's pid, the root of every process of the stack, or None."""

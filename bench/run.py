@@ -23,7 +23,7 @@ from rich.console import Console
 
 from bench import report
 from bench.celeray_runs import RunFailedError, run_pipeline
-from bench.celeray_stack import BenchStack, temp_root
+from bench.celeray_stack import REDIS_PORT, BenchStack, temp_root
 from bench.datasets import DATA, SETS, DataSet, ensure_sets, ensure_tiny
 from bench.isolated import PeerFailedError, run_isolated
 from bench.jobs import JOBS, SQL
@@ -43,11 +43,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", help=f"comma list of {', '.join(SETS)} (default: all)")
     p.add_argument("--jobs", default=",".join(JOBS), help="comma list of convert, sql")
     p.add_argument("--engines", help="comma list of peers to run (default: all); "
-                   "celeray always runs")
+                   "celeray always runs ('celeray' alone: no peer)")
     p.add_argument("--repeat", type=int, default=1, help="runs per engine, set and job; "
                    "the median is shown")
     p.add_argument("--home", type=Path, help="use the stack already up for this "
                    "CELERAY_HOME instead of starting one")
+    p.add_argument("--redis-port", type=int, default=REDIS_PORT,
+                   help="port of the Redis on 127.0.0.1 whose databases 9 and 10 the "
+                   "started stack uses (flushed first)")
     return p.parse_args(argv)
 
 
@@ -165,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(width=140)  # a log file or a pipe: keep the table on one line
     sets_chosen = _split(args.sets, list(SETS), QUICK_SETS if args.quick else tuple(SETS))
     jobs = _split(args.jobs, JOBS, JOBS)
-    engines = _split(args.engines, ("pyarrow", "pyarrow-stream", "pyarrow-loop", "duckdb",
-                                    "polars", "raydata"),
+    engines = _split(args.engines, ("celeray", "pyarrow", "pyarrow-stream", "pyarrow-loop",
+                                    "duckdb", "polars", "raydata"),
                      ("pyarrow", "pyarrow-stream", "pyarrow-loop", "duckdb", "polars", "raydata"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     started = time.time()
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             root = temp_root()
             with console.status("celeray up (Redis dbs 9, 10; free ports) ..."):
-                stack = BenchStack.start(root)
+                stack = BenchStack.start(root, redis_port=args.redis_port)
         try:
             console.print("per-run overhead:")
             overhead = _overhead(stack, pipelines, console)

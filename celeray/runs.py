@@ -312,17 +312,15 @@ def summary_of(record: dict[str, Any]) -> dict[str, Any]:
 def abort_run(run_id: str, pipeline: str, error: str, store: RunStore) -> None:
     """Mark a run that failed before its batches were sent; release its lock."""
     store.create(run_id, pipeline)
-    store.set_fields(run_id, state="FAILURE", finished_at=time.time(), error=error)
-    store.release(pipeline, run_id)
+    store.end(run_id, pipeline, state="FAILURE", finished_at=time.time(), error=error)
 
 
 def finalize_run(run_id: str, store: RunStore) -> tuple[str, dict[str, Any]]:
     """End a run whose batches are all finished: state, summary, lock released."""
     record = store.get(run_id) or {"run_id": run_id}
     state = "FAILURE" if record.get("batches_failed") else "SUCCESS"
-    store.set_fields(run_id, state=state, finished_at=time.time())
-    record.update(state=state, finished_at=time.time())
-    summary = summary_of(record)
-    if record.get("pipeline"):
-        store.release(str(record["pipeline"]), run_id)
-    return state, summary
+    finished = time.time()
+    pipeline = str(record["pipeline"]) if record.get("pipeline") else None
+    store.end(run_id, pipeline, state=state, finished_at=finished)  # and the lock released
+    record.update(state=state, finished_at=finished)
+    return state, summary_of(record)

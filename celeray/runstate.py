@@ -41,18 +41,30 @@ COUNTERS = (  # the summed fields of a run record
 # superseded by a newer one can never take the lock back, while the current run (whose
 # lock merely expired, or whose Redis restarted empty) can.
 # KEYS: lock, latest. ARGV: run id, lock ttl ms, latest ttl s.
-_HOLD = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-elseif not v then
-  local latest = redis.call('GET', KEYS[2])
-  if (not latest) or latest == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+_HOLDS = """
+local function holds()
+  local v = redis.call('GET', KEYS[1])
+  if v == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return 1
+  elseif not v then
+    local latest = redis.call('GET', KEYS[2])
+    if (not latest) or latest == ARGV[1] then
+      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+      redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+      return 1
+    end
   end
+  return 0
+end
+"""
+_HOLD = _HOLDS + "return holds()\n"
+# The same, and when the lock is held, a field of the run record set unless set before
+# (mark_once in the same round trip). KEYS: lock, latest, run. ARGV: as _HOLD, field, time.
+_HOLD_MARK = _HOLDS + """
+if holds() == 1 then
+  redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5])
+  return 1
 end
 return 0
 """
@@ -75,26 +87,41 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# End a run in one step: set fields of its record, drop the lock if the run holds it.
+# KEYS: run, lock (absent: no lock to drop). ARGV: run id, then field/value pairs.
+_END = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
 # Finish a batch exactly once, in one step: take it off the pending set and add its counts,
-# so a worker killed in between can neither lose the counts nor add them twice. Returns the
-# batches still pending, or -1 when the batch was finished before (a redelivered task).
-# KEYS: pending, run, progress, quarantined, errors. ARGV: batch id, "done" field, error
-# record or "", number of counters n, n name/value pairs, then quarantine records.
+# so a worker killed in between can neither lose the counts nor add them twice; then mark
+# the run's progress time and renew its keys' lifetime. Returns the batches still pending,
+# or -1 when the batch was finished before (a redelivered task: nothing is changed).
+# KEYS: pending, run, progress, quarantined, errors, then every key of the run record (to
+# renew). ARGV: batch id, "done" field, error record or "", progress time, record ttl s,
+# number of counters n, n name/value pairs, then quarantine records.
 _FINISH = """
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then
   return -1
 end
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[6])
 for i = 0, n - 1 do
-  redis.call('HINCRBY', KEYS[2], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+  redis.call('HINCRBY', KEYS[2], ARGV[7 + 2 * i], ARGV[8 + 2 * i])
 end
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HDEL', KEYS[3], ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('RPUSH', KEYS[5], ARGV[3])
 end
-for i = 5 + 2 * n, #ARGV do
+for i = 7 + 2 * n, #ARGV do
   redis.call('RPUSH', KEYS[4], ARGV[i])
+end
+redis.call('HSET', KEYS[2], 'progress_at', ARGV[4])
+for i = 6, #KEYS do
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
 return redis.call('SCARD', KEYS[1])
 """
@@ -108,9 +135,11 @@ class RunStore:
         self.lock_ttl_ms = lock_ttl * 1000
         self.record_ttl = record_ttl
         self._hold = client.register_script(_HOLD)
+        self._hold_mark = client.register_script(_HOLD_MARK)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
+        self._end = client.register_script(_END)
 
     @classmethod
     def from_url(cls, url: str, *, lock_ttl: int, record_ttl: int, **options: Any) -> RunStore:
@@ -150,10 +179,18 @@ class RunStore:
             return run_id
         return self.holder(pipeline) or run_id
 
-    def hold(self, pipeline: str, run_id: str) -> bool:
+    def hold(self, pipeline: str, run_id: str, *, mark: str | None = None) -> bool:
         """Renew the lock if ``run_id`` holds it, or take it back if it is free and no newer
-        run took it since; False otherwise (the fencing check before every commit)."""
-        return bool(self._hold(**self._lock_args(pipeline, run_id)))
+        run took it since; False otherwise (the fencing check before every commit).
+
+        ``mark``: when the lock is held, also :meth:`mark_once` that field of the run
+        record, in the same round trip.
+        """
+        if mark is None:
+            return bool(self._hold(**self._lock_args(pipeline, run_id)))
+        lock = self._lock_args(pipeline, run_id)
+        return bool(self._hold_mark(keys=[*lock["keys"], self._run_key(run_id)],
+                                    args=[*lock["args"], mark, time.time()]))
 
     def superseded(self, pipeline: str, run_id: str) -> str | None:
         """The newer run that took the pipeline's lock after ``run_id``, if any."""
@@ -184,9 +221,13 @@ class RunStore:
     def _run_key(self, run_id: str) -> str:
         return f"{_PREFIX}:run:{run_id}"
 
+    def _record_keys(self, run_id: str) -> list[str]:
+        return [self._run_key(run_id) + suffix for suffix in
+                ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs")]
+
     def _touch(self, pipe: Any, run_id: str) -> None:
-        for suffix in ("", ":pending", ":progress", ":quarantined", ":errors", ":jobs"):
-            pipe.expire(self._run_key(run_id) + suffix, self.record_ttl)
+        for key in self._record_keys(run_id):
+            pipe.expire(key, self.record_ttl)
 
     def create(self, run_id: str, pipeline: str, **fields: Any) -> None:
         """Record a triggered run (state QUEUED) and list it under its pipeline."""
@@ -232,6 +273,13 @@ class RunStore:
         """Set plain fields of the run record."""
         self.r.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
 
+    def end(self, run_id: str, pipeline: str | None, **fields: Any) -> None:
+        """Set plain fields of the run record (its final state) and drop the pipeline's
+        lock if ``run_id`` holds it (no lock when ``pipeline`` is None): one round trip."""
+        pairs = [x for k, v in fields.items() for x in (k, _enc(v))]
+        keys = [self._run_key(run_id)] + ([self._lock_key(pipeline)] if pipeline else [])
+        self._end(keys=keys, args=[run_id, *pairs])
+
     def touch_progress(self, run_id: str) -> None:
         """Record that the run made progress now (the watchdog measures silence from it)."""
         self.r.hset(self._run_key(run_id), "progress_at", time.time())
@@ -259,30 +307,27 @@ class RunStore:
         """Count a batch as finished once, atomically; return the batches still pending.
 
         Returns None when this batch was finished before, in which case nothing is counted.
+        One round trip: the counts, the run's progress time and its keys' lifetime.
         """
         key = self._run_key(run_id)
         counts = [(name, int(value)) for name, value in counters.items() if value]
         remaining = int(
             self._finish(
                 keys=[key + ":pending", key, key + ":progress", key + ":quarantined",
-                      key + ":errors"],
+                      key + ":errors", *self._record_keys(run_id)],
                 args=[
                     batch_id,
                     "batches_failed" if error else "batches_done",
                     json.dumps({"batch_id": batch_id, "error": error}) if error else "",
+                    time.time(),
+                    self.record_ttl,
                     len(counts),
                     *[x for pair in counts for x in pair],
                     *[json.dumps(record) for record in quarantined],
                 ],
             )
         )
-        if remaining < 0:
-            return None
-        pipe = self.r.pipeline()
-        pipe.hset(key, "progress_at", time.time())
-        self._touch(pipe, run_id)
-        pipe.execute()
-        return remaining
+        return None if remaining < 0 else remaining
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """The run's record with counters as ints and live progress folded in."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.exceptions
@@ -32,6 +31,7 @@ from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings
 from celeray.staging import stage_files
 from ray_jobs.merge import merge_unit_results
+from tasks._lock_keeper import keep_lock
 from tasks.app import app, run_store
 
 __all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch", "watch_run"]
@@ -125,29 +125,10 @@ class StartTask(Task):
             runs.abort_run(task_id, pipeline, f"{type(exc).__name__}: {exc}", run_store())
 
 
-@contextmanager
-def _heartbeat(job: dict[str, Any]) -> Iterator[threading.Event]:
+def _heartbeat(job: dict[str, Any]) -> AbstractContextManager[threading.Event]:
     """Keep the run's lock alive while a long step runs; the event is set if it was lost."""
-    store = run_store()
-    lost = threading.Event()
-    stop = threading.Event()
     interval = max(1.0, get_settings().run_lock_ttl / 3)
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                if not store.hold(job["pipeline"], job["run_id"]):
-                    lost.set()
-            except redis.exceptions.RedisError:
-                log.warning("run %s: lock renewal failed; will retry", job["run_id"])
-
-    t = threading.Thread(target=beat, name=f"lock-{job['batch_id']}", daemon=True)
-    t.start()
-    try:
-        yield lost
-    finally:
-        stop.set()
-        t.join()
+    return keep_lock(job["pipeline"], job["run_id"], store=run_store, interval=interval)
 
 
 @app.task(
@@ -295,14 +276,11 @@ def _transform(
     from ray_jobs.units import balanced_unit_bytes, plan_units
     from tasks._ray import cluster_cpus, ensure_ray
 
-    if not store.hold(job["pipeline"], job["run_id"]):
-        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     ensure_ray()
     out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
     readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
-    unit_bytes = balanced_unit_bytes(
-        readable, unit_bytes=settings.unit_bytes, cpus=cluster_cpus()
-    )
+    cpus = cluster_cpus()
+    unit_bytes = balanced_unit_bytes(readable, unit_bytes=settings.unit_bytes, cpus=cpus)
     units = [
         {"batch_id": job["batch_id"], "unit": i, "files": files, "out_url": out_url}
         for i, files in enumerate(plan_units(readable, unit_bytes=unit_bytes, plan=job["plan"]))
@@ -316,7 +294,14 @@ def _transform(
         store.set_batch_progress(job["run_id"], job["batch_id"], done)
         publish_progress(job["run_id"])
 
-    store.mark_once(job["run_id"], "first_unit_at")  # trigger -> first Ray task: run overhead
+    # A batch of one unit has nothing to show before its commit_batch, which counts and
+    # publishes the same numbers (and marks progress for the watchdog) a moment later:
+    # live progress would cost it four Redis round trips for nothing.
+    report = on_result if len(units) > 1 else None
+
+    # The fencing check, and trigger -> first Ray task (the run overhead) in the same trip.
+    if not store.hold(job["pipeline"], job["run_id"], mark="first_unit_at"):
+        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     started = time.perf_counter()
     # The threads pool does not enforce Celery's time limits (celery#9203): the dispatcher
     # keeps this deadline itself, under the visibility timeout, so a batch is stopped
@@ -327,9 +312,11 @@ def _transform(
             results = run_units(
                 job["plan"],
                 units,
-                max_in_flight=settings.ray_max_in_flight,
+                # 0 means twice the CPUs: resolved here from the cached count, since
+                # run_units would ask Ray's GCS for it (~1 ms) on every batch
+                max_in_flight=settings.ray_max_in_flight or 2 * cpus,
                 min_free_memory=settings.min_free_memory,
-                on_result=on_result,
+                on_result=report,
                 deadline=deadline,
                 runtime_env=pipeline_extras(job["plan"]),
             )

@@ -71,3 +71,35 @@ def test_a_slot_is_claimed_once_and_again_by_its_own_run(store: RunStore) -> Non
     assert store.claim_slot("p", 120, "r1", ttl=60)  # r1 redelivered
     assert store.claim_slot("p", 180, "r2", ttl=60)  # the next slot
     assert 0 < store.r.ttl("celeray:slot:p:120") <= 60
+
+
+def test_hold_with_a_mark_and_end_in_one_trip(store: RunStore) -> None:
+    store.create("r1", "p")
+    assert store.acquire("p", "r1") == "r1"
+    assert store.hold("p", "r1", mark="first_unit_at")
+    first = store.get("r1")["first_unit_at"]
+    assert store.hold("p", "r1", mark="first_unit_at")
+    assert store.get("r1")["first_unit_at"] == first  # set once
+    assert not store.hold("p", "r2", mark="other")  # not the holder: nothing marked
+    assert "other" not in store.get("r1")
+    store.end("r2", "p", state="FAILURE")  # r2 does not hold p: its lock stays
+    assert store.holder("p") == "r1"
+    store.end("r1", "p", state="SUCCESS", finished_at=12.5)
+    rec = store.get("r1")
+    assert rec["state"] == "SUCCESS" and rec["finished_at"] == 12.5
+    assert store.holder("p") is None
+    store.end("r1", None, error="late")  # no pipeline: fields only
+    assert store.get("r1")["error"] == "late"
+
+
+def test_finishing_a_batch_marks_progress_and_renews_the_record(store: RunStore) -> None:
+    store.create("r1", "p")
+    store.plan("r1", ["b1"])
+    store.r.hset("celeray:run:r1", "progress_at", 1.0)
+    store.r.expire("celeray:run:r1", 5)
+    assert store.finish_batch("r1", "b1", {"rows_out": 3}) == 0
+    assert store.get("r1")["progress_at"] > 1.0
+    assert store.r.ttl("celeray:run:r1") > 5
+    store.r.hset("celeray:run:r1", "progress_at", 1.0)
+    assert store.finish_batch("r1", "b1", {"rows_out": 3}) is None  # counted before
+    assert store.get("r1")["progress_at"] == 1.0 and store.get("r1")["rows_out"] == 3
