@@ -41,7 +41,9 @@ def _victim(stack: FaultStack, target: str, rng: random.Random) -> int:
         children = psutil.Process(stack.program_pid("worker-io")).children()
         return rng.choice(children).pid if children else 0
     if target == "ray-process":
-        procs = stack.ray_processes()
+        # Ray's own agents are titled ray::DashboardAgent / ray::RuntimeEnvAgent: killing one
+        # stops the raylet (while `ray start --block` lives on), which is not this target.
+        procs = [p for p in stack.ray_processes() if "Agent" not in " ".join(p.cmdline())]
         busy = [p for p in procs if "process_unit" in " ".join(p.cmdline())]
         pool = busy or procs
         return rng.choice(pool).pid if pool else 0
