@@ -30,6 +30,9 @@ def _sent(beat: Proc, entry: str) -> int:
 def test_two_beats_run_each_slot_once(fault_stack: FaultStack, flights_df, tmp_path: Path):
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df.iloc[:6_000], landing, 2)
+    # Committed first, so each slot's run is quick (no Ray work): this test is about slots.
+    fault_stack.add_pipeline("twobeats", landing, sink)
+    fault_stack.settle("twobeats", timeout=300)
     fault_stack.add_pipeline("twobeats", landing, sink, schedule=str(EVERY))
     beats = [
         Proc([str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-l", "INFO",
@@ -58,7 +61,7 @@ def test_two_beats_run_each_slot_once(fault_stack: FaultStack, flights_df, tmp_p
         busy = fault_stack.log("worker-io").count(" of twobeats skipped: run ")
         return ended if len(ended) + busy >= len(slots) else []
 
-    ended = wait_for(accounted, 60, "every slot run or skipped for a running one")
+    ended = wait_for(accounted, 120, "every slot run or skipped for a running one")
     per_slot = {s: ended.count(s) for s in set(ended)}
     assert len(slots) >= SLOTS and sends >= 2 * SLOTS
     assert set(per_slot) <= set(slots)
