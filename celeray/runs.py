@@ -144,8 +144,8 @@ def begin_run(
               else store.acquire(pipeline.name, run_id) == run_id)
     if not locked:
         return {"status": "skipped", "running": store.holder(pipeline.name)}
-    store.create(run_id, pipeline.name, trigger=trigger)
-    if (store.get(run_id) or {}).get("state") == "RUNNING":
+    store.create(run_id, pipeline.name, trigger=trigger)  # keeps a planned run's state
+    if planned_before:
         saved = store.load_jobs(run_id)
         pending = store.pending(run_id)
         return {"status": "planned", "jobs": [saved[b] for b in sorted(pending) if b in saved]}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -421,3 +421,19 @@ class Stack:
         self.ray.stop()
         self.client.close()
         flush_test_dbs(self.dbs)
+
+
+UNIT_DB = BACKEND_DB + 1  # 15: the run-state unit tests' own, not shared with the stacks
+
+
+@contextlib.contextmanager
+def unit_store(*, lock_ttl: int) -> Iterator[Any]:
+    """A RunStore on an emptied database of the unit tests' own, emptied again after."""
+    from celeray.runstate import RunStore
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=UNIT_DB, decode_responses=True)
+    client.flushdb()
+    try:
+        yield RunStore(client, lock_ttl=lock_ttl, record_ttl=60)
+    finally:
+        client.flushdb()

@@ -3,22 +3,18 @@
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from celeray.runstate import RunStore
 from tasks._lock_keeper import keep_lock
-from tests._stack import BACKEND_DB, REDIS_HOST, REDIS_PORT, wait_for
+from tests._stack import unit_store, wait_for
 
-UNIT_DB = BACKEND_DB + 1  # 15: not shared with the stack's databases
 INTERVAL = 0.05  # seconds between renewals: the keeper's thread is the first caller's
 
 
 @pytest.fixture
 def store() -> Iterator[RunStore]:
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=UNIT_DB, decode_responses=True)
-    client.flushdb()
-    yield RunStore(client, lock_ttl=30, record_ttl=60)
-    client.flushdb()
+    with unit_store(lock_ttl=30) as s:
+        yield s
 
 
 def _ttl_ms(store: RunStore, pipeline: str) -> int:

@@ -3,20 +3,15 @@
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from celeray.runstate import RunStore
-from tests._stack import BACKEND_DB, REDIS_HOST, REDIS_PORT
-
-UNIT_DB = BACKEND_DB + 1  # 15: not shared with the stack's databases
+from tests._stack import unit_store
 
 
 @pytest.fixture
 def store() -> Iterator[RunStore]:
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=UNIT_DB, decode_responses=True)
-    client.flushdb()
-    yield RunStore(client, lock_ttl=5, record_ttl=60)
-    client.flushdb()
+    with unit_store(lock_ttl=5) as s:
+        yield s
 
 
 def test_one_holder_at_a_time_and_fencing(store: RunStore) -> None:
