@@ -59,14 +59,25 @@ local function holds()
 end
 """
 _HOLD = _HOLDS + "return holds()\n"
-# The same, and when the lock is held, a field of the run record set unless set before
-# (mark_once in the same round trip). KEYS: lock, latest, run. ARGV: as _HOLD, field, time.
-_HOLD_MARK = _HOLDS + """
-if holds() == 1 then
-  redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5])
-  return 1
+# Count one more start of a batch's transform; return the earlier starts that died. With
+# a run id, only when that run holds the lock (renewed, as _HOLD; else -1 and nothing is
+# counted), and a field of the run record is set unless set before: the fencing check, the
+# attempt and the run's first-unit time in one round trip.
+# KEYS: lock, latest, run, attempts. ARGV: run id or "", lock ttl ms, latest ttl s,
+# field or "", time, batch id, attempts ttl s.
+_BEGIN_ATTEMPT = _HOLDS + """
+if ARGV[1] ~= '' then
+  if holds() == 0 then
+    return -1
+  end
+  if ARGV[4] ~= '' then
+    redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5])
+  end
 end
-return 0
+local started = redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':started', 1)
+local ended = tonumber(redis.call('HGET', KEYS[4], ARGV[6] .. ':ended') or '0')
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+return started - 1 - ended
 """
 # A new run: take the lock if it is free (or already ours) and become the latest run.
 _ACQUIRE = """
@@ -135,7 +146,7 @@ class RunStore:
         self.lock_ttl_ms = lock_ttl * 1000
         self.record_ttl = record_ttl
         self._hold = client.register_script(_HOLD)
-        self._hold_mark = client.register_script(_HOLD_MARK)
+        self._begin_attempt = client.register_script(_BEGIN_ATTEMPT)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
@@ -179,18 +190,10 @@ class RunStore:
             return run_id
         return self.holder(pipeline) or run_id
 
-    def hold(self, pipeline: str, run_id: str, *, mark: str | None = None) -> bool:
+    def hold(self, pipeline: str, run_id: str) -> bool:
         """Renew the lock if ``run_id`` holds it, or take it back if it is free and no newer
-        run took it since; False otherwise (the fencing check before every commit).
-
-        ``mark``: when the lock is held, also :meth:`mark_once` that field of the run
-        record, in the same round trip.
-        """
-        if mark is None:
-            return bool(self._hold(**self._lock_args(pipeline, run_id)))
-        lock = self._lock_args(pipeline, run_id)
-        return bool(self._hold_mark(keys=[*lock["keys"], self._run_key(run_id)],
-                                    args=[*lock["args"], mark, time.time()]))
+        run took it since; False otherwise (the fencing check before every commit)."""
+        return bool(self._hold(**self._lock_args(pipeline, run_id)))
 
     def superseded(self, pipeline: str, run_id: str) -> str | None:
         """The newer run that took the pipeline's lock after ``run_id``, if any."""
@@ -358,7 +361,10 @@ class RunStore:
     def _attempts_key(self, pipeline: str) -> str:
         return f"{_PREFIX}:attempts:{pipeline}"
 
-    def begin_attempt(self, pipeline: str, batch_id: str) -> int:
+    def begin_attempt(
+        self, pipeline: str, batch_id: str, *, run_id: str | None = None,
+        mark: str | None = None,
+    ) -> int | None:
         """Count one more start of the batch's transform; return how many earlier starts
         died (never reached :meth:`end_attempt`): Redis itself keeps no delivery count.
 
@@ -366,14 +372,17 @@ class RunStore:
         also counts the watchdog's resends, Celery's retries and the same batch planned
         again by a later run (a dead run's lock frees before Redis gives its message back,
         and the reconciliation pass starts a new run meanwhile).
+
+        With ``run_id``, in the same round trip: the fencing check of :meth:`hold` (None,
+        and nothing counted, when ``run_id`` may not hold the lock) and ``mark``, a field
+        of the run record set to the time unless set before (:meth:`mark_once`).
         """
-        key = self._attempts_key(pipeline)
-        pipe = self.r.pipeline()
-        pipe.hincrby(key, f"{batch_id}:started", 1)
-        pipe.hget(key, f"{batch_id}:ended")
-        pipe.expire(key, self.record_ttl)
-        started, ended, _ = pipe.execute()
-        return int(started) - 1 - int(ended or 0)
+        lock = self._lock_args(pipeline, run_id or "")
+        died = int(self._begin_attempt(
+            keys=[*lock["keys"], self._run_key(run_id or ""), self._attempts_key(pipeline)],
+            args=[*lock["args"], mark or "", time.time(), batch_id, self.record_ttl],
+        ))
+        return None if died < 0 else died
 
     def end_attempt(self, pipeline: str, batch_id: str) -> None:
         """Record that a start of the batch's transform ended (well or with an error)."""

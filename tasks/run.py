@@ -256,7 +256,13 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """
     settings = get_settings()
     store = run_store()
-    deaths = store.begin_attempt(job["pipeline"], job["batch_id"])
+    # The fencing check, this start counted, and trigger -> first Ray task (the run's
+    # overhead) marked: one round trip.
+    deaths = store.begin_attempt(
+        job["pipeline"], job["batch_id"], run_id=job["run_id"], mark="first_unit_at"
+    )
+    if deaths is None:
+        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     if deaths >= settings.max_deliveries:
         store.end_attempt(job["pipeline"], job["batch_id"])
         log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
@@ -299,9 +305,6 @@ def _transform(
     # live progress would cost it four Redis round trips for nothing.
     report = on_result if len(units) > 1 else None
 
-    # The fencing check, and trigger -> first Ray task (the run overhead) in the same trip.
-    if not store.hold(job["pipeline"], job["run_id"], mark="first_unit_at"):
-        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
     started = time.perf_counter()
     # The threads pool does not enforce Celery's time limits (celery#9203): the dispatcher
     # keeps this deadline itself, under the visibility timeout, so a batch is stopped

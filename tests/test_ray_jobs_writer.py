@@ -99,6 +99,35 @@ def test_row_groups_are_neither_tiny_nor_huge(tmp_path: Path) -> None:
     assert min(sizes[:-1] or sizes) >= 128 * 1024  # 500-row batches are coalesced
 
 
+def test_small_output_is_one_file_of_one_row_group(tmp_path: Path) -> None:
+    """Up to a row group's rows take the one-file path; the file is what the dataset
+    writer makes of the same rows (name, schema, compression, rows), in one row group."""
+    fast = write(tmp_path / "fast", flights(128 * 1024, batch_rows=4096), partition_by=[])
+    slow = write(tmp_path / "slow", flights(128 * 1024 + 1, batch_rows=4096), partition_by=[])
+    assert [o["path"] for o in fast] == [o["path"] for o in slow] == [
+        "part-b1-u00000-s0-0.parquet"]
+    assert fast[0]["rows"] == 128 * 1024 and slow[0]["rows"] == 128 * 1024 + 1
+    meta = pq.ParquetFile(tmp_path / "fast" / fast[0]["path"]).metadata
+    assert meta.num_row_groups == 1
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert fast[0]["bytes"] == (tmp_path / "fast" / fast[0]["path"]).stat().st_size
+    assert (pq.read_table(tmp_path / "fast" / fast[0]["path"]).schema
+            == pq.read_table(tmp_path / "slow" / slow[0]["path"]).schema)
+
+
+def test_errors_of_an_unpartitioned_source_come_out_unchanged(tmp_path: Path) -> None:
+    error = EmptyInputError("gone", url="file:///x")
+
+    def source() -> Iterator[pa.RecordBatch]:
+        yield from flights(10)
+        raise error
+
+    with pytest.raises(EmptyInputError) as info:
+        write(tmp_path, source(), partition_by=[])
+    assert info.value is error
+    assert files_under(tmp_path) == []
+
+
 def test_missing_partition_column(tmp_path: Path) -> None:
     with pytest.raises(TransformError, match="partition column\\(s\\) 'day' not in the data"):
         write(tmp_path, flights(10), partition_by=["year", "day"])

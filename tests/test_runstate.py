@@ -68,15 +68,17 @@ def test_a_slot_is_claimed_once_and_again_by_its_own_run(store: RunStore) -> Non
     assert 0 < store.r.ttl("celeray:slot:p:120") <= 60
 
 
-def test_hold_with_a_mark_and_end_in_one_trip(store: RunStore) -> None:
+def test_attempt_with_the_fencing_check_a_mark_and_end_in_one_trip(store: RunStore) -> None:
     store.create("r1", "p")
     assert store.acquire("p", "r1") == "r1"
-    assert store.hold("p", "r1", mark="first_unit_at")
+    assert store.begin_attempt("p", "b1", run_id="r1", mark="first_unit_at") == 0
     first = store.get("r1")["first_unit_at"]
-    assert store.hold("p", "r1", mark="first_unit_at")
+    assert store.begin_attempt("p", "b1", run_id="r1", mark="first_unit_at") == 1
     assert store.get("r1")["first_unit_at"] == first  # set once
-    assert not store.hold("p", "r2", mark="other")  # not the holder: nothing marked
+    # not the holder: nothing marked, nothing counted
+    assert store.begin_attempt("p", "b1", run_id="r2", mark="other") is None
     assert "other" not in store.get("r1")
+    assert store.begin_attempt("p", "b1") == 2
     store.end("r2", "p", state="FAILURE")  # r2 does not hold p: its lock stays
     assert store.holder("p") == "r1"
     store.end("r1", "p", state="SUCCESS", finished_at=12.5)
