@@ -96,6 +96,8 @@ def _ledger(sink: Path) -> dict[str, Any]:
         "outputs": sum(len(e.get("outputs", [])) for e in entries),
         "rows_out": sum(int(e.get("rows_out") or 0) for e in entries),
         "inputs": sum(len(e.get("inputs", [])) for e in entries),
+        # the Ray tasks' own seconds (process_unit: read, transform, write), no dispatch
+        "units_s": sum(float((e.get("timings") or {}).get("units_s") or 0) for e in entries),
     }
 
 

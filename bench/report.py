@@ -169,6 +169,10 @@ def print_overhead(console: Console, overhead: dict[str, Any]) -> None:
         f"per-batch overhead (the tiny run's one batch, first task sent -> commit_batch done, "
         f"Ray work of one row included): [bold]{_fmt(overhead['per_batch_ms'], 0)} ms[/]"
     )
+    console.print(
+        "  of which the Ray task's own work (read, write one row; from the ledger's "
+        f"timings.units_s): {_fmt(overhead.get('per_batch_work_ms'), 1)} ms"
+    )
 
 
 def print_targets(console: Console, rows: list[dict[str, Any]], overhead: dict[str, Any]) -> list[

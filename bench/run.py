@@ -32,7 +32,7 @@ __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_SETS = ("one-csv", "32-zst", "small-csv")
-OVERHEAD_RUNS = 5
+OVERHEAD_RUNS = 15  # tiny runs, ~0.5 s each: enough that one load spike hardly moves the median
 LOOP_MIN_FILES = 100  # the one-process pyarrow loop is the peer of the many-small-files set
 
 
@@ -113,10 +113,12 @@ def _overhead(stack: BenchStack, pipelines: dict[str, dict[str, Any]], console: 
     keys = [k for k in runs[0]["breakdown"] if k not in ("tasks_seen", "batch_chain")]
     parts = {k: _median_or_none([r["breakdown"][k] for r in runs]) for k in keys}
     per_batch = _median_or_none([r["breakdown"]["batch_chain"] for r in runs])
+    work = _median_or_none([r["ledger"].get("units_s") for r in runs])
     return {
         "cold_ms": cold["seconds"] * 1000,
         "per_run_ms": statistics.median(r["seconds"] for r in runs) * 1000,
         "per_batch_ms": None if per_batch is None else per_batch * 1000,
+        "per_batch_work_ms": None if work is None else work * 1000,
         "breakdown_median": parts,
         "runs": runs,
         "cold": cold,

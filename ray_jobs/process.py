@@ -166,7 +166,7 @@ class _UnitRun:
             "bytes_in": sum(f["bytes_in"] for f in files),
             "bytes_out": sum(int(o["bytes"]) for o in outputs),
             "files_done": len(files) + len(self.quarantined),
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds, 4),
             "reference": None,
         }
         reference = self._reference[0] if self._reference else None
