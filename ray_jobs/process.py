@@ -18,18 +18,20 @@ the file sees alike, leaves that to the first range). Its result says which it d
 ``split``, so that :func:`ray_jobs.merge.merge_unit_results` can keep each file all or
 nothing across its ranges.
 
-Output names derive from the batch id and unit number (``part-<batch>-u<unit>-s<group>-<i>``
-for groups, ``part-<batch>-u<unit>-f<file index>-<i>`` for large files), and all earlier
+Output names derive from the batch id, the unit number and a hash of the unit's files
+(``part-<batch>-u<unit>-<hash>-s<group>-<i>`` for groups,
+``part-<batch>-u<unit>-<hash>-f<file index>-<i>`` for large files), and all earlier
 outputs of the unit are deleted first, so running a unit again replaces its files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
 from typing import Any
@@ -60,16 +62,22 @@ OUT_ROWS = 128 * 1024  # rows per batch fed from a held table
 MIN_IO_THREADS = 4
 
 
-def unit_prefix(batch_id: str, unit: int) -> str:
+def unit_prefix(batch_id: str, unit: int, files: Sequence[dict[str, Any]]) -> str:
     """The common start of every output file name of ``unit`` of ``batch_id``.
 
     Characters other than letters, digits and ``_`` are replaced, and a short hash of the
-    original id is added when that changed it, so distinct ids never share a prefix.
+    original id is added when that changed it, so distinct ids never share a prefix. A
+    hash of the unit's ``files`` (URLs and byte ranges) ends it: a unit is numbered by a
+    plan that depends on the cluster's CPUs at the time, so two transforms of one batch
+    planned differently (a redelivery after the cluster grew) may give one number to
+    different files; their outputs then never share a name, and the commit moves only
+    the outputs its ledger entry lists.
     """
     safe = re.sub(r"[^A-Za-z0-9_]", "_", batch_id)
     if safe != batch_id or not safe:
         safe = f"{safe}_{hashlib.sha1(batch_id.encode()).hexdigest()[:8]}"
-    return f"part-{safe}-u{int(unit):05d}"
+    made_of = json.dumps([[f["url"], f.get("range")] for f in files], separators=(",", ":"))
+    return f"part-{safe}-u{int(unit):05d}-{hashlib.sha1(made_of.encode()).hexdigest()[:8]}"
 
 
 def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +126,7 @@ class _UnitRun:
         self.plan = plan
         self.unit = unit
         self.threads = threads
-        self.prefix = unit_prefix(str(unit["batch_id"]), int(unit["unit"]))
+        self.prefix = unit_prefix(str(unit["batch_id"]), int(unit["unit"]), unit["files"])
         self.out_url = str(unit["out_url"])
         self.storage_options = plan.get("storage_options")
         self.good: dict[int, dict[str, Any]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,7 +115,8 @@ def test_two_good_files_and_one_bad(landing: Landing) -> None:
     assert table.schema.field("dep_delay").type == pa.int32()
     assert landing.parquet_files() == sorted(o["path"] for o in result["outputs"])
     assert all(
-        Path(p).name.startswith(unit_prefix("b-42", 3) + "-s0-") for p in landing.parquet_files()
+        Path(p).name.startswith(unit_prefix("b-42", 3, files) + "-s0-")
+        for p in landing.parquet_files()
     )
 
 
@@ -191,7 +193,7 @@ def test_incompatible_small_files_are_written_as_separate_groups(landing: Landin
     ]
     result = process_unit(make_plan(schema=None), landing.unit(files))
     names = {Path(o["path"]).name.rsplit("-", 1)[0] for o in result["outputs"]}
-    prefix = unit_prefix("b-42", 3)
+    prefix = unit_prefix("b-42", 3, files)
     assert names == {f"{prefix}-s0", f"{prefix}-s1"}
     assert result["rows_out"] == 150
 
@@ -231,7 +233,7 @@ def test_large_file_bad_midway_is_quarantined_and_its_outputs_removed(
     assert "column 'dep_delay'" in result["quarantined"][0]["error"]
     assert result["quarantined"][0]["row"] == 199_960
     assert [f["rows_in"] for f in result["files"]] == [30_000, 10]
-    prefix = unit_prefix("b-42", 3)
+    prefix = unit_prefix("b-42", 3, files)
     assert {Path(p).name.rsplit("-", 1)[0] for p in landing.parquet_files()} == {
         f"{prefix}-f0000",
         f"{prefix}-s0",
@@ -262,7 +264,27 @@ def test_threads_are_restored(landing: Landing) -> None:
 
 
 def test_unit_prefix() -> None:
-    assert unit_prefix("b42", 7) == "part-b42-u00007"
-    odd = unit_prefix("2024-01-01/run 1", 7)
-    assert odd.startswith("part-2024_01_01_run_1_") and odd.endswith("-u00007")
-    assert unit_prefix("a-b", 1) != unit_prefix("a_b", 1)
+    files = [{"url": "file:///in/a.csv"}, {"url": "file:///in/b.csv", "range": [0, 100]}]
+    assert re.fullmatch(r"part-b42-u00007-[0-9a-f]{8}", unit_prefix("b42", 7, files))
+    odd = unit_prefix("2024-01-01/run 1", 7, files)
+    assert odd.startswith("part-2024_01_01_run_1_") and "-u00007-" in odd
+    assert unit_prefix("a-b", 1, files) != unit_prefix("a_b", 1, files)
+    # the same unit number over other files (another plan of the batch): another name
+    assert unit_prefix("b42", 7, files) == unit_prefix("b42", 7, [dict(f) for f in files])
+    assert unit_prefix("b42", 7, files) != unit_prefix("b42", 7, files[:1])
+    assert unit_prefix("b42", 7, files) != unit_prefix(
+        "b42", 7, [files[0], {**files[1], "range": [0, 99]}])
+
+
+def test_two_plans_of_one_batch_never_share_an_output_name(landing: Landing) -> None:
+    """A batch planned as one unit, then (the cluster grew) as two: unit 0 of each plan
+    holds other files, so their outputs must not overwrite each other in staging."""
+    files = [landing.file(f"{n}.csv", csv_of(rows(i * 100, 100))) for i, n in enumerate("abc")]
+    whole = process_unit(make_plan(), landing.unit(files, unit=0))
+    first = process_unit(make_plan(), landing.unit(files[:2], unit=0))
+    second = process_unit(make_plan(), landing.unit(files[2:], unit=1))
+    outputs = [{o["path"] for o in r["outputs"]} for r in (whole, first, second)]
+    assert not (outputs[0] & outputs[1]) and not (outputs[0] & outputs[2])
+    assert set(landing.parquet_files()) == outputs[0] | outputs[1] | outputs[2]
+    for paths, rows_out in zip(outputs, (300, 200, 100), strict=True):
+        assert sum(pq.read_metadata(landing.out / p).num_rows for p in paths) == rows_out
