@@ -2,7 +2,8 @@
 
 The clock starts just before ``POST /api/v1/pipelines/<name>/runs`` and stops at the run's
 ``finished_at``, the moment ``finalize_run`` marks it SUCCESS after the last batch's ledger
-entry is written (same machine, same clock); the API is polled every 25 ms to learn it.
+entry is written (same machine, same clock); the suite learns of it from the result
+backend's channel of the run, without polling (see :func:`_follow`).
 Memory: every process under the stack's supervisord is sampled (largest single process).
 
 The breakdown comes from Flower, which receives every task's events (sent, received,
@@ -26,7 +27,7 @@ from bench.memory import TreeSampler
 
 __all__ = ["RunFailedError", "run_pipeline"]
 
-POLL = 0.025
+RECHECK = 1.0  # s: the API is asked at least this often while a run goes on
 TIMEOUT = 3600.0
 FLOWER_WAIT = 5.0  # Flower's events may trail the run's end a little
 
@@ -43,12 +44,29 @@ def _trigger(stack: BenchStack, name: str) -> str:
 
 
 def _follow(stack: BenchStack, run_id: str) -> dict[str, Any]:
+    """Wait for the run's end, asking the API only when its result in the backend changed.
+
+    Polling the API every few ms would burn the stack's CPU (gunicorn, the rate limit's
+    Redis step) while the run it measures shares the same cores; the backend publishes
+    every state it stores (PROGRESS, then SUCCESS or FAILURE) on the result key's channel,
+    so the suite sleeps on that channel instead, and asks the API once per change and
+    every ``RECHECK`` seconds (a message sent before it subscribed is never lost that way).
+    """
+    import redis
+
     deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        code, doc = stack.http("GET", f"/api/v1/runs/{run_id}")
-        if code == 200 and doc.get("state") in ("SUCCESS", "FAILURE"):
-            return dict(doc)
-        time.sleep(POLL)
+    backend = redis.Redis.from_url(stack.env["CELERAY_RESULT_BACKEND"])
+    channel = backend.pubsub(ignore_subscribe_messages=True)
+    channel.subscribe(f"celery-task-meta-{run_id}")
+    try:
+        while time.monotonic() < deadline:
+            code, doc = stack.http("GET", f"/api/v1/runs/{run_id}")
+            if code == 200 and doc.get("state") in ("SUCCESS", "FAILURE"):
+                return dict(doc)
+            channel.get_message(timeout=RECHECK)
+    finally:
+        channel.close()
+        backend.close()
     raise RunFailedError(f"run {run_id} did not end within {TIMEOUT:.0f}s")
 
 

@@ -3,7 +3,10 @@
 A thread samples the RSS of a root process and all its descendants every 50 ms and keeps,
 per process, the highest RSS seen. The figure reported is the largest of those: the peak
 of the single biggest process, not the sum of the tree (Ray's shared object store would be
-counted once per process that maps it). A process that lives less than 50 ms may be missed.
+counted once per process that maps it). The tree itself is found again every second
+(finding it reads every process of the machine, a few ms that would otherwise be taken
+from the stack being measured 20 times a second), so a process is sampled from within a
+second of its start: one that lives less than that may be missed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import psutil
 __all__ = ["TreeSampler"]
 
 INTERVAL = 0.05
+TREE_EVERY = 20  # samples: the tree is looked up again once a second
 
 
 class TreeSampler:
@@ -34,6 +38,7 @@ class TreeSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self.samples = 0
+        self._tree: list[psutil.Process] = []
 
     def __enter__(self) -> TreeSampler:
         self._thread.start()
@@ -61,7 +66,9 @@ class TreeSampler:
 
     def sample(self) -> None:
         """One sample of every process in the tree."""
-        for proc in self._procs():
+        if self.samples % TREE_EVERY == 0 or not self._tree:
+            self._tree = self._procs()
+        for proc in self._tree:
             try:
                 rss = proc.memory_info().rss
             except psutil.Error:
@@ -78,6 +85,7 @@ class TreeSampler:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(INTERVAL)
+        self._tree = []  # the last sample looks the tree up again
         self.sample()
 
     def peak(self) -> dict[str, Any]:
