@@ -6,7 +6,8 @@ exactly the new files: it overwrites, never adds. Finding those files lists the 
 output folder, which is cheap on local disks and costs one listing on object stores.
 The names do not depend on the file system, so on S3 too a retry overwrites the same keys.
 The file system and its options come from :mod:`celeray.fsoptions` (this Ray node's own
-environment), never from the plan.
+environment), never from the plan. On local disks the files and their folders are synced
+before they are reported (:mod:`ray_jobs._durable`): the commit that follows may name them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from celeray import fsoptions
 from celeray.errors import StorageError, TransformError
+from ray_jobs._durable import make_dirs, sync_files
 from ray_jobs._tap import ErrorTap
 
 __all__ = [
@@ -86,13 +88,17 @@ def write_parquet(
     tap = ErrorTap(_conform(first, source, schema))
     local = isinstance(fs, LocalFileSystem)
     if local:  # object stores have no folders; making one could create a bucket
-        fs.makedirs(root, exist_ok=True)
+        make_dirs(root)
     held: list[pa.RecordBatch] = []
     if not partition_by:
         held, rest = _hold_one_group(tap)
         if rest is None:  # all of it fits one row group: one file, written at once
-            return _write_one_file(held, schema, fs, root, basename, out_url, tap,
-                                   compression=compression, compression_level=compression_level)
+            outputs = _write_one_file(held, schema, fs, root, basename, out_url, tap,
+                                      compression=compression,
+                                      compression_level=compression_level)
+            if local:
+                sync_files(root, [posixpath.join(root, o["path"]) for o in outputs])
+            return outputs
         tap = ErrorTap(itertools.chain(held, rest))
     written: list[tuple[str, int | None]] = []
 
@@ -133,6 +139,8 @@ def write_parquet(
         if tap.error is not None:
             raise tap.error from None
         raise StorageError(f"cannot write Parquet under {out_url}: {exc}") from exc
+    if local:
+        sync_files(root, [path for path, _ in written])
     return sorted(
         (
             {"path": _relative(path, root), "rows": rows, "bytes": int(fs.size(path))}
