@@ -43,6 +43,7 @@ from celeray.errors import InputError, StorageError, TransformError
 from celeray.roots import check_read, outside
 from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._schema_ref import Reference
+from ray_jobs._take import take
 from ray_jobs._tap import ErrorTap
 from ray_jobs.readers import FORMATS, detect_format, read_batches, reference_from_files
 from ray_jobs.transforms import apply, load_callable
@@ -229,7 +230,7 @@ class _UnitRun:
                 byte_range=span,
                 reference=reference,
             )
-            head, rest = _take(batches, SMALL_FILE_BYTES)
+            head, rest = take(batches, SMALL_FILE_BYTES, size=lambda b: b.nbytes)
         except (InputError, SplitRefused) as exc:
             return exc
         if not head:  # a byte range without rows
@@ -363,21 +364,6 @@ class _Counted:
         for batch in self._batches:
             self.rows += batch.num_rows
             yield batch
-
-
-def _take(
-    batches: Iterator[pa.RecordBatch], limit: int
-) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None]:
-    """The batches up to ``limit`` Arrow bytes, and the rest (``None`` when all were read)."""
-    source = iter(batches)
-    head: list[pa.RecordBatch] = []
-    size = 0
-    for batch in source:
-        head.append(batch)
-        size += batch.nbytes
-        if size > limit:
-            return head, source
-    return head, None
 
 
 @contextmanager

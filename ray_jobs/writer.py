@@ -27,6 +27,7 @@ from fsspec.implementations.local import LocalFileSystem
 from celeray import fsoptions
 from celeray.errors import StorageError, TransformError
 from ray_jobs._durable import make_dirs, sync_files
+from ray_jobs._take import take
 from ray_jobs._tap import ErrorTap
 
 __all__ = [
@@ -91,7 +92,8 @@ def write_parquet(
         make_dirs(root)
     held: list[pa.RecordBatch] = []
     if not partition_by:
-        held, rest = _hold_one_group(tap)
+        # up to one row group's rows: the rest, if any, goes to the dataset writer
+        held, rest = take(tap, MIN_ROWS_PER_GROUP, size=lambda b: b.num_rows)
         if rest is None:  # all of it fits one row group: one file, written at once
             outputs = _write_one_file(held, schema, fs, root, basename, out_url, tap,
                                       compression=compression,
@@ -148,21 +150,6 @@ def write_parquet(
         ),
         key=lambda o: str(o["path"]),
     )
-
-
-def _hold_one_group(
-    batches: Iterator[pa.RecordBatch],
-) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None]:
-    """The batches up to one row group's rows, and the rest (None: there is no more)."""
-    held: list[pa.RecordBatch] = []
-    rows = 0
-    source = iter(batches)
-    for batch in source:
-        held.append(batch)
-        rows += batch.num_rows
-        if rows > MIN_ROWS_PER_GROUP:
-            return held, source
-    return held, None
 
 
 def _write_one_file(

@@ -115,19 +115,6 @@ def test_small_output_is_one_file_of_one_row_group(tmp_path: Path) -> None:
             == pq.read_table(tmp_path / "slow" / slow[0]["path"]).schema)
 
 
-def test_errors_of_an_unpartitioned_source_come_out_unchanged(tmp_path: Path) -> None:
-    error = EmptyInputError("gone", url="file:///x")
-
-    def source() -> Iterator[pa.RecordBatch]:
-        yield from flights(10)
-        raise error
-
-    with pytest.raises(EmptyInputError) as info:
-        write(tmp_path, source(), partition_by=[])
-    assert info.value is error
-    assert files_under(tmp_path) == []
-
-
 def test_missing_partition_column(tmp_path: Path) -> None:
     with pytest.raises(TransformError, match="partition column\\(s\\) 'day' not in the data"):
         write(tmp_path, flights(10), partition_by=["year", "day"])
@@ -157,7 +144,8 @@ def test_castable_later_batch_is_cast(tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / outputs[0]["path"]).column("v").to_pylist() == [1, 2, 3]
 
 
-def test_errors_of_the_source_come_out_unchanged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("partition_by", [["year", "month"], []])  # dataset writer, one file
+def test_errors_of_the_source_come_out_unchanged(tmp_path: Path, partition_by: list[str]) -> None:
     error = EmptyInputError("gone", url="file:///x")
 
     def source() -> Iterator[pa.RecordBatch]:
@@ -165,8 +153,9 @@ def test_errors_of_the_source_come_out_unchanged(tmp_path: Path) -> None:
         raise error
 
     with pytest.raises(EmptyInputError) as info:
-        write(tmp_path, source())
+        write(tmp_path, source(), partition_by=partition_by)
     assert info.value is error
+    assert [f for f in files_under(tmp_path) if f.endswith(".parquet")] == []
 
 
 def test_remove_outputs(tmp_path: Path) -> None:

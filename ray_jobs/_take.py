@@ -1,0 +1,25 @@
+"""Read the head of a record batch stream, up to a limit, and keep the rest unread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import pyarrow as pa
+
+__all__ = ["take"]
+
+
+def take(
+    batches: Iterable[pa.RecordBatch], limit: int, size: Callable[[pa.RecordBatch], int]
+) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None]:
+    """The batches until their summed ``size`` passes ``limit``, and the rest of the stream
+    (``None`` when the stream ended within the limit: the head is all of it)."""
+    source = iter(batches)
+    head: list[pa.RecordBatch] = []
+    total = 0
+    for batch in source:
+        head.append(batch)
+        total += size(batch)
+        if total > limit:
+            return head, source
+    return head, None
