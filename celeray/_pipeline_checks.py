@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from pydantic import ValidationInfo
 
 from celeray.arrow_types import arrow_type
-from celeray.roots import local_path, outside
+from celeray.errors import UncheckableURLError
+from celeray.roots import local_target, outside
 
 __all__ = [
     "GLOB_CHARS",
@@ -90,32 +90,38 @@ def to_url(value: str, info: ValidationInfo, key: str) -> str:
 
 
 def check_roots(url: str, info: ValidationInfo, key: str) -> None:
-    """Refuse a local ``url`` (or local part of a chain) outside the context's local roots.
+    """Refuse a ``url`` that reads or writes local files outside the context's local roots.
 
-    For a source, the folder before the first glob char must resolve inside a root and the
-    glob itself may not climb out with ``..``; what the glob finds is checked again, file by
-    file, when the source is listed.
+    The local part is the one fsspec opens (:func:`celeray.roots.local_target`): the URL's
+    own path, or in a chain an archive's own file or a cache's target; a URL whose local
+    reads cannot be told is refused. Where the path has glob chars, the folder before the
+    first one must resolve inside a root and the glob may not climb out with ``..``; a source
+    is checked by its root folder (see :func:`root_of`), an archive by its own file. What a
+    source finds is checked again, file by file, when it is listed.
     """
     roots = context_of(info).get("local_roots")
     if roots is None:
         return
-    parts = url.split("::")
-    for part in parts:
-        if len(parts) > 1 and part in fsspec.available_protocols():
-            continue  # a bare protocol name of the chain, such as simplecache
-        path = local_path(part)
-        if path is None:
-            continue
-        start = glob_start(part)
-        if start is not None and ".." in part[start:].split("/"):
-            raise ValueError(f"{key} {url!r}: '..' after a glob character is not allowed")
-        resolved = outside(root_of(part) if key == "source" else part, roots)
-        if resolved is not None:
-            raise ValueError(
-                f"{key} {url!r} resolves to {resolved}, outside the allowed local roots "
-                f"({', '.join(roots) or 'none'}); CELERAY_LOCAL_ROOTS lists the folders "
-                "local sources and sinks may use"
-            )
+    allowed = (
+        f"the allowed local roots ({', '.join(roots) or 'none'}); CELERAY_LOCAL_ROOTS lists "
+        "the folders local sources and sinks may use"
+    )
+    try:
+        target = local_target(url)
+    except UncheckableURLError as exc:
+        raise ValueError(f"{key} {url!r} cannot be checked against {allowed}: {exc}") from None
+    if target is None:
+        return
+    path, archive = target
+    local = "file://" + path
+    start = glob_start(local)
+    if start is not None and ".." in local[start:].split("/"):
+        raise ValueError(f"{key} {url!r}: '..' after a glob character is not allowed")
+    by_folder = start is not None or (key == "source" and not archive)
+    resolved = outside(root_of(local) if by_folder else local, roots)
+    if resolved is not None:
+        what = " (the archive it reads)" if archive else ""
+        raise ValueError(f"{key} {url!r} resolves to {resolved}{what}, outside {allowed}")
 
 
 def strip_slash(url: str) -> str:
