@@ -167,7 +167,9 @@ class BenchStack:
 
     def flower_tasks(self) -> dict[str, dict[str, Any]]:
         """Every task Flower has seen (its events: received, started, succeeded ...)."""
-        pair = self.env.get("CELERAY_FLOWER_BASIC_AUTH", "")
+        password = ((self.env.get("CELERAY_FLOWER_PASSWORD") or "").strip()
+                    or (self.home / "flower_password").read_text().strip())
+        pair = f"{self.env.get('CELERAY_FLOWER_USER') or 'admin'}:{password}"
         auth = base64.b64encode(pair.encode()).decode()
         req = urllib.request.Request(f"{self.flower}/api/tasks",
                                      headers={"Authorization": f"Basic {auth}"})

@@ -33,6 +33,7 @@ __all__ = [
     "TimeLimitError",
     "TransformError",
     "TransientIOError",
+    "UncheckableURLError",
     "UnknownPipelineError",
 ]
 
@@ -92,6 +93,14 @@ class RunFailedError(CelerayError):
 
 class LockLostError(CelerayError):
     """This run no longer holds its pipeline's lock: a newer run superseded it."""
+
+
+class UncheckableURLError(CelerayError):
+    """A URL whose local reads cannot be told from the URL alone, so roots cannot confine it.
+
+    E.g. a ``reference://`` file (its content names what is read) or an archive without its
+    own location; wherever local roots apply, such a URL is refused.
+    """
 
 
 class StorageError(CelerayError):

@@ -27,6 +27,9 @@ from celeray.settings import Settings
 __all__ = ["StackError", "StackInfo", "down", "program_states", "status", "up"]
 
 CONF = Path(__file__).resolve().parent.parent / "supervisor" / "supervisord.conf"
+FLOWER_CONF = "flower_auth.py"  # in the home; supervisord.conf's flower program reads it
+# supervisord splits each command like a shell: these would cut a path into several words.
+_SPLITS = frozenset(" \t\n\r\"'\\")
 START_TIMEOUT = 120.0  # a cold Ray head takes ~10 s; first imports of Ray/pyarrow add more
 STOP_MARGIN = 60  # supervisord's own wait beyond the workers' stopwaitsecs
 
@@ -85,6 +88,50 @@ def _pid(home: Path) -> int | None:
     return pid
 
 
+def _stack_id(home: Path, api_port: int) -> str:
+    """The stack's name in supervisorctl and in its workers' node names (``io-<id>@host``).
+
+    Only letters, digits, ``_``, ``.`` and ``-`` of the home's name are kept: the id goes
+    into commands (split like a shell) and Celery node names (where ``%h`` expands).
+    """
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in home.name)
+    return name.strip(".") + f"-{api_port}"
+
+
+def _check_paths(home: Path) -> None:
+    """Refuse a home or virtualenv path that supervisord would split into several words."""
+    for what, path in (("CELERAY_HOME", home), ("the virtualenv", _bin())):
+        if _SPLITS & set(str(path)):
+            raise StackError(
+                f"{what} ({str(path)!r}) holds a space, quote or backslash: supervisord "
+                "splits program commands like a shell, so celeray up needs a path without them"
+            )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _write_flower_conf(settings: Settings, home: Path) -> None:
+    """Flower's basic auth as the Tornado config file its ``--conf`` reads (mode 0600).
+
+    The file is Python: one list holding ``repr`` of ``user:password``, so any password is
+    read back literally. Neither supervisord's ``environment=`` (its parser ends a value at a
+    ``"`` and strips quotes from its ends) nor ``FLOWER_BASIC_AUTH`` (Flower splits it at
+    every ``,``, which would make the part before a comma a valid password) can carry one.
+    """
+    from celeray import credentials
+
+    pair = f"{settings.flower_user}:{credentials.flower_password(settings)}"
+    _write_private(home / FLOWER_CONF,
+                   f"# Written by `celeray up`: Flower's basic auth (--conf).\n"
+                   f"basic_auth = [{pair!r}]\n")  # fmt: skip
+
+
 def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackInfo]:
     from celeray import credentials
 
@@ -104,7 +151,7 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
             "CELERAY_HOME": str(home),
             "CELERAY_PIPELINES": str(settings.pipelines.resolve()),
             "CELERAY_BIN": str(_bin()),
-            "CELERAY_STACK_ID": home.name.strip(".") + f"-{settings.api_port}",
+            "CELERAY_STACK_ID": _stack_id(home, settings.api_port),
             "CELERAY_REDIS_PORT": str(redis_port or 6379),
             "CELERAY_SUPERVISE_REDIS": "true" if supervise_redis else "false",
             "CELERAY_RAY_ADDRESS": settings.effective_ray_address,
@@ -116,9 +163,6 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
             "CELERAY_API_PORT": str(settings.api_port),
             "CELERAY_FLOWER_ADDRESS": "127.0.0.1",
             "CELERAY_FLOWER_PORT": str(settings.flower_port),
-            "CELERAY_FLOWER_BASIC_AUTH": (
-                f"{settings.flower_user}:{credentials.flower_password(settings)}"
-            ),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(credentials.ray_auth_token_path(settings)),
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -188,6 +232,7 @@ def _health(api_url: str, token: str) -> tuple[int, dict[str, Any]]:
 def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
     """Start the stack for ``settings.home`` and wait until it is healthy."""
     home = settings.home.resolve()
+    _check_paths(home)
     (home / "logs").mkdir(parents=True, exist_ok=True)
     if _pid(home) is not None:
         raise StackError(f"a stack is already running for {home} (celeray status / down)")
@@ -204,12 +249,10 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
     from celeray import credentials
 
     token = credentials.api_token(settings)  # the same the API reads: it gets it from env/home
+    _write_flower_conf(settings, home)
     expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
     # It holds the broker URL (a password, maybe): only the owner may ever read it.
-    fd = os.open(home / "stack-env.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(expanded))
+    _write_private(home / "stack-env.json", json.dumps(expanded))
     started = subprocess.run(
         [str(_bin() / "supervisord"), "-c", str(CONF)],
         env=env, capture_output=True, text=True, timeout=30,

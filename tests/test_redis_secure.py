@@ -139,8 +139,7 @@ def test_the_whole_stack_on_tls_redis_with_a_password(tmp_path: Path, flights_df
     finally:
         up.celeray("down", timeout=300)
         redis_server.stop()
-    secrets_ = [redis_server.password, up.token,
-                (up.home / "flower_password").read_text().strip()]  # fmt: skip
+    secrets_ = [redis_server.password, up.token, up.env["CELERAY_FLOWER_PASSWORD"]]
     logs = {p.name: p.read_text(errors="replace") for p in (up.home / "logs").glob("*.log")}
     assert {"worker-io.log", "flower.log", "api.log"} <= set(logs)
     shown = {"up": started.stdout + started.stderr, "status": status.stdout + status.stderr,

@@ -25,6 +25,10 @@ from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, free_port, wait_for
 pytestmark = pytest.mark.stack
 
 BROKER_DB, BACKEND_DB = 11, 12
+# Every character that broke Flower's auth on its way through supervisord (quotes, which its
+# environment= parser mangles) or Flower (a comma, where FLOWER_BASIC_AUTH is split), plus
+# supervisord's and the shell's specials; it ends in a quote, which supervisord stripped.
+FLOWER_PASSWORD = "pa%(ENV_HOME)s%%s \"w,o\\rd;#=x'"
 
 
 class Up:
@@ -48,6 +52,7 @@ class Up:
                 "CELERAY_RAY_PORT": str(free_port()),
                 "CELERAY_API_PORT": str(self.api_port),
                 "CELERAY_FLOWER_PORT": str(self.flower_port),
+                "CELERAY_FLOWER_PASSWORD": FLOWER_PASSWORD,
                 "CELERAY_TASK_TIME_LIMIT": "30",
                 "COLUMNS": "200",
             }
@@ -142,11 +147,17 @@ def test_api_runs_auth_and_conflicts(demo, flights_df) -> None:
 
 
 def test_flower_lists_the_runs_tasks_only_with_credentials(demo) -> None:
+    """Flower accepts the configured password literally, and nothing shorter."""
     up, _ = demo
     base = f"http://127.0.0.1:{up.flower_port}"
-    password = (up.home / "flower_password").read_text().strip()
+    password = FLOWER_PASSWORD
     code, _ = up.http("GET", "/api/tasks", token=None, base=base)
     assert code == 401
+    for almost in (password.split(",")[0], password.split('"')[0], password.rstrip("'")):
+        assert up.http("GET", "/api/tasks", token=None, base=base,
+                       auth=("admin", almost))[0] == 401, almost  # fmt: skip
+    assert (up.home / "flower_auth.py").stat().st_mode & 0o077 == 0
+    assert password not in (up.home / "stack-env.json").read_text()
     code, metrics = up.http("GET", "/metrics", token=None, base=base)
     assert code == 200 and b"flower_events_total" in metrics  # Prometheus metrics are on
     code, tasks = up.http("GET", "/api/tasks", token=None, base=base, auth=("admin", password))
@@ -154,6 +165,18 @@ def test_flower_lists_the_runs_tasks_only_with_credentials(demo) -> None:
     names = {t["name"] for t in tasks.values()}
     # stage_batch is sent only for sources Ray cannot read in place; these are local files.
     assert {"tasks.start_run", "tasks.transform_batch", "tasks.commit_batch"} <= names
+
+
+def test_up_refuses_a_home_supervisord_would_split(tmp_path: Path) -> None:
+    """supervisord splits commands like a shell: a home with a space is refused up front."""
+    from celeray.settings import Settings
+    from celeray.stack import StackError, up
+
+    pipelines = tmp_path / "pipelines.toml"
+    pipelines.write_text("")
+    with pytest.raises(StackError, match="holds a space, quote or backslash"):
+        up(Settings(home=tmp_path / "my home", pipelines=pipelines))
+    assert not (tmp_path / "my home").exists()  # refused before anything is made
 
 
 def test_supervisor_restarts_a_killed_io_worker(demo, flights_df) -> None:

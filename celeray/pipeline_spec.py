@@ -1,0 +1,254 @@
+"""One pipeline of the pipeline file: the validated, frozen :class:`Pipeline` model.
+
+Validation never touches the data: URLs are checked by their syntax, SQL by DuckDB's parser
+only (nothing is bound or read) and transforms by their form (imported only with
+``check_imports=True``). Plain paths in ``source``/``sink`` become ``file://`` URLs of
+absolute paths, resolved against the pipeline file's folder. The checks of single fields
+live in :mod:`celeray._pipeline_checks`; column type names are read by
+:mod:`celeray.arrow_types`, which the Ray side shares. Import these names from
+:mod:`celeray.pipelines`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
+
+from celeray._pipeline_checks import (
+    canonical_type,
+    check_roots,
+    context_of,
+    glob_start,
+    root_of,
+    schedule_value,
+    split_url,
+    sql_tables,
+    strip_slash,
+    to_url,
+    transform_parts,
+)
+from celeray.ray_env import RayEnv
+from celeray.sizes import parse_size
+
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "Compression",
+    "Format",
+    "Pipeline",
+    "ScheduleSpec",
+    "resolve_transform",
+]
+
+Format = Literal["csv", "jsonl", "parquet"]
+Compression = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
+ScheduleSpec = tuple[Literal["cron"], str] | tuple[Literal["interval"], float]
+DEFAULT_BATCH_BYTES = 256 * 1024**2  # one Ray task's worth of input: seconds of real work
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def resolve_transform(spec: str) -> Callable[..., Any]:
+    """Import ``"module.path:attr"`` and return the callable it names.
+
+    Raises ``ValueError`` when the form is wrong, the import fails or the object cannot be
+    called; the original import error is chained.
+    """
+    module_name, attr = transform_parts(spec)
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"transform {spec!r} cannot be imported: {exc}") from exc
+    if not callable(obj):
+        raise ValueError(f"transform {spec!r} names a {type(obj).__name__}, not a callable")
+    return obj
+
+
+class Pipeline(BaseModel):
+    """One ``[pipelines.NAME]`` table, validated and normalised; see DESIGN.md section 3.
+
+    Build it with ``Pipeline.model_validate(table | {"name": key}, context=...)``; the context
+    may hold ``base_dir`` (for relative paths), ``allow_chained_urls``, ``check_imports`` and
+    ``local_roots`` (resolved folders local sources and sinks must stay in; absent: any).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str
+    source: str
+    format: Format | None = None  # None: each file's format from its name
+    schedule: str | float | None = None
+    sink: str
+    sql: str | None = None
+    transform: str | None = None
+    partition_by: tuple[str, ...] = ()
+    batch_bytes: Annotated[int, BeforeValidator(parse_size)] = DEFAULT_BATCH_BYTES
+    compression: Compression = "zstd"
+    compression_level: StrictInt | None = None
+    # Plain csv/jsonl files of 2 x CELERAY_UNIT_BYTES or more are read as newline-aligned
+    # byte ranges by several Ray tasks; turn off for CSV with newlines inside quoted values.
+    split_large_files: StrictBool = True
+    columns: dict[str, Annotated[str, AfterValidator(canonical_type)]] | None = Field(
+        default=None, alias="schema"
+    )
+    # [pipelines.NAME.ray_env]: pip requirements and env_vars (never secrets) of its Ray tasks.
+    ray_env: RayEnv = Field(default_factory=RayEnv)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"bad pipeline name {value!r}: use 1-64 of a-z, 0-9, '_' and '-', starting "
+                "with a letter or digit (the name goes into Redis keys and URLs)"
+            )
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str, info: ValidationInfo) -> str:
+        url = to_url(value, info, "source")
+        check_roots(url, info, "source")
+        if "::" not in url and glob_start(url) is None and url.endswith("/"):
+            return url + "*"  # a folder: the files directly inside it
+        return url
+
+    @field_validator("format", "compression", mode="before")
+    @classmethod
+    def _lower(cls, value: Any, info: ValidationInfo) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _check_schedule(cls, value: Any) -> Any:
+        return schedule_value(value)
+
+    @field_validator("sink")
+    @classmethod
+    def _check_sink(cls, value: str, info: ValidationInfo) -> str:
+        url = to_url(value, info, "sink")
+        check_roots(url, info, "sink")
+        if "::" in url:
+            return url
+        if glob_start(url) is not None:
+            raise ValueError(f"sink {value!r} must be a folder URL without glob characters")
+        url = strip_slash(url)
+        source = info.data.get("source")
+        if source and "::" not in source:
+            root = root_of(source)
+            (sp, spath), (rp, rpath) = split_url(url), split_url(root)
+            if sp == rp and (spath == rpath or spath.startswith(rpath.rstrip("/") + "/")):
+                raise ValueError(
+                    f"sink {url!r} is inside the source folder {root!r}: outputs would be "
+                    "listed as inputs; put the sink outside it"
+                )
+        return url
+
+    @field_validator("sql")
+    @classmethod
+    def _check_sql(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("sql is empty; leave the key out to keep the rows as they are")
+        if "input" not in sql_tables(value):
+            raise ValueError(
+                "sql does not read the table `input` (each batch's rows); "
+                "write e.g. SELECT * FROM input"
+            )
+        return value
+
+    @field_validator("transform")
+    @classmethod
+    def _check_transform(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if context_of(info).get("check_imports"):
+            resolve_transform(value)
+        transform_parts(value)
+        return value
+
+    @field_validator("partition_by")
+    @classmethod
+    def _check_partition_by(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not c.strip() or "/" in c for c in value):
+            raise ValueError(
+                f"partition_by {list(value)!r}: column names must be non-empty, no '/'"
+            )
+        dupes = sorted({c for c in value if value.count(c) > 1})
+        if dupes:
+            raise ValueError(f"partition_by names {', '.join(map(repr, dupes))} more than once")
+        return value
+
+    @field_validator("compression_level")
+    @classmethod
+    def _check_level(cls, value: int | None, info: ValidationInfo) -> int | None:
+        codec = info.data.get("compression")
+        if value is None or codec is None:
+            return value
+        import pyarrow as pa
+
+        if codec == "none" or not pa.Codec.supports_compression_level(codec):
+            raise ValueError(f"compression {codec!r} takes no compression_level")
+        low = pa.Codec.minimum_compression_level(codec)
+        high = pa.Codec.maximum_compression_level(codec)
+        if not low <= value <= high:
+            raise ValueError(f"{codec} compression_level {value} is outside {low}..{high}")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(cls, value: dict[str, str] | None, info: ValidationInfo) -> Any:
+        if value and info.data.get("format") == "parquet":
+            raise ValueError("schema applies to csv and jsonl only; parquet files carry types")
+        if value and any(not c.strip() for c in value):
+            raise ValueError("schema has an empty column name")
+        return value
+
+    @property
+    def schedule_spec(self) -> ScheduleSpec | None:
+        """``("cron", "*/5 * * * *")``, ``("interval", 300.0)``, or None (on demand only)."""
+        if isinstance(self.schedule, str):
+            return ("cron", self.schedule)
+        if self.schedule is not None:
+            return ("interval", float(self.schedule))
+        return None
+
+    @property
+    def source_root(self) -> str:
+        """The folder URL of the source before its first glob char (no trailing ``/``).
+
+        A source without glob chars whose name ends like a data file (``.csv``, ``.jsonl.gz``,
+        ``.parquet``...) is one file, and its folder is the root; any other is taken as a
+        folder (``celeray.storage.list_source`` lists it so), and is its own root.
+        """
+        return root_of(self.source)
+
+    def to_plan(self) -> dict[str, Any]:
+        """The JSON-able dict the Ray side gets; schema types are canonical pyarrow names."""
+        return {
+            "pipeline": self.name,
+            "format": self.format,
+            "schema": dict(self.columns) if self.columns else None,
+            "sql": self.sql,
+            "transform": self.transform,
+            "partition_by": list(self.partition_by),
+            "compression": self.compression,
+            "compression_level": self.compression_level,
+            "split_large_files": self.split_large_files,
+            "ray_env": self.ray_env.to_plan(),
+        }
