@@ -28,6 +28,7 @@ from bench.memory import TreeSampler
 __all__ = ["RunFailedError", "run_pipeline"]
 
 RECHECK = 1.0  # s: the API is asked at least this often while a run goes on
+FINAL = ("SUCCESS", "FAILURE")
 TIMEOUT = 3600.0
 FLOWER_WAIT = 5.0  # Flower's events may trail the run's end a little
 
@@ -44,13 +45,13 @@ def _trigger(stack: BenchStack, name: str) -> str:
 
 
 def _follow(stack: BenchStack, run_id: str) -> dict[str, Any]:
-    """Wait for the run's end, asking the API only when its result in the backend changed.
+    """Wait for the run's end, asking the API only once the backend says it ended.
 
     Polling the API every few ms would burn the stack's CPU (gunicorn, the rate limit's
     Redis step) while the run it measures shares the same cores; the backend publishes
     every state it stores (PROGRESS, then SUCCESS or FAILURE) on the result key's channel,
-    so the suite sleeps on that channel instead, and asks the API once per change and
-    every ``RECHECK`` seconds (a message sent before it subscribed is never lost that way).
+    so the suite sleeps on that channel, and asks the API when a final state is published
+    or every ``RECHECK`` seconds (which also catches one published before it subscribed).
     """
     import redis
 
@@ -60,14 +61,23 @@ def _follow(stack: BenchStack, run_id: str) -> dict[str, Any]:
     channel.subscribe(f"celery-task-meta-{run_id}")
     try:
         while time.monotonic() < deadline:
+            message = channel.get_message(timeout=RECHECK)
+            if message is not None and _published_state(message) not in FINAL:
+                continue  # PROGRESS: nothing to ask the API yet
             code, doc = stack.http("GET", f"/api/v1/runs/{run_id}")
-            if code == 200 and doc.get("state") in ("SUCCESS", "FAILURE"):
+            if code == 200 and doc.get("state") in FINAL:
                 return dict(doc)
-            channel.get_message(timeout=RECHECK)
     finally:
         channel.close()
         backend.close()
     raise RunFailedError(f"run {run_id} did not end within {TIMEOUT:.0f}s")
+
+
+def _published_state(message: dict[str, Any]) -> str | None:
+    try:
+        return str(json.loads(message["data"]).get("status"))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def run_pipeline(stack: BenchStack, name: str, sink: Path) -> dict[str, Any]:
