@@ -80,7 +80,7 @@ def _find_raylet(ray_start: psutil.Process, exe: Path) -> psutil.Process | None:
     with contextlib.suppress(psutil.Error):
         for child in ray_start.children():
             with contextlib.suppress(psutil.Error):
-                if Path(child.exe()) == exe:
+                if Path(child.exe()).resolve() == exe:
                     return child
     return None
 
@@ -113,7 +113,7 @@ def run_head(ray_args: list[str]) -> int:
     started) while ``ray start`` lived, else ``ray start``'s own exit code (1 if it was 0).
     """
     argv = [_ray_command(), "start", "--head", "--block", *ray_args]
-    exe = raylet_executable()
+    exe = raylet_executable().resolve()  # /proc's exe is the resolved path
     stop_requested: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
