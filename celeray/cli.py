@@ -261,8 +261,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ray_head(args: argparse.Namespace, settings: Settings) -> int:
-    """``ray start --head --block`` with the given options, restarted by supervisor when its
-    raylet dies (see :mod:`celeray.ray_head`)."""
+    """``ray start --head --block`` with the given options, ending when its raylet dies.
+
+    See :mod:`celeray.ray_head`; supervisor's ``ray-head`` program runs this.
+    """
     from celeray.ray_head import run_head
 
     return run_head(list(args.ray_args))
