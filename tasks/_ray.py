@@ -109,7 +109,7 @@ def cluster_cpus() -> int:
 
 
 # The local raylet's liveness, looked at from a Celery worker that drives Ray.
-_watch_wanted = threading.Event()  # set in a worker consuming the ray queue, never in tests
+_watch_wanted = threading.Event()  # set in a Celery worker consuming ray; not in other drivers
 RAYLET_CHECK_INTERVAL = 5.0  # s: one TCP connect to the raylet's port each time
 RAYLET_MISSES = 2  # checks in a row: a stale driver is replaced ~10 s after its raylet died
 WARM_STOP_GRACE = 30.0  # s: an idle worker stops in ~1 s; a batch stuck on the dead raylet not
