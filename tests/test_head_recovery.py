@@ -6,7 +6,7 @@ program) notices the raylet is gone, stops the head's processes and exits; super
 the head again; the ray worker connects to the new head; a run of new files commits every
 row exactly once; `celeray down` then leaves no Ray process behind. The agent is found as a
 descendant of the ray-head program's pid. The stack is the fault suite's (short limits, a
-Redis of its own), but the test takes ~45 s, so it is part of the default suite.
+Redis of its own), but the test takes 43-60 s, so it is part of the default suite.
 """
 
 from __future__ import annotations
