@@ -260,6 +260,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ray_head(args: argparse.Namespace, settings: Settings) -> int:
+    """``ray start --head --block`` with the given options, ending when its raylet dies.
+
+    See :mod:`celeray.ray_head`; supervisor's ``ray-head`` program runs this.
+    """
+    from celeray.ray_head import run_head
+
+    return run_head(list(args.ray_args))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="celeray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -284,12 +294,22 @@ def _parser() -> argparse.ArgumentParser:
         ("down", cmd_down, "stop the stack"),
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
+    h = sub.add_parser(
+        "ray-head", help="ray start --head --block OPTIONS; exits when its raylet dies",
+        description="Every option is passed on to `ray start --head --block`.",
+    )
+    h.set_defaults(func=cmd_ray_head, ray_args=[])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``celeray`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "ray-head":
+        args.ray_args = rest  # every option is ray start's
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         settings = get_settings()
     except ValueError as exc:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import threading
+import time
 from typing import Any
 
 from celery.signals import worker_ready
@@ -65,6 +68,8 @@ def ensure_ray() -> None:
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc
         log.info("connected to Ray at %s", address)
+        if _watch_wanted.is_set():
+            _start_raylet_watch()
 
 
 GCS_WAIT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
@@ -103,6 +108,55 @@ def cluster_cpus() -> int:
     return _cpus[1]
 
 
+# The local raylet's liveness, looked at from a Celery worker that drives Ray.
+_watch_wanted = threading.Event()  # set in a Celery worker consuming ray; not in other drivers
+RAYLET_CHECK_INTERVAL = 5.0  # s: one TCP connect to the raylet's port each time
+RAYLET_MISSES = 2  # checks in a row: a stale driver is replaced ~10 s after its raylet died
+WARM_STOP_GRACE = 30.0  # s: an idle worker stops in ~1 s; a batch stuck on the dead raylet not
+
+
+def _start_raylet_watch() -> None:
+    """Watch the raylet this driver is attached to, in a daemon thread (once per process)."""
+    import ray
+
+    try:
+        node: Any = ray._private.worker.global_worker.node
+        where = (str(node.node_ip_address), int(node.node_manager_port))
+    except (AttributeError, TypeError, ValueError) as exc:  # Ray's internals moved
+        log.warning("cannot watch the local raylet (%s); a lost head needs a restart", exc)
+        return
+    threading.Thread(target=_watch_raylet, args=(where,), name="raylet-watch",
+                     daemon=True).start()  # fmt: skip
+
+
+def _watch_raylet(where: tuple[str, int]) -> None:
+    """Stop this worker when its raylet is gone, so that supervisor starts it afresh.
+
+    A driver outlives its raylet: when the head restarts (``celeray ray-head`` after its
+    raylet died, or a dead GCS), an idle driver stays attached to nothing, and the new GCS
+    at the same address makes its next Ray call abort the process mid-batch, whose message
+    then waits out the visibility timeout. Instead, once the raylet's port refuses
+    connections :data:`RAYLET_MISSES` times in a row, this worker shuts down warm (SIGTERM
+    to itself: no new messages, running ones finish or fail) and exits hard if that takes
+    longer than :data:`WARM_STOP_GRACE`. supervisor (or compose) then starts it, and its
+    first Ray call connects to the head as it is now.
+    """
+    misses = 0
+    while misses < RAYLET_MISSES:
+        time.sleep(RAYLET_CHECK_INTERVAL)
+        try:
+            with socket.create_connection(where, timeout=2):
+                misses = 0
+        except OSError:
+            misses += 1
+    log.error("the raylet this worker's Ray driver is attached to (%s:%d) is gone: stopping "
+              "this worker so that it starts again and connects to the Ray head afresh", *where)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(WARM_STOP_GRACE)
+    log.error("still running %.0fs after the warm shutdown began: exiting", WARM_STOP_GRACE)
+    os._exit(1)
+
+
 def _warm_up() -> None:
     try:
         ensure_ray()
@@ -119,9 +173,11 @@ def _warm_when_serving_ray(sender: Any = None, **_: Any) -> None:
 
     This worker runs a threads pool, so its main process is the one Ray driver: connecting
     here instead of on the first batch only moves the same connection earlier, off the
-    first run's clock. A failure is logged; the first batch connects again.
+    first run's clock. A failure is logged; the first batch connects again. Whichever
+    connects also starts the watch of the local raylet (:func:`_watch_raylet`).
     """
     queues = getattr(getattr(sender, "app", None), "amqp", None)
     consuming = set(queues.queues.consume_from or {}) if queues is not None else set()
     if RAY_QUEUE in consuming:
+        _watch_wanted.set()
         threading.Thread(target=_warm_up, name="ray-warm-up", daemon=True).start()

@@ -42,12 +42,13 @@ def _victim(stack: FaultStack, target: str, rng: random.Random) -> int:
         return rng.choice(children).pid if children else 0
     if target == "ray-process":
         # Ray's own agents are titled ray::DashboardAgent / ray::RuntimeEnvAgent: killing one
-        # stops the raylet (while `ray start --block` lives on), which is not this target.
+        # stops the raylet and so the whole head (celeray ray-head restarts it), which is
+        # not this target: tests/test_head_recovery.py covers it.
         procs = [p for p in stack.ray_processes() if "Agent" not in " ".join(p.cmdline())]
         busy = [p for p in procs if "process_unit" in " ".join(p.cmdline())]
         pool = busy or procs
         return rng.choice(pool).pid if pool else 0
-    if target == "ray-head":  # the head's GCS: `ray start --block` then stops, supervisor restarts
+    if target == "ray-head":  # the head's GCS: `ray start --block` stops, supervisor restarts
         head = psutil.Process(stack.program_pid("ray-head"))
         gcs = [p for p in head.children(recursive=True) if p.name().startswith("gcs_server")]
         return gcs[0].pid if gcs else 0
