@@ -172,9 +172,12 @@ def start_run(
         finalize(run_id)
         return {**out, "batches": 0}
     publish_progress(run_id)
+    # The watchdog first: its send (and the io worker taking its countdown message) costs
+    # CPU that would otherwise compete with the first batch's Ray task; and a start that
+    # dies while sending the batches leaves a watchdog to resend them (the jobs are saved).
+    watch_run.apply_async((run_id,), countdown=watch_interval())
     for job in jobs:
         dispatch(job)
-    watch_run.apply_async((run_id,), countdown=watch_interval())
     return {**out, "batches": len(jobs)}
 
 

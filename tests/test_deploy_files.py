@@ -37,6 +37,8 @@ def _compose() -> dict:
 def _shape(command: str) -> tuple[list[str], dict[str, str]]:
     """The program and positional words, and the identity options with their values."""
     tokens = shlex.split(command)
+    if tokens[:2] == ["nice", "-n"]:  # a CPU priority under supervisor: no other program
+        tokens = tokens[3:]
     words, options = [Path(tokens[0]).name], {}
     i = 1
     while i < len(tokens):
