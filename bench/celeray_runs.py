@@ -134,9 +134,10 @@ def _tasks_of(stack: BenchStack, run_id: str, batches: int) -> list[dict[str, An
     while True:
         tasks = [t for t in stack.flower_tasks().values()
                  if run_id in (t.get("root_id"), t.get("uuid"))]
-        commits = [t for t in tasks if t.get("name") == "tasks.commit_batch"
-                   and t.get("succeeded")]
-        if len(commits) >= batches or time.monotonic() > deadline:
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for t in tasks:
+            by_name.setdefault(str(t.get("name")).removeprefix("tasks."), []).append(t)
+        if len(_chains(tasks, by_name)) >= batches or time.monotonic() > deadline:
             return tasks
         time.sleep(0.2)
 
@@ -148,8 +149,7 @@ def breakdown(stack: BenchStack, run_id: str, t0: float, batches: int) -> dict[s
     tasks at once): the per-run overhead before any Ray work. ``plan``: ``start_run``'s
     runtime. ``stage``/``transform``/``commit``: summed task runtimes over the batches.
     ``queued``: summed waits between a task being sent and a worker starting it.
-    ``batch_chain``: per batch, first ``stage_batch`` sent -> ``commit_batch`` done, the
-    median.
+    ``batch_chain``: per batch, its first task sent -> its commit done, the median.
     """
     tasks = _tasks_of(stack, run_id, batches)
     by_name: dict[str, list[dict[str, Any]]] = {}
@@ -179,20 +179,26 @@ def breakdown(stack: BenchStack, run_id: str, t0: float, batches: int) -> dict[s
 
 
 def _chains(tasks: list[dict[str, Any]], by_name: dict[str, list[dict[str, Any]]]) -> list[float]:
-    """Per batch: its first task sent (or received) -> its commit_batch succeeded.
+    """Per batch: its first task sent (or received) -> its commit done.
 
     The first task is stage_batch where the batch had files to copy, else transform_batch
-    (whose parent is then start_run, which is not part of the batch).
+    (whose parent is then start_run, which is not part of the batch). The commit is done
+    when the transform's commit_batch succeeded, or, for a batch its transform committed
+    itself (a local sink), when the transform succeeded.
     """
     by_id = {t.get("uuid"): t for t in tasks}
+    commits = {c.get("parent_id"): c for c in by_name.get("commit_batch", [])}
     out = []
-    for commit in by_name.get("commit_batch", []):
-        transform = by_id.get(commit.get("parent_id")) or {}
+    for transform in by_name.get("transform_batch", []):
+        if not transform.get("succeeded"):
+            continue
+        commit = commits.get(transform.get("uuid"))
+        end = commit.get("succeeded") if commit else transform["succeeded"]
         parent = by_id.get(transform.get("parent_id")) or {}
         first = parent if str(parent.get("name", "")).endswith("stage_batch") else transform
         begin = first.get("sent") or first.get("received")
-        if begin and commit.get("succeeded"):
-            out.append(commit["succeeded"] - begin)
+        if begin and end:
+            out.append(end - begin)
     return out
 
 

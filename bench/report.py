@@ -166,7 +166,7 @@ def print_overhead(console: Console, overhead: dict[str, Any]) -> None:
         + ", ".join(f"{k} {v * 1000:.0f}" for k, v in parts.items() if v is not None)
     )
     console.print(
-        f"per-batch overhead (the tiny run's one batch, first task sent -> commit_batch done, "
+        f"per-batch overhead (the tiny run's one batch, first task sent -> its commit done, "
         f"Ray work of one row included): [bold]{_fmt(overhead['per_batch_ms'], 0)} ms[/]"
     )
     console.print(

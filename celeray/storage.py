@@ -30,6 +30,7 @@ __all__ = [
     "create_json",
     "exists",
     "is_local",
+    "is_local_url",
     "join",
     "list_files",
     "list_source",
@@ -82,6 +83,11 @@ def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[An
 def is_local(fs: Any) -> bool:
     """Whether ``fs`` is the local disk (renames, fsync and real folders are available)."""
     return isinstance(fs, LocalFileSystem)
+
+
+def is_local_url(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` is on the local disk (see :func:`is_local`)."""
+    return is_local(open_fs(url, storage_options)[0])
 
 
 def _unstrip(fs: Any, path: str) -> str:

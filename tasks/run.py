@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.exceptions
 from celery import Task, chain, states
 
-from celeray import runs
+from celeray import runs, storage
 from celeray.errors import (
     LockLostError,
     RayUnavailableError,
@@ -182,12 +183,20 @@ def start_run(
 
 
 def dispatch(job: dict[str, Any]) -> None:
-    """Send the chain of one batch: stage (only if something must be copied), transform, commit."""
+    """Send the chain of one batch: stage (only if something must be copied), transform, commit.
+
+    A batch whose sink is a local disk is committed by ``transform_batch`` itself
+    (``commit_here``): its commit is a few fsyncs and renames, ~2 ms, less than the queue
+    hop and the task around it. Object stores keep ``commit_batch`` on the io queue, whose
+    copies may take seconds that would hold a thread driving Ray.
+    """
+    job = {**job, "commit_here": storage.is_local_url(job["sink"])}
+    tail = [] if job["commit_here"] else [commit_batch.s()]
     if any(needs_staging(f["url"]) for f in job["files"]):
-        chain(stage_batch.si(job), transform_batch.s(), commit_batch.s()).apply_async()
+        chain(stage_batch.si(job), transform_batch.s(), *tail).apply_async()
     else:  # nothing to copy: the size caps are checked here, one queue hop saved
         staged = stage_files(runs.staged_job(job), get_settings())
-        chain(transform_batch.si(staged), commit_batch.s()).apply_async()
+        chain(transform_batch.si(staged), *tail).apply_async()
 
 
 def watch_interval() -> int:
@@ -269,11 +278,35 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     if deaths >= settings.max_deliveries:
         store.end_attempt(job["pipeline"], job["batch_id"])
         log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
-        return {**job, "result": poison_result(job, deaths)}
+        out = {**job, "result": poison_result(job, deaths)}
+    else:
+        try:
+            out = _transform(job, settings, store, hostname=self.request.hostname)
+        finally:  # not reached when the worker dies: that start counts as a death
+            store.end_attempt(job["pipeline"], job["batch_id"])
+    if not job.get("commit_here"):
+        return out  # the chain's commit_batch, on the io queue, commits it
+    return commit_here(out, self.request.hostname, defer=commit_batch.apply_async)
+
+
+def commit_here(
+    job: dict[str, Any], hostname: str | None, *, defer: Callable[..., Any]
+) -> dict[str, Any]:
+    """Commit a transformed batch in this task; hand it to ``commit_batch`` if that fails.
+
+    A fencing refusal (LockLostError) fails the batch as it would in ``commit_batch``;
+    any other error (a full disk, Redis gone a moment) goes to ``defer`` (sending
+    ``commit_batch`` with its retries), so the Ray work is never done again for it.
+    """
     try:
-        return _transform(job, settings, store, hostname=self.request.hostname)
-    finally:  # not reached when the worker dies: that start counts as a death
-        store.end_attempt(job["pipeline"], job["batch_id"])
+        return _commit(job, hostname)
+    except LockLostError:
+        raise
+    except Exception as exc:
+        log.warning("batch %s: committing it here failed (%s: %s); commit_batch takes over",
+                    job["batch_id"], type(exc).__name__, exc)
+        defer((job,))
+        return {"batch_id": job["batch_id"], "committed": None, "deferred": True}
 
 
 def _transform(
@@ -359,9 +392,12 @@ def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
 def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """Commit the batch to the ledger; the last batch of the run finalizes it."""
-    fresh, remaining = runs.commit_job(
-        job, job["result"], run_store(), committed_by=self.request.hostname
-    )
+    return _commit(job, self.request.hostname)
+
+
+def _commit(job: dict[str, Any], hostname: str | None) -> dict[str, Any]:
+    """The ledger entry, the count, and the run finalized if this was its last batch."""
+    fresh, remaining = runs.commit_job(job, job["result"], run_store(), committed_by=hostname)
     after_batch(job["run_id"], remaining)
     result = job["result"]
     return {

@@ -128,9 +128,12 @@ def _kill_when_active(stack: Stack, worker_name: str, task: str) -> int:
     return pid
 
 
-def test_sigkill_of_io_child_and_ray_worker_loses_nothing(
+def test_sigkill_of_the_ray_worker_mid_transform_loses_nothing(
     stack: Stack, flights_df, tmp_path: Path
 ):
+    """A local sink: transform_batch commits its batch itself, so the kill may land in a
+    Ray fan-out or in a commit; an io child mid-commit (object stores) is killed in
+    tests/test_e2e_s3.py."""
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df, landing, 24)
     _pipeline(stack, "killed", landing, sink, batch_bytes="1MiB")
@@ -144,9 +147,6 @@ def test_sigkill_of_io_child_and_ray_worker_loses_nothing(
     assert _kill_when_active(stack, stack.rayw.name, "tasks.transform_batch") == ray_pid
     stack.rayw.proc.popen.wait(10)
     stack.rayw = stack.start_worker("ray", suffix="b")  # what supervisor would do
-    # Then a prefork child of the io worker in the middle of a commit; the pool replaces it.
-    killed_child = _kill_when_active(stack, stack.io.name, "tasks.commit_batch")
-    assert stack.io.proc.alive() and killed_child != stack.io.proc.pid
 
     result = stack.wait_run(run_id, timeout=240)
     assert result.state == "SUCCESS", result.result

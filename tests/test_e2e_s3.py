@@ -9,6 +9,8 @@ the raw landing files, so every row must be there exactly once.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from ray_jobs.writer import arrow_filesystem
 from tests._data import SQL, assert_rows_match, write_landing
 from tests._s3 import S3Server
-from tests._stack import Stack
+from tests._stack import Stack, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -144,3 +146,45 @@ def test_http_source_staged_on_s3(stack: Stack, s3_server: S3Server, flights_df,
     moto_log = (s3.proc.log).read_text(errors="replace")
     assert f"PUT /lake/{prefix}/_staging/overhttps3/" in moto_log  # staged on S3
     assert not s3.filesystem().find(f"lake/{prefix}/_staging")  # and cleaned after commit
+
+
+def test_sigkill_of_an_io_child_mid_commit_loses_nothing(
+    stack: Stack, s3_server: S3Server, flights_df, tmp_path: Path
+):
+    """An object store's batches are committed by commit_batch on the io queue: a pool
+    child killed in the middle of one is replaced, its message given back, and the commit
+    (conditional PUT, then the copies) is done again from where it stopped."""
+    s3 = s3_server
+    prefix = f"kill-{uuid.uuid4().hex[:8]}"
+    files = write_landing(flights_df.iloc[:90_000], tmp_path / "landing", 18)
+    _upload(s3, files, prefix)
+    sink_key = f"lake/{prefix}/flights"
+    stack.add_pipeline("s3killed", "\n".join([
+        f'source = "s3://landing/{prefix}/flights/*"',
+        f'sink = "s3://{sink_key}"',
+        f'sql = "{SQL}"',
+        'partition_by = ["year", "month"]',
+        'batch_bytes = "1MiB"',
+        "[pipelines.s3killed.schema]",
+        'time_hour = "timestamp[s, tz=UTC]"',
+    ]))  # fmt: skip
+    run = stack.celeray("run", "s3killed")
+    assert run.returncode == 0, run.stderr
+    run_id = run.stdout.split("run ", 1)[1].split()[0]
+
+    inspect = stack.client.control.inspect([stack.io.name], timeout=0.5, limit=1)
+
+    def committing() -> int | None:
+        for info in (inspect.active() or {}).get(stack.io.name, []):
+            if info["name"] == "tasks.commit_batch":
+                return int(info["worker_pid"])
+        return None
+
+    child = wait_for(committing, 120, "a commit_batch running on the io worker", interval=0.05)
+    os.kill(child, signal.SIGKILL)
+    assert stack.io.proc.alive() and child != stack.io.proc.pid  # the pool replaces it
+
+    result = stack.wait_run(run_id, timeout=240)
+    assert result.state == "SUCCESS", result.result
+    assert result.result["files_committed"] == 18
+    _assert_sink_matches(s3, sink_key, files)
