@@ -1,5 +1,6 @@
 """Plans and input caps for the ray_jobs tests: what ``process_unit`` receives."""
 
+from pathlib import Path
 from typing import Any
 
 MiB = 1024**2
@@ -32,3 +33,11 @@ def plan(limits: dict[str, int], **overrides: Any) -> dict[str, Any]:
         "threads": 1,
         **overrides,
     }
+
+
+def pipeline_file(tmp_path: Path, source: str, sink: str = "lake/p") -> Path:
+    """``tmp_path/allowed/pipelines.toml`` with one pipeline ``p`` of ``source`` and ``sink``."""
+    path = tmp_path / "allowed" / "pipelines.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[pipelines.p]\nsource = "{source}"\nsink = "{sink}"\n')
+    return path

@@ -437,3 +437,15 @@ def unit_store(*, lock_ttl: int) -> Iterator[Any]:
         yield RunStore(client, lock_ttl=lock_ttl, record_ttl=60)
     finally:
         client.flushdb()
+
+
+def alive(procs: list[Any]) -> list[str]:
+    """``pid name`` of each of ``procs`` (psutil processes) still running, zombies aside."""
+    import psutil
+
+    left = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {p.name()}")
+    return left

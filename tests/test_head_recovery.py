@@ -11,7 +11,6 @@ Redis of its own), but the test takes 43-60 s, so it is part of the default suit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ import pytest
 
 from celeray import credentials
 from tests._data import write_landing
-from tests._stack import wait_for
+from tests._stack import alive, wait_for
 from tests.faults._faultstack import FaultStack, exactly_once
 
 pytestmark = pytest.mark.stack
@@ -48,15 +47,6 @@ def _health(stack: FaultStack) -> dict[str, Any]:
         return dict(json.loads(exc.read()))
 
 
-def _alive(procs: list[psutil.Process]) -> list[str]:
-    left = []
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{p.pid} {p.name()}")
-    return left
-
-
 def test_dead_head_agent_restarts_the_head(flights_df, tmp_path: Path) -> None:
     # Ray's own wait for a lost GCS as under the default settings (the fault stack bounds it
     # to 5 s): the new head is back well within it, so Ray never ends the stale driver
@@ -68,7 +58,7 @@ def test_dead_head_agent_restarts_the_head(flights_df, tmp_path: Path) -> None:
         survivors = psutil.Process(fault_stack.program_pid("ray-head")).children(recursive=True)
     finally:
         fault_stack.down()
-    assert not _alive(survivors), f"celeray down left {_alive(survivors)}"
+    assert not alive(survivors), f"celeray down left {alive(survivors)}"
 
 
 def _break_and_recover(fault_stack: FaultStack, flights_df: Any, tmp_path: Path) -> None:
@@ -96,7 +86,7 @@ def _break_and_recover(fault_stack: FaultStack, flights_df: Any, tmp_path: Path)
 
     wait_for(restarted, RESTART_WITHIN, "ray-head restarted", interval=0.5)
     restart_s = time.monotonic() - killed
-    assert not _alive(head_procs), f"the old head left {_alive(head_procs)}"
+    assert not alive(head_procs), f"the old head left {alive(head_procs)}"
     log = fault_stack.log("ray-head")
     assert "is gone while `ray start` lives on" in log or "exited unexpectedly" in log, log[-3000:]
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from celeray.ray_head import EXIT_RAYLET_GONE
-from tests._stack import VENV_BIN, Proc, _node_ports, free_port, ray_auth_env, wait_for
+from tests._stack import VENV_BIN, Proc, _node_ports, alive, free_port, ray_auth_env, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -58,15 +58,6 @@ def _agents(pid: int) -> list[psutil.Process]:
     return out
 
 
-def _alive(procs: list[psutil.Process]) -> list[str]:
-    left = []
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{p.pid} {p.name()}")
-    return left
-
-
 def _cleanup(proc: Proc, procs: list[psutil.Process]) -> None:
     proc.stop(timeout=45)
     for p in procs:  # a failed test must not leave Ray running: by pid, as they were
@@ -90,7 +81,7 @@ def test_a_dead_agent_stops_the_whole_head(tmp_path: Path, agent: str) -> None:
         if code == EXIT_RAYLET_GONE:
             assert f"the raylet (pid {raylet_pid}) is gone" in proc.log.read_text()
         assert took < 45, f"{took:.1f}s from the kill to the wrapper's exit"
-        assert not _alive(procs), f"left running: {_alive(procs)}"
+        assert not alive(procs), f"left running: {alive(procs)}"
     finally:
         _cleanup(proc, procs)
 
@@ -100,6 +91,6 @@ def test_sigterm_stops_every_ray_process_and_exits_0(tmp_path: Path) -> None:
     try:
         os.kill(proc.pid, signal.SIGTERM)  # the wrapper only, as supervisor does
         assert proc.popen.wait(60) == 0, proc.tail()
-        assert not _alive(procs), f"left running: {_alive(procs)}"
+        assert not alive(procs), f"left running: {alive(procs)}"
     finally:
         _cleanup(proc, procs)

@@ -18,7 +18,7 @@ from celeray.settings import Settings
 from celeray.storage import list_source
 from ray_jobs.process import process_unit
 from tests._data import write_landing
-from tests._plans import limits, plan
+from tests._plans import limits, pipeline_file, plan
 from tests._stack import Stack
 
 
@@ -66,13 +66,6 @@ def test_check_read_raises_an_input_error_naming_path_and_roots(tree: Path) -> N
     assert str(tree / "secret.csv") in record["error"] and roots[0] in record["error"]
 
 
-def _pipeline_file(tmp_path: Path, source: str, sink: str = "lake/p") -> Path:
-    path = tmp_path / "allowed" / "pipelines.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'[pipelines.p]\nsource = "{source}"\nsink = "{sink}"\n')
-    return path
-
-
 @pytest.mark.parametrize(
     ("source", "sink", "key"),
     [
@@ -90,7 +83,7 @@ def test_pipeline_outside_the_roots_is_refused(
     tree: Path, source: str, sink: str, key: str
 ) -> None:
     allowed = tree / "allowed"
-    path = _pipeline_file(tree, source.format(allowed=allowed), sink)
+    path = pipeline_file(tree, source.format(allowed=allowed), sink)
     rules = Settings(pipelines=path).pipeline_rules()
     assert rules["local_roots"] == (str(allowed),)  # the default: the pipeline file's folder
     (issue,) = validate_file(path, **rules)
@@ -101,7 +94,7 @@ def test_pipeline_outside_the_roots_is_refused(
 
 
 def test_pipeline_inside_the_roots_and_remote_urls_pass(tree: Path) -> None:
-    path = _pipeline_file(tree, "landing/*.csv")
+    path = pipeline_file(tree, "landing/*.csv")
     assert load_pipelines(path, **Settings(pipelines=path).pipeline_rules())["p"]
     path.write_text('[pipelines.p]\nsource = "s3://b/etc/*"\nsink = "gs://b/etc"\n')
     assert validate_file(path, **Settings(pipelines=path).pipeline_rules()) == []
@@ -113,10 +106,10 @@ def test_roots_from_settings_and_chained_urls(tree: Path, monkeypatch) -> None:
     settings = Settings()
     assert settings.local_roots_for() == (str(tree / "allowed"), "/srv/other")
     for chained in ("simplecache::file:///etc/*.conf", "filecache::/etc/*.conf"):
-        path = _pipeline_file(tree, chained)
+        path = pipeline_file(tree, chained)
         (issue,) = validate_file(path, **settings.pipeline_rules())
         assert issue.key == "source" and "resolves to /etc" in issue.message
-    path = _pipeline_file(tree, "simplecache::s3://b/*.csv")
+    path = pipeline_file(tree, "simplecache::s3://b/*.csv")
     assert validate_file(path, **settings.pipeline_rules()) == []
     monkeypatch.delenv("CELERAY_ALLOW_CHAINED_URLS")
     (issue,) = validate_file(path, **Settings().pipeline_rules())
@@ -184,7 +177,7 @@ def test_celeray_validate_names_pipeline_key_path_and_roots(tree: Path) -> None:
 
     from tests._stack import VENV_BIN
 
-    path = _pipeline_file(tree, "file:///etc/passwd")
+    path = pipeline_file(tree, "file:///etc/passwd")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERAY_")}
     out = subprocess.run([str(VENV_BIN / "celeray"), "validate", str(path)], env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -16,6 +16,7 @@ from celeray.pipelines import load_pipelines, validate_file
 from celeray.roots import check_read, local_target, refusal, resolve_roots
 from celeray.runs import outside_roots
 from celeray.storage import list_source
+from tests._plans import pipeline_file
 
 ROWS = b"a,b\n1,2\n"
 
@@ -106,13 +107,6 @@ def test_an_accepted_archive_chain_reads_the_archive_that_was_checked(tree: Path
         check_read(f"zip://x.csv::file://{tree}/allowed/link.zip", roots)  # symlink out
 
 
-def _pipelines(tmp_path: Path, source: str, sink: str = "lake/p") -> Path:
-    path = tmp_path / "allowed" / "pipelines.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'[pipelines.p]\nsource = "{source}"\nsink = "{sink}"\n')
-    return path
-
-
 @pytest.mark.parametrize(
     ("source", "sink", "key", "named"),
     [
@@ -131,7 +125,7 @@ def _pipelines(tmp_path: Path, source: str, sink: str = "lake/p") -> Path:
 def test_a_pipeline_reading_an_archive_outside_the_roots_is_refused(
     tree: Path, source: str, sink: str, key: str, named: str
 ) -> None:
-    path = _pipelines(tree, source.format(tmp=tree), sink.format(tmp=tree))
+    path = pipeline_file(tree, source.format(tmp=tree), sink.format(tmp=tree))
     roots = resolve_roots([tree / "allowed"])
     (issue,) = validate_file(path, allow_chained_urls=True, local_roots=roots)
     assert (issue.pipeline, issue.key) == ("p", key), issue
@@ -152,7 +146,7 @@ def test_a_pipeline_reading_an_archive_outside_the_roots_is_refused(
 def test_a_pipeline_whose_local_reads_cannot_be_told_is_refused(
     tree: Path, source: str, chained: bool
 ) -> None:
-    path = _pipelines(tree, source.format(tmp=tree))
+    path = pipeline_file(tree, source.format(tmp=tree))
     roots = resolve_roots([tree / "allowed"])
     (issue,) = validate_file(path, allow_chained_urls=chained, local_roots=roots)
     assert (issue.pipeline, issue.key) == ("p", "source"), issue
@@ -165,7 +159,7 @@ def test_archives_inside_the_roots_and_remote_archives_pass(tree: Path) -> None:
                    f"tar://*.csv::{tree}/allowed/in.tar",
                    f"simplecache::zip://*.csv::file://{tree}/allowed/in.zip",
                    "zip://*.csv::s3://bucket/in.zip"):  # fmt: skip
-        path = _pipelines(tree, source)
+        path = pipeline_file(tree, source)
         assert validate_file(path, allow_chained_urls=True, local_roots=roots) == [], source
     assert load_pipelines(path, allow_chained_urls=True)["p"]  # no roots given: unchecked
 
