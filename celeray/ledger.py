@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from celeray import storage
+from celeray import durable, storage
 from celeray.errors import LedgerError
 
 __all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for"]
@@ -179,6 +179,8 @@ class Ledger:
             names = [i["name"].rstrip("/").rsplit("/", 1)[-1] for i in fs.ls(path, detail=True)]
         except FileNotFoundError:
             names = []
+            if storage.is_local(fs):  # a new sink: its staging folder made (and synced) once
+                durable.make_dirs(path)  # here, not by the run's first Ray task
         for batch_id in names:
             if batch_id in committed:
                 self.roll_forward(committed[batch_id])

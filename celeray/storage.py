@@ -21,7 +21,7 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from celeray import fsoptions
+from celeray import durable, fsoptions
 from celeray.errors import StorageError, TransientIOError
 
 __all__ = [
@@ -275,9 +275,10 @@ def _s3_error(exc: BaseException) -> tuple[str | None, int | None]:
 
 
 def _replace_local(path: str, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, ``os.replace``, fsync of the folder."""
+    """Temporary file in the same folder, fsync, ``os.replace``, fsync of the folder (and
+    of the parent of each folder made for it)."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
+    durable.make_dirs(folder)  # a new ledger folder must survive a crash as the entry does
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -289,11 +290,7 @@ def _replace_local(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    durable.fsync_path(folder)
 
 
 def move(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = None) -> None:

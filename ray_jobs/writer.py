@@ -7,7 +7,7 @@ output folder, which is cheap on local disks and costs one listing on object sto
 The names do not depend on the file system, so on S3 too a retry overwrites the same keys.
 The file system and its options come from :mod:`celeray.fsoptions` (this Ray node's own
 environment), never from the plan. On local disks the files and their folders are synced
-before they are reported (:mod:`ray_jobs._durable`): the commit that follows may name them.
+before they are reported (:mod:`celeray.durable`): the commit that follows may name them.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from celeray import fsoptions
+from celeray.durable import make_dirs, sync_files
 from celeray.errors import StorageError, TransformError
-from ray_jobs._durable import make_dirs, sync_files
 from ray_jobs._take import take
 from ray_jobs._tap import ErrorTap
 

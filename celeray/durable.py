@@ -1,11 +1,11 @@
-"""Make Parquet written to a local disk survive a crash of the machine before its commit.
+"""Make what celeray writes to a local disk survive a crash of the machine.
 
-The ledger entry is the commit point and is fsynced; the files it names must be on disk
-before it, or a power cut right after the commit leaves an entry that names empty or
-missing files, while the inputs count as committed and are never read again. Each new
+The ledger entry is the commit point and is fsynced; the Parquet files it names must be
+on disk before it, or a power cut right after the commit leaves an entry that names empty
+or missing files, while the inputs count as committed and are never read again. Each new
 folder's entry in its parent, each file's data, and each file's entry in its folder are
-therefore synced before the task reports the file. Object stores need none of this: a
-PUT that returned is durable.
+therefore synced: by the Ray task before it reports its files, and by the ledger's own
+writes. Object stores need none of this: a PUT that returned is durable.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-__all__ = ["make_dirs", "sync_files"]
+__all__ = ["fsync_path", "make_dirs", "sync_files"]
 
 
-def _fsync(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync the file or folder at ``path``."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -38,7 +39,7 @@ def make_dirs(path: str) -> None:
         return
     os.makedirs(path, exist_ok=True)
     for folder in reversed(missing):
-        _fsync(os.path.dirname(folder))
+        fsync_path(os.path.dirname(folder))
 
 
 def sync_files(root: str, paths: Iterable[str]) -> None:
@@ -51,7 +52,7 @@ def sync_files(root: str, paths: Iterable[str]) -> None:
     folders: set[str] = set()
     for path in paths:
         path = os.path.abspath(path)
-        _fsync(path)
+        fsync_path(path)
         folder = os.path.dirname(path)
         while folder not in folders:
             folders.add(folder)
@@ -59,4 +60,4 @@ def sync_files(root: str, paths: Iterable[str]) -> None:
                 break
             folder = os.path.dirname(folder)
     for folder in sorted(folders, key=len, reverse=True):
-        _fsync(folder)
+        fsync_path(folder)

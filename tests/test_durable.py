@@ -1,4 +1,4 @@
-"""ray_jobs._durable and the writer: what reaches the disk before a batch may commit."""
+"""celeray.durable, the writer and the ledger: what reaches the disk before a commit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import ray_jobs._durable as durable
+import celeray.durable as durable
 from ray_jobs.writer import write_parquet
 
 
@@ -16,13 +16,13 @@ from ray_jobs.writer import write_parquet
 def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths fsync was called on, in order (the real fsync still runs)."""
     seen: list[str] = []
-    real = durable._fsync
+    real = durable.fsync_path
 
     def spy(path: str) -> None:
         seen.append(os.path.abspath(path))
         real(path)
 
-    monkeypatch.setattr(durable, "_fsync", spy)
+    monkeypatch.setattr(durable, "fsync_path", spy)
     return seen
 
 
@@ -53,3 +53,12 @@ def test_the_one_file_path_syncs_too(tmp_path: Path, synced: list[str]) -> None:
     outputs = write_parquet(iter([pa.record_batch({"v": [1]})]), out_url=out.as_uri(),
                             basename="part-b2", partition_by=[])
     assert synced == [str(tmp_path), str(out / outputs[0]["path"]), str(out)]
+
+
+def test_a_ledger_entry_and_its_new_folders_are_synced(tmp_path: Path, synced: list[str]) -> None:
+    from celeray.storage import atomic_write_json
+
+    entry = tmp_path / "lake" / "_celeray" / "ledger" / "b1.json"
+    atomic_write_json(entry.as_uri(), {"batch_id": "b1"})
+    assert str(tmp_path) in synced and str(tmp_path / "lake" / "_celeray") in synced
+    assert str(entry.parent) == synced[-1]  # the entry's folder, after the rename
