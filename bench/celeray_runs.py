@@ -134,12 +134,17 @@ def _tasks_of(stack: BenchStack, run_id: str, batches: int) -> list[dict[str, An
     while True:
         tasks = [t for t in stack.flower_tasks().values()
                  if run_id in (t.get("root_id"), t.get("uuid"))]
-        by_name: dict[str, list[dict[str, Any]]] = {}
-        for t in tasks:
-            by_name.setdefault(str(t.get("name")).removeprefix("tasks."), []).append(t)
-        if len(_chains(tasks, by_name)) >= batches or time.monotonic() > deadline:
+        if len(_chains(tasks, _by_name(tasks))) >= batches or time.monotonic() > deadline:
             return tasks
         time.sleep(0.2)
+
+
+def _by_name(tasks: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The tasks grouped by their name without the ``tasks.`` prefix."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        by_name.setdefault(str(t.get("name")).removeprefix("tasks."), []).append(t)
+    return by_name
 
 
 def breakdown(stack: BenchStack, run_id: str, t0: float, batches: int) -> dict[str, Any]:
@@ -152,9 +157,7 @@ def breakdown(stack: BenchStack, run_id: str, t0: float, batches: int) -> dict[s
     ``batch_chain``: per batch, its first task sent -> its commit done, the median.
     """
     tasks = _tasks_of(stack, run_id, batches)
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for t in tasks:
-        by_name.setdefault(str(t.get("name")).removeprefix("tasks."), []).append(t)
+    by_name = _by_name(tasks)
 
     def runtime(kind: str) -> float | None:
         found = [t.get("runtime") for t in by_name.get(kind, []) if t.get("runtime")]

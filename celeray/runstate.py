@@ -287,10 +287,6 @@ class RunStore:
         """Record that the run made progress now (the watchdog measures silence from it)."""
         self.r.hset(self._run_key(run_id), "progress_at", time.time())
 
-    def mark_once(self, run_id: str, field: str) -> None:
-        """Record the first time something happened in the run (later calls keep it)."""
-        self.r.hsetnx(self._run_key(run_id), field, time.time())
-
     def set_batch_progress(self, run_id: str, batch_id: str, progress: dict[str, int]) -> None:
         """Replace the live progress of one batch still being transformed."""
         pipe = self.r.pipeline()
@@ -375,7 +371,7 @@ class RunStore:
 
         With ``run_id``, in the same round trip: the fencing check of :meth:`hold` (None,
         and nothing counted, when ``run_id`` may not hold the lock) and ``mark``, a field
-        of the run record set to the time unless set before (:meth:`mark_once`).
+        of the run record set to the time unless set before (the first time it happened).
         """
         lock = self._lock_args(pipeline, run_id or "")
         died = int(self._begin_attempt(

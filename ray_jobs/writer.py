@@ -16,6 +16,7 @@ import itertools
 import posixpath
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -90,57 +91,21 @@ def write_parquet(
     local = isinstance(fs, LocalFileSystem)
     if local:  # object stores have no folders; making one could create a bucket
         make_dirs(root)
-    held: list[pa.RecordBatch] = []
-    if not partition_by:
-        # up to one row group's rows: the rest, if any, goes to the dataset writer
+    rest: Iterator[pa.RecordBatch] | None = tap
+    if not partition_by:  # up to one row group's rows: one file, written at once
         held, rest = take(tap, MIN_ROWS_PER_GROUP, size=lambda b: b.num_rows)
-        if rest is None:  # all of it fits one row group: one file, written at once
-            outputs = _write_one_file(held, schema, fs, root, basename, out_url, tap,
+        if rest is not None:  # more: the dataset writer groups all of it
+            rest = itertools.chain(held, rest)
+    with _translated_errors(tap, out_url):
+        if rest is None:
+            written = _write_one_file(pa.Table.from_batches(held, schema), fs, root, basename,
                                       compression=compression,
                                       compression_level=compression_level)
-            if local:
-                sync_files(root, [posixpath.join(root, o["path"]) for o in outputs])
-            return outputs
-        tap = ErrorTap(itertools.chain(held, rest))
-    written: list[tuple[str, int | None]] = []
-
-    def visit(file: Any) -> None:
-        written.append((file.path, file.metadata.num_rows if file.metadata else None))
-
-    options = ds.ParquetFileFormat().make_write_options(
-        compression=compression, compression_level=compression_level
-    )
-    partitioning = (
-        ds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
-        if partition_by
-        else None
-    )
-    try:
-        ds.write_dataset(
-            pa.RecordBatchReader.from_batches(schema, tap),
-            root,
-            basename_template=f"{basename}-{{i}}.parquet",
-            format="parquet",
-            partitioning=partitioning,
-            filesystem=arrow_filesystem(fs),
-            file_options=options,
-            use_threads=threads > 1,
-            preserve_order=True,
-            max_partitions=MAX_PARTITIONS,
-            min_rows_per_group=MIN_ROWS_PER_GROUP,
-            max_rows_per_group=MAX_ROWS_PER_GROUP,
-            file_visitor=visit,
-            existing_data_behavior="overwrite_or_ignore",
-            create_dir=local,
-        )
-    except _WRITE_ERRORS as exc:
-        if tap.error is not None:
-            raise tap.error from None
-        raise TransformError(f"writing Parquet failed: {exc}") from exc
-    except OSError as exc:  # the output's storage: a missing bucket, no permission...
-        if tap.error is not None:
-            raise tap.error from None
-        raise StorageError(f"cannot write Parquet under {out_url}: {exc}") from exc
+        else:
+            written = _write_dataset(rest, schema, fs, root, basename, partition_by,
+                                     compression=compression,
+                                     compression_level=compression_level,
+                                     threads=threads, local=local)
     if local:
         sync_files(root, [path for path, _ in written])
     return sorted(
@@ -152,30 +117,76 @@ def write_parquet(
     )
 
 
+@contextmanager
+def _translated_errors(tap: ErrorTap[pa.RecordBatch], out_url: str) -> Iterator[None]:
+    """pyarrow's write errors as celeray's; the source's own error (kept by ``tap``) as is."""
+    try:
+        yield
+    except _WRITE_ERRORS as exc:
+        if tap.error is not None:
+            raise tap.error from None
+        raise TransformError(f"writing Parquet failed: {exc}") from exc
+    except OSError as exc:  # the output's storage: a missing bucket, no permission...
+        if tap.error is not None:
+            raise tap.error from None
+        raise StorageError(f"cannot write Parquet under {out_url}: {exc}") from exc
+
+
 def _write_one_file(
-    batches: list[pa.RecordBatch], schema: pa.Schema, fs: Any, root: str, basename: str,
-    out_url: str, tap: ErrorTap, *, compression: str, compression_level: int | None,
-) -> list[dict[str, Any]]:
-    """Write a stream small enough for one row group as ``{basename}-0.parquet``.
+    table: pa.Table, fs: Any, root: str, basename: str, *, compression: str,
+    compression_level: int | None,
+) -> list[tuple[str, int | None]]:
+    """Write ``table`` (at most one row group's rows) as ``{basename}-0.parquet``.
 
     The same file the dataset writer would make (one row group, no partitions), without
     its machinery: ~0.6 ms less for every small group, which is most of a tiny batch's
     Ray task.
     """
     path = f"{root}/{basename}-0.parquet" if root else f"{basename}-0.parquet"
-    table = pa.Table.from_batches(batches, schema)
-    try:
-        pq.write_table(
-            table, path, filesystem=arrow_filesystem(fs), row_group_size=max(1, table.num_rows),
-            compression=compression, compression_level=compression_level,
-        )
-    except _WRITE_ERRORS as exc:
-        if tap.error is not None:
-            raise tap.error from None
-        raise TransformError(f"writing Parquet failed: {exc}") from exc
-    except OSError as exc:
-        raise StorageError(f"cannot write Parquet under {out_url}: {exc}") from exc
-    return [{"path": _relative(path, root), "rows": table.num_rows, "bytes": int(fs.size(path))}]
+    pq.write_table(
+        table, path, filesystem=arrow_filesystem(fs), row_group_size=max(1, table.num_rows),
+        compression=compression, compression_level=compression_level,
+    )
+    return [(path, table.num_rows)]
+
+
+def _write_dataset(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, fs: Any, root: str, basename: str,
+    partition_by: list[str], *, compression: str, compression_level: int | None,
+    threads: int, local: bool,
+) -> list[tuple[str, int | None]]:
+    """Write ``batches`` with pyarrow's dataset writer (hive partitions, row groups of
+    ``MIN_ROWS_PER_GROUP``..``MAX_ROWS_PER_GROUP`` rows); return (path, rows) per file."""
+    written: list[tuple[str, int | None]] = []
+
+    def visit(file: Any) -> None:
+        written.append((file.path, file.metadata.num_rows if file.metadata else None))
+
+    partitioning = (
+        ds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
+        if partition_by
+        else None
+    )
+    ds.write_dataset(
+        pa.RecordBatchReader.from_batches(schema, batches),
+        root,
+        basename_template=f"{basename}-{{i}}.parquet",
+        format="parquet",
+        partitioning=partitioning,
+        filesystem=arrow_filesystem(fs),
+        file_options=ds.ParquetFileFormat().make_write_options(
+            compression=compression, compression_level=compression_level
+        ),
+        use_threads=threads > 1,
+        preserve_order=True,
+        max_partitions=MAX_PARTITIONS,
+        min_rows_per_group=MIN_ROWS_PER_GROUP,
+        max_rows_per_group=MAX_ROWS_PER_GROUP,
+        file_visitor=visit,
+        existing_data_behavior="overwrite_or_ignore",
+        create_dir=local,
+    )
+    return written
 
 
 def remove_outputs(
