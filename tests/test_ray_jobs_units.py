@@ -71,3 +71,28 @@ def test_units_come_in_a_multiple_of_the_cpus() -> None:
     tiny = [{"url": "file:///t.csv", "size": 1000}]
     assert balanced_unit_bytes(tiny, unit_bytes=32 * mib, cpus=2) == MIN_UNIT_BYTES
     assert balanced_unit_bytes(one_big, unit_bytes=32 * mib, cpus=1) == 32 * mib
+
+
+def test_the_largest_units_start_first_so_the_cores_finish_together() -> None:
+    from ray_jobs.units import balanced_unit_bytes, largest_first, unit_work
+
+    mib = 1024**2
+    zst = [{"url": f"file:///f{i:02d}.csv.zst", "size": int(2.4 * mib)} for i in range(32)]
+    unit = balanced_unit_bytes(zst, unit_bytes=32 * mib, cpus=2)
+    units = [{"files": f} for f in plan_units(zst, unit_bytes=unit)]
+    sizes = [len(u["files"]) for u in units]
+    assert sorted(set(sizes)) == [3, 4]  # 32 files do not divide into 10 even units
+    order = largest_first(units)
+    assert sorted(order) == list(range(len(units)))
+    started = [len(units[i]["files"]) for i in order]
+    assert started == sorted(sizes, reverse=True)
+    # taken by two cores in that order, each takes the next when it is free
+    cores = [0, 0]
+    for i in order:
+        cores[cores.index(min(cores))] += unit_work(units[i])
+    assert max(cores) - min(cores) <= unit_work({"files": zst[:1]})
+    # a byte range weighs its length, not its file's size; ties keep the plan's order
+    ranged = [{"files": [{"url": "file:///a.csv", "size": 100, "range": [0, 50]}]},
+              {"files": [{"url": "file:///b.csv", "size": 60}]},
+              {"files": [{"url": "file:///a.csv", "size": 100, "range": [50, 100]}]}]
+    assert largest_first(ranged) == [1, 0, 2]
