@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from celeray.errors import EmptyInputError, TransformError
+from ray_jobs import writer
 from ray_jobs.writer import remove_outputs, write_parquet
 
 
@@ -100,19 +101,42 @@ def test_row_groups_are_neither_tiny_nor_huge(tmp_path: Path) -> None:
 
 
 def test_small_output_is_one_file_of_one_row_group(tmp_path: Path) -> None:
-    """Up to a row group's rows take the one-file path; the file is what the dataset
-    writer makes of the same rows (name, schema, compression, rows), in one row group."""
-    fast = write(tmp_path / "fast", flights(128 * 1024, batch_rows=4096), partition_by=[])
-    slow = write(tmp_path / "slow", flights(128 * 1024 + 1, batch_rows=4096), partition_by=[])
-    assert [o["path"] for o in fast] == [o["path"] for o in slow] == [
-        "part-b1-u00000-s0-0.parquet"]
-    assert fast[0]["rows"] == 128 * 1024 and slow[0]["rows"] == 128 * 1024 + 1
-    meta = pq.ParquetFile(tmp_path / "fast" / fast[0]["path"]).metadata
+    outputs = write(tmp_path, flights(5000, batch_rows=700), partition_by=[])
+    assert [(o["path"], o["rows"]) for o in outputs] == [("part-b1-u00000-s0-0.parquet", 5000)]
+    meta = pq.ParquetFile(tmp_path / outputs[0]["path"]).metadata
     assert meta.num_row_groups == 1
     assert meta.row_group(0).column(0).compression == "ZSTD"
-    assert fast[0]["bytes"] == (tmp_path / "fast" / fast[0]["path"]).stat().st_size
-    assert (pq.read_table(tmp_path / "fast" / fast[0]["path"]).schema
-            == pq.read_table(tmp_path / "slow" / slow[0]["path"]).schema)
+    assert outputs[0]["bytes"] == (tmp_path / outputs[0]["path"]).stat().st_size
+
+
+@pytest.mark.parametrize("rows", [10_000, 10_500])  # ends on a row group's end, or inside one
+def test_row_groups_written_while_the_next_is_read_keep_every_row_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    monkeypatch.setattr(writer, "MAX_ROWS_PER_GROUP", 2000)
+    outputs = write(tmp_path, flights(rows, batch_rows=500), partition_by=[])
+    path = tmp_path / outputs[0]["path"]
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == (
+        [2000] * (rows // 2000) + ([rows % 2000] if rows % 2000 else []))
+    assert outputs[0]["rows"] == rows
+    assert pq.read_table(path).column("dep_delay").to_pylist() == [i % 17 for i in range(rows)]
+
+
+def test_a_source_failing_after_row_groups_were_written_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "ROW_GROUP_BYTES", 1000)  # every batch is a row group
+    error = EmptyInputError("gone", url="file:///x")
+
+    def source() -> Iterator[pa.RecordBatch]:
+        yield from flights(20_000)
+        raise error
+
+    with pytest.raises(EmptyInputError) as info:
+        write(tmp_path, source(), partition_by=[])
+    assert info.value is error
+    assert files_under(tmp_path) == []
 
 
 def test_missing_partition_column(tmp_path: Path) -> None:
