@@ -209,6 +209,18 @@ def test_warm_workers_warms_one_worker_per_cpu_and_cleans_up(probe_dir: Path) ->
     assert set(glob.glob(f"{tempfile.gettempdir()}/celeray-warm-*")) == before
 
 
+def test_warming_grows_the_arrow_pool_to_a_units_size_and_gives_the_buffers_back() -> None:
+    import pyarrow as pa
+
+    from ray_jobs.dispatcher import _grow_memory_pool
+
+    pool = pa.default_memory_pool()
+    before = pool.bytes_allocated()
+    _grow_memory_pool(64 * 1024**2, 4 * 1024**2)
+    assert pool.bytes_allocated() == before  # freed: the pool keeps the pages for the next unit
+    assert pool.max_memory() >= before + 64 * 1024**2
+
+
 def test_a_transform_package_is_shipped_once_with_its_env_vars(
     tmp_path: Path, probe_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
