@@ -78,7 +78,7 @@ _WARM_PLAN: dict[str, Any] = {
 }
 
 
-_WARM_POOL_BYTES = 256 * 1024**2  # about one unit's Arrow data (workers peak ~230 MB over idle)
+_WARM_POOL_BYTES = 128 * 1024**2  # what a worker keeps after units of 32 MiB (~110-160 MB)
 _WARM_BUFFER_BYTES = 4 * 1024**2  # the size of a CSV block, the reader's usual allocation
 
 
@@ -91,8 +91,10 @@ def _warm() -> int:
     took 1.76 s after imports alone, 1.51 s after this, 1.37 s warm). Then the pool is
     grown to a unit's size, by touching every page of ``_WARM_POOL_BYTES`` of buffers
     and freeing them: the pool keeps the memory, and the kernel's first touch of it (in
-    the system time of the task) is paid here. Without it the first unit of 3 files of
-    each worker took 0.58-0.64 s instead of 0.36-0.42 s, 0.23 s of it in the kernel.
+    the system time of the task) is paid here. Without it each worker's first unit of a
+    run right after start (4 files of the bench's 32-zst set) took 0.72-0.79 s, with it
+    0.52-0.53 s, as in later runs; in a bare Ray, 3 files took 0.58-0.64 s instead of
+    0.36-0.42 s, 0.23 s of it in the kernel.
     """
     _grow_memory_pool(_WARM_POOL_BYTES, _WARM_BUFFER_BYTES)
     folder = tempfile.mkdtemp(prefix="celeray-warm-")
