@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 MAX_ROWS_PER_GROUP = 1024 * 1024  # what Parquet readers handle well
-# An unpartitioned file's row group also ends at this much Arrow data (1 Mi rows of wide
-# rows can be gigabytes); ~128 MB is the other size readers are tuned for.
+# An unpartitioned file's row group also ends at this much Arrow data: 1 Mi rows of wide
+# rows can be gigabytes, and a streamed file holds two row groups (one read, one written).
+# 64 MiB of flights is ~450 Ki rows, ~7 MB of zstd Parquet.
 ROW_GROUP_BYTES = 64 * 1024**2
 MIN_ROWS_PER_GROUP = 128 * 1024  # rows are buffered per partition until a group is this big
 MAX_PARTITIONS = 4096  # pyarrow's default is 1024 partitions per write
