@@ -12,7 +12,6 @@ before they are reported (:mod:`celeray.durable`): the commit that follows may n
 
 from __future__ import annotations
 
-import itertools
 import posixpath
 import re
 from collections.abc import Iterator
@@ -150,37 +149,26 @@ def _write_one_file(
     """
     path = f"{root}/{basename}-0.parquet" if root else f"{basename}-0.parquet"
     rows = 0
-    held: list[pa.RecordBatch] = []
-    held_rows = held_bytes = 0
     writer: pq.ParquetWriter | None = None
     writing: Future[None] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="celeray-parquet") as pool:
         try:
-            for batch in itertools.chain(batches, [None]):
-                if batch is not None:
-                    held.append(batch)
-                    held_rows += batch.num_rows
-                    held_bytes += batch.nbytes
-                full = held_rows >= MAX_ROWS_PER_GROUP or held_bytes >= ROW_GROUP_BYTES
-                if not held or not (batch is None or full):
-                    continue
+            for group, last in _row_groups(batches, schema):
                 if writer is None:  # opened at the first row group: a failed source leaves none
                     writer = pq.ParquetWriter(
                         path, schema, filesystem=arrow_filesystem(fs),
                         compression=compression, compression_level=compression_level,
                     )
-                group = pa.Table.from_batches(held, schema)
-                rows += held_rows
-                held, held_rows, held_bytes = [], 0, 0
                 if writing is not None:
                     writing.result()
                     writing = None
-                if batch is None:  # the last row group: nothing left to read meanwhile
+                if last:  # nothing left to read meanwhile: no thread (~0.2 ms) for it
                     writer.write_table(group, row_group_size=MAX_ROWS_PER_GROUP)
                 else:
                     writing = pool.submit(
                         writer.write_table, group, row_group_size=MAX_ROWS_PER_GROUP
                     )
+                rows += group.num_rows
             if writing is not None:  # the stream ended right after a full row group
                 writing.result()
         except BaseException:
@@ -198,22 +186,38 @@ def _write_one_file(
     return [(path, rows)]
 
 
+def _row_groups(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema
+) -> Iterator[tuple[pa.Table, bool]]:
+    """``batches`` as row groups of up to ``MAX_ROWS_PER_GROUP`` rows or ``ROW_GROUP_BYTES``
+    (no copy), each with whether the stream ended with it (the rest after the last full one)."""
+    held: list[pa.RecordBatch] = []
+    rows = size = 0
+    for batch in batches:
+        held.append(batch)
+        rows += batch.num_rows
+        size += batch.nbytes
+        if rows >= MAX_ROWS_PER_GROUP or size >= ROW_GROUP_BYTES:
+            yield pa.Table.from_batches(held, schema), False
+            held, rows, size = [], 0, 0
+    if held:
+        yield pa.Table.from_batches(held, schema), True
+
+
 def _write_dataset(
     batches: Iterator[pa.RecordBatch], schema: pa.Schema, fs: Any, root: str, basename: str,
     partition_by: list[str], *, compression: str, compression_level: int | None,
     threads: int, local: bool,
 ) -> list[tuple[str, int | None]]:
-    """Write ``batches`` with pyarrow's dataset writer (hive partitions, row groups of
+    """Write ``batches`` with pyarrow's dataset writer in hive partitions (row groups of
     ``MIN_ROWS_PER_GROUP``..``MAX_ROWS_PER_GROUP`` rows); return (path, rows) per file."""
     written: list[tuple[str, int | None]] = []
 
     def visit(file: Any) -> None:
         written.append((file.path, file.metadata.num_rows if file.metadata else None))
 
-    partitioning = (
-        ds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
-        if partition_by
-        else None
+    partitioning = ds.partitioning(
+        pa.schema([schema.field(c) for c in partition_by]), flavor="hive"
     )
     ds.write_dataset(
         pa.RecordBatchReader.from_batches(schema, batches),
