@@ -8,7 +8,7 @@ from typing import Any
 
 import zstandard
 
-__all__ = ["KINDS", "committed_before", "make_workspace", "run_demo", "write_landing"]
+__all__ = ["KINDS", "make_workspace", "run_demo", "write_landing"]
 
 KINDS = (".csv", ".csv.zst", ".csv.gz", ".jsonl")
 DEMO_PARTS = 24  # enough files that both Ray CPUs stay busy and batches form
@@ -118,32 +118,4 @@ def run_demo(settings: Any, workdir: Path, console: Any) -> dict[str, Any]:
             if doc.get("state") in ("SUCCESS", "FAILURE"):
                 break
             time.sleep(0.3)
-    from celeray.runstate import RunStore
-
-    earlier = committed_before(RunStore.from_settings(settings), doc)
-    if earlier is None:
-        return doc
-    console.print(f"every file was already committed by run {earlier} (beat's reconciliation "
-                  "pass, which starts runs for files left uncommitted, came first); its summary:")
-    return _call("GET", f"{api_url}/api/v1/runs/{earlier}", token)[1]
-
-
-def committed_before(store: Any, doc: dict[str, Any]) -> str | None:
-    """The run that committed the files when ``doc``'s run found every one already done.
-
-    The stack's reconciliation pass starts a run for listed, uncommitted files when its
-    period ticks; if it ticks while the stack comes up, the demo's own run finds nothing
-    left to do, and the run worth showing is that one. ``store`` is a
-    :class:`~celeray.runstate.RunStore`; ``doc`` the API's view of the demo's run.
-    """
-    result = doc.get("result") or {}
-    listed = int(result.get("files_listed") or 0)
-    if doc.get("state") != "SUCCESS" or not listed or result.get("files_skipped") != listed:
-        return None
-    for run_id in store.recent(str(doc.get("pipeline") or "flights")):
-        if run_id == doc.get("run_id"):
-            continue
-        record = store.get(run_id) or {}
-        if record.get("state") == "SUCCESS":
-            return run_id
-    return None
+    return doc

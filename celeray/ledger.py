@@ -5,6 +5,7 @@ Layout::
     <sink>/_celeray/ledger/<batch_id>.json      one entry per committed batch (the commit)
     <sink>/_celeray/staging/<batch_id>/...      a batch's Parquet before its commit
     <sink>/_celeray/quarantine/<key>.json       one reason record per quarantined input
+    <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
 
 A batch's Parquet is written under ``staging/``, which pyarrow.dataset skips (leading ``_``)
 and partition globs do not reach. Committing writes the ledger entry atomically; that is the
@@ -15,6 +16,11 @@ delete on object stores). A crash between
 the two is repaired by :meth:`Ledger.recover`, which finishes the moves of every entry whose
 staging folder is still there (redo, never undo). So output reaches readers only after its
 entry exists, and an input listed in an entry is never processed again.
+
+A run records the inputs it planned under ``started/`` before it sends a batch, and drops
+the record when it ends with every batch committed. A record whose inputs are not all done
+is work that a lost Redis (or a failed batch) left behind: the reconciliation pass restarts
+exactly that, and never a file that only landed and that no run has taken on yet.
 """
 
 from __future__ import annotations
@@ -70,6 +76,37 @@ class Ledger:
     def quarantine_url(self, url: str) -> str:
         """Where the reason record for input ``url`` lives."""
         return storage.join(self.root, "quarantine", f"{_quarantine_key(url)}.json")
+
+    def started_url(self, run_id: str) -> str:
+        """Where the record of the inputs run ``run_id`` planned lives while it is open."""
+        return storage.join(self.root, "started", f"{run_id}.json")
+
+    def record_start(self, run_id: str, pipeline: str, inputs: list[str]) -> None:
+        """Durably note that ``run_id`` set out to commit ``inputs`` (before any batch is sent)."""
+        doc = {"run_id": run_id, "pipeline": pipeline, "started_at": time.time(),
+               "inputs": sorted(inputs)}  # fmt: skip
+        storage.atomic_write_json(self.started_url(run_id), doc, self.storage_options)
+
+    def drop_start(self, run_id: str) -> None:
+        """Forget the record of ``run_id`` (its inputs are done); nothing if there is none."""
+        storage.remove_file(self.started_url(run_id), self.storage_options)
+
+    def started(self) -> list[dict[str, Any]]:
+        """Every open record of a started run, oldest first."""
+        urls = [
+            u
+            for u in storage.list_files(storage.join(self.root, "started"), self.storage_options)
+            if u.endswith(".json") and not u.rsplit("/", 1)[-1].startswith(".")
+        ]
+        out = []
+        for url in urls:
+            try:
+                out.append(storage.read_json(url, self.storage_options))
+            except FileNotFoundError:
+                continue  # dropped by its run meanwhile
+            except (OSError, ValueError) as exc:
+                raise LedgerError(f"unreadable record of a started run {url}: {exc}") from exc
+        return sorted(out, key=lambda d: d.get("started_at", 0))
 
     def entries(self) -> list[dict[str, Any]]:
         """Every committed entry, oldest first."""

@@ -169,6 +169,9 @@ def begin_run(
         }
         for b in plan.batches
     ]
+    if jobs:  # durable before any batch is sent: what reconciliation may restart
+        planned = [f["url"] for b in plan.batches for f in b.files]
+        ledger.record_start(run_id, pipeline.name, planned)
     store.save_jobs(run_id, jobs)
     store.plan(
         run_id,
@@ -316,11 +319,17 @@ def abort_run(run_id: str, pipeline: str, error: str, store: RunStore) -> None:
 
 
 def finalize_run(run_id: str, store: RunStore) -> tuple[str, dict[str, Any]]:
-    """End a run whose batches are all finished: state, summary, lock released."""
+    """End a run whose batches are all finished: state, summary, lock released.
+
+    A run with every batch committed drops its record of started inputs from the ledger; a
+    failed one keeps it, so the reconciliation pass retries the files it left.
+    """
     record = store.get(run_id) or {"run_id": run_id}
     state = "FAILURE" if record.get("batches_failed") else "SUCCESS"
     finished = time.time()
     pipeline = str(record["pipeline"]) if record.get("pipeline") else None
+    if state == "SUCCESS" and record.get("sink"):  # every batch committed: nothing to redo
+        Ledger(str(record["sink"])).drop_start(run_id)
     store.end(run_id, pipeline, state=state, finished_at=finished)  # and the lock released
     record.update(state=state, finished_at=finished)
     return state, summary_of(record)

@@ -37,6 +37,7 @@ __all__ = [
     "move",
     "open_fs",
     "read_json",
+    "remove_file",
     "remove_tree",
 ]
 
@@ -306,6 +307,13 @@ def move(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = No
         os.replace(src, dst)
     else:
         fs.mv(src, dst)
+
+
+def remove_file(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Delete one file; nothing happens when it is absent."""
+    fs, path = open_fs(url, storage_options)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
 
 
 def remove_tree(url: str, storage_options: dict[str, Any] | None = None) -> None:

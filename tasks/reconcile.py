@@ -1,4 +1,4 @@
-"""``tasks.reconcile``: beat's periodic pass that starts runs for listed-but-uncommitted files.
+"""``tasks.reconcile``: beat's periodic pass that restarts what started runs left uncommitted.
 
 The logic lives in :mod:`celeray.reconcile`; this task gives it the worker's connections.
 """
@@ -22,7 +22,7 @@ __all__ = ["reconcile"]
     expires=60,  # a pass nobody ran within a minute is dropped, not run late
 )
 def reconcile() -> dict[str, dict[str, Any]]:
-    """Trigger a run for each pipeline whose source lists files its ledger lacks."""
+    """Trigger a run for each pipeline whose started runs left inputs uncommitted."""
     settings = get_settings()
     pipelines = current_pipelines(settings.pipelines, **settings.pipeline_rules())
     return reconcile_pass(pipelines, run_store(), app)

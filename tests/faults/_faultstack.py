@@ -181,8 +181,9 @@ class FaultStack:
     def settle(self, name: str, timeout: float = 150) -> None:
         """Until every listed input of ``name`` is committed or quarantined and no run of
         it holds the lock, retriggering when nothing is running (what a user would do)."""
+        from celeray import storage
+        from celeray.ledger import Ledger
         from celeray.pipelines import load_pipelines
-        from celeray.reconcile import uncommitted
 
         pipeline = load_pipelines(self.pipelines_file,
                                   **self.settings.pipeline_rules(self.pipelines_file))[name]
@@ -190,7 +191,8 @@ class FaultStack:
         def settled() -> bool:
             if self.store.holder(name):
                 return False
-            if not uncommitted(pipeline):
+            done = Ledger(pipeline.sink).done_inputs()
+            if all(f.url in done for f in storage.list_source(pipeline.source)):
                 return True
             from celeray.errors import RunActiveError
             from celeray.runs import trigger_run
