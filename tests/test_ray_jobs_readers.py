@@ -315,3 +315,68 @@ def test_decompression_errors_reach_the_reader(tmp_path: Path, ext: str, encode)
     with pytest.raises(DecompressionError, match="truncated") as info:
         read(url)
     assert info.value.url == url
+
+
+def _pyarrow_streamed(data: bytes) -> pa.Table:
+    """What pyarrow's own streaming reader makes of ``data`` in the tests' blocks."""
+    import pyarrow.csv as pacsv
+
+    options = pacsv.ReadOptions(block_size=LIMITS["max_row_bytes"], use_threads=False)
+    return pacsv.open_csv(io.BytesIO(data), read_options=options).read_all()
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_csv_reads_as_pyarrow_streams_it(tmp_path: Path, codec: str) -> None:
+    """The rest of a file is read with the types of its first block (pyarrow converts
+    later blocks twice while it infers); the table is the one pyarrow's reader makes."""
+    lines = [b"id,name,v,when,note"]
+    for i in range(N):
+        note = b'"a, quoted\r\nvalue"' if i % 997 == 0 else (b"" if i % 7 else b"n%d" % i)
+        v = b"" if i % 11 == 0 else b"%d.5" % i
+        lines.append(b"%d,n%d,%s,2024-01-%02dT00:00:00Z,%s" % (i, i, v, i % 28 + 1, note))
+        if i % 1000 == 0:
+            lines.append(b"")  # blank lines are skipped, and not counted
+    data = b"\r\n".join(lines) + b"\r\n"
+    table = read(put(tmp_path, f"d.csv{codec}", CODECS[codec](data)))
+    assert table.equals(_pyarrow_streamed(data).combine_chunks().cast(table.schema))
+    assert table.schema == _pyarrow_streamed(data).schema
+
+
+def test_csv_later_blocks_keep_the_first_blocks_types(tmp_path: Path) -> None:
+    """``v`` holds integers in the first block, so a fraction in a later block fails,
+    as it does in pyarrow's reader, with the row and line of the whole file."""
+    rows = [{"id": i, "name": f"n{i}", "v": i} for i in range(N)]
+    rows[20_000]["v"] = 0.25  # type: ignore[assignment]
+    data = csv_bytes(rows)
+    with pytest.raises(pa.ArrowInvalid, match="Row #20002"):
+        _pyarrow_streamed(data)
+    with pytest.raises(SchemaError, match="column 'v': value '0.25' does not convert") as info:
+        read(put(tmp_path, "late.csv", data))
+    assert (info.value.row, info.value.line) == (20_001, 20_002)
+
+
+def test_csv_malformed_row_in_a_later_block_is_numbered_in_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    data = csv_bytes().replace(b"\n22222,n22222,", b"\n22222,")
+    with pytest.raises(ParseError, match="expected 3 columns, got 2") as info:
+        read(put(tmp_path, "bad.csv", data))
+    assert (info.value.row, info.value.line) == (22_223, 22_224)
+
+
+def test_csv_whose_first_block_holds_only_the_header(tmp_path: Path) -> None:
+    """A first row that does not fit beside the header in a block: the types come from
+    the next block instead of from no rows at all."""
+    long = {"id": 0, "name": "x" * 65_000, "v": 0.5}
+    table = read(put(tmp_path, "wide.csv", csv_bytes([long, *ROWS[1:]])))
+    assert table.num_rows == N and table.schema.field("id").type == pa.int64()
+    assert table.column("name")[0].as_py() == "x" * 65_000
+
+
+def test_csv_of_exactly_one_block(tmp_path: Path) -> None:
+    """A file that ends where the first block does leaves nothing for the second reader."""
+    data = b"id,name\n" + b"".join(b"%d,n%d\n" % (i, i) for i in range(10))
+    data += b"10," + b"x" * (LIMITS["max_row_bytes"] - len(data) - 4) + b"\n"
+    assert len(data) == LIMITS["max_row_bytes"]
+    table = read(put(tmp_path, "one.csv", data))
+    assert table.column("id").to_pylist() == list(range(11))
