@@ -132,26 +132,27 @@ def _blocks(
 
 
 class _Prefixed(io.RawIOBase):
-    """``prefix``, then the rest of ``stream``: bytes read ahead, handed back in front."""
+    """``prefix`` (the start of a row read ahead), then the rest of ``stream``.
+
+    The prefix is served as a short read of its own: pyarrow joins a block without a
+    line break to the next one, and copying the next 4 MiB behind it would cost ~1 ms.
+    """
 
     def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
         super().__init__()
-        self._prefix = memoryview(prefix)
+        self._prefix = prefix
         self._stream = stream
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            head, self._prefix = bytes(self._prefix), memoryview(b"")
-            return head + self._stream.read()
         if not self._prefix:
-            return self._stream.read(size)
-        head = bytes(self._prefix[:size])
-        self._prefix = self._prefix[size:]
-        if len(head) < size:  # reads are whole unless the stream ends, as pyarrow expects
-            head += self._stream.read(size - len(head))
+            return self._stream.read(-1 if size is None else size)
+        if size is None or size < 0:
+            head, self._prefix = self._prefix, b""
+            return head + self._stream.read()
+        head, self._prefix = self._prefix[:size], self._prefix[size:]
         return head
 
     def readinto(self, buffer: Any) -> int:
