@@ -57,11 +57,13 @@ def csv_batches(
     first = stream.read(max_row_bytes)
     cut = max(first.rfind(b"\n"), first.rfind(b"\r")) + 1
     if len(first) < max_row_bytes or cut == 0:  # one block, or a first row beyond a block
-        source = io.BytesIO(first) if len(first) < max_row_bytes else _Prefixed(first, stream)
+        whole = len(first) < max_row_bytes
+        source = pa.BufferReader(first) if whole else _Prefixed(first, stream)
         yield from _blocks(_Read(url, types, max_row_bytes), source, reopen=reopen)
         return
     head = _Read(url, types, max_row_bytes)
-    yield from _blocks(head, io.BytesIO(first[:cut]), reopen=reopen)
+    block = pa.BufferReader(pa.py_buffer(first).slice(0, cut))  # no copy of the 4 MiB
+    yield from _blocks(head, block, reopen=reopen)
     found = dict(zip(head.names, head.types, strict=True)) if head.rows else types
     rest = _Read(url, found, max_row_bytes, names=head.names, rows_before=head.rows)
     yield from _blocks(rest, _Prefixed(first[cut:], stream))
