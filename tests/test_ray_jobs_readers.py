@@ -350,7 +350,7 @@ def test_csv_later_blocks_keep_the_first_blocks_types(tmp_path: Path) -> None:
     data = csv_bytes(rows)
     with pytest.raises(pa.ArrowInvalid, match="Row #20002"):
         _pyarrow_streamed(data)
-    with pytest.raises(SchemaError, match="column 'v': value '0.25' does not convert") as info:
+    with pytest.raises(SchemaError, match=r"column 'v': value '0\.25' does not convert") as info:
         read(put(tmp_path, "late.csv", data))
     assert (info.value.row, info.value.line) == (20_001, 20_002)
 
