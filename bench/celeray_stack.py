@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.datasets import DATA
+from celeray.ports import listen_port
 
 __all__ = ["REDIS_PORT", "BenchStack", "StackFailedError"]
 
@@ -37,12 +37,6 @@ MARK = "# celeray bench pipelines: written by `python -m bench`, rewritten on ea
 
 class StackFailedError(RuntimeError):
     """The stack did not start, or answered the API with an error."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BenchStack:
@@ -75,9 +69,9 @@ class BenchStack:
             "CELERAY_LOCAL_ROOTS": os.pathsep.join([str(root), str(DATA)]),
             "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{redis_port}/{BROKER_DB}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{redis_port}/{BACKEND_DB}",
-            "CELERAY_RAY_PORT": str(_free_port()),
-            "CELERAY_API_PORT": str(_free_port()),
-            "CELERAY_FLOWER_PORT": str(_free_port()),
+            "CELERAY_RAY_PORT": str(listen_port()),
+            "CELERAY_API_PORT": str(listen_port()),
+            "CELERAY_FLOWER_PORT": str(listen_port()),
             "COLUMNS": "200",
         })
         (root / "pipelines.toml").write_text(MARK)

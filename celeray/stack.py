@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celeray.errors import CelerayError
+from celeray.ports import listen_port
 from celeray.settings import Settings
 
 __all__ = ["StackError", "StackInfo", "down", "program_states", "status", "up"]
@@ -52,12 +53,6 @@ class StackInfo:
 
 def _bin() -> Path:
     return Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -172,7 +167,7 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
     if settings.local_roots:  # programs run in the home: relative roots must not move
         env["CELERAY_LOCAL_ROOTS"] = os.pathsep.join(settings.local_roots_for())
     for name in ("DASHBOARD", "AGENT", "AGENT_GRPC", "RUNTIME_ENV", "METRICS", "CLIENT"):
-        env[f"CELERAY_RAY_{name}_PORT"] = str(_free_port())
+        env[f"CELERAY_RAY_{name}_PORT"] = str(listen_port())
     info = StackInfo(
         home=home,
         api_url=f"http://127.0.0.1:{settings.api_port}",

@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from celeray.ports import listen_port
+
 VENV_BIN = Path(sys.executable).parent
 REDIS_HOST = os.environ.get("CELERAY_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CELERAY_TEST_REDIS_PORT", "6379"))
@@ -31,10 +33,9 @@ BACKEND_DB = int(os.environ.get("CELERAY_TEST_BACKEND_DB", "14"))
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now, outside the ephemeral range (see
+    :mod:`celeray.ports`: a restarted Ray head binds its ports again)."""
+    return listen_port()
 
 
 class ProcessExitedError(RuntimeError):
