@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BatchBusyError",
     "CelerayError",
     "ConfigError",
     "DecompressionError",
@@ -113,6 +114,15 @@ class TransientIOError(StorageError):
 
 class LedgerError(StorageError):
     """The ledger under ``<sink>/_celeray/`` is unreadable or inconsistent."""
+
+
+class BatchBusyError(CelerayError):
+    """Another start of the same batch is transforming it now; this one waits its turn.
+
+    Two starts of one batch (Redis giving back a dead worker's message and the run's
+    watchdog resending it) must not run at once: they write the same output names, and one
+    clearing its unit's earlier files could delete the other's before its commit.
+    """
 
 
 class RayUnavailableError(CelerayError):

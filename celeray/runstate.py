@@ -380,6 +380,22 @@ class RunStore:
         ))
         return None if died < 0 else died
 
+    def claim_batch(self, pipeline: str, batch_id: str, token: str, ttl: int) -> str | None:
+        """Take the batch's transform lease for ``ttl`` seconds; the holder's token if taken.
+
+        ``ttl`` is the task time limit: a start that dies keeps the lease no longer than a
+        live one could run, and Redis gives its message back only after the visibility
+        timeout, which is longer.
+        """
+        key = f"{_PREFIX}:busy:{pipeline}:{batch_id}"
+        if self.r.set(key, token, nx=True, ex=max(1, int(ttl))):
+            return None
+        return str(self.r.get(key) or "an expired start")
+
+    def release_batch(self, pipeline: str, batch_id: str, token: str) -> None:
+        """Give the lease back, if ``token`` still holds it."""
+        self._release(keys=[f"{_PREFIX}:busy:{pipeline}:{batch_id}"], args=[token])
+
     def end_attempt(self, pipeline: str, batch_id: str) -> None:
         """Record that a start of the batch's transform ended (well or with an error)."""
         self.r.hincrby(self._attempts_key(pipeline), f"{batch_id}:ended", 1)

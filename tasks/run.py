@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -19,6 +20,7 @@ from celery import Task, chain, states
 
 from celeray import runs, storage
 from celeray.errors import (
+    BatchBusyError,
     LockLostError,
     RayUnavailableError,
     RunFailedError,
@@ -268,6 +270,43 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     """
     settings = get_settings()
     store = run_store()
+    if self.request.retries and _finished(store, job):
+        log.info("batch %s: finished by another start meanwhile", job["batch_id"])
+        return {"batch_id": job["batch_id"], "committed": None, "finished_before": True}
+    token = str(uuid.uuid4())
+    holder = store.claim_batch(job["pipeline"], job["batch_id"], token, settings.task_time_limit)
+    if holder is not None:  # not a failure: it waits (no retry limit) until the other ends
+        raise self.retry(
+            exc=BatchBusyError(f"batch {job['batch_id']} is being transformed by another start"),
+            countdown=BUSY_RETRY_SECONDS, max_retries=None,
+        )
+    try:
+        out = _transform_claimed(self, job, settings, store)
+        if not job.get("commit_here"):
+            # commit_batch gives the lease back after its commit: until then another start
+            # of the batch must not clear the staged files this one made
+            return {**out, "lease": token}
+        return commit_here(out, self.request.hostname, defer=commit_batch.apply_async)
+    except BaseException:
+        store.release_batch(job["pipeline"], job["batch_id"], token)
+        raise
+    finally:
+        if job.get("commit_here"):
+            store.release_batch(job["pipeline"], job["batch_id"], token)
+
+
+BUSY_RETRY_SECONDS = 5  # how often a second start of a batch looks whether the first ended
+
+
+def _finished(store: RunStore, job: dict[str, Any]) -> bool:
+    """Whether the batch was finished (committed or failed) by another start of it."""
+    return bool(store.get(job["run_id"])) and job["batch_id"] not in store.pending(job["run_id"])
+
+
+def _transform_claimed(
+    self: Task, job: dict[str, Any], settings: Settings, store: RunStore
+) -> dict[str, Any]:
+    """The transform of a batch whose lease this start holds (poison check included)."""
     # The fencing check, this start counted, and trigger -> first Ray task (the run's
     # overhead) marked: one round trip.
     deaths = store.begin_attempt(
@@ -278,15 +317,11 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     if deaths >= settings.max_deliveries:
         store.end_attempt(job["pipeline"], job["batch_id"])
         log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
-        out = {**job, "result": poison_result(job, deaths)}
-    else:
-        try:
-            out = _transform(job, settings, store, hostname=self.request.hostname)
-        finally:  # not reached when the worker dies: that start counts as a death
-            store.end_attempt(job["pipeline"], job["batch_id"])
-    if not job.get("commit_here"):
-        return out  # the chain's commit_batch, on the io queue, commits it
-    return commit_here(out, self.request.hostname, defer=commit_batch.apply_async)
+        return {**job, "result": poison_result(job, deaths)}
+    try:
+        return _transform(job, settings, store, hostname=self.request.hostname)
+    finally:  # not reached when the worker dies: that start counts as a death
+        store.end_attempt(job["pipeline"], job["batch_id"])
 
 
 def commit_here(
@@ -391,8 +426,17 @@ def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
 def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    """Commit the batch to the ledger; the last batch of the run finalizes it."""
-    return _commit(job, self.request.hostname)
+    """Commit the batch to the ledger; the last batch of the run finalizes it.
+
+    Then the transform's lease on the batch (``lease``) is given back. A transform that
+    found its batch finished by another start passes that on, and nothing is committed.
+    """
+    if job.get("finished_before"):
+        return job
+    out = _commit(job, self.request.hostname)
+    if job.get("lease"):
+        run_store().release_batch(job["pipeline"], job["batch_id"], job["lease"])
+    return out
 
 
 def _commit(job: dict[str, Any], hostname: str | None) -> dict[str, Any]:

@@ -100,3 +100,16 @@ def test_finishing_a_batch_marks_progress_and_renews_the_record(store: RunStore)
     store.r.hset("celeray:run:r1", "progress_at", 1.0)
     assert store.finish_batch("r1", "b1", {"rows_out": 3}) is None  # counted before
     assert store.get("r1")["progress_at"] == 1.0 and store.get("r1")["rows_out"] == 3
+
+
+def test_one_start_of_a_batch_transforms_it_at_a_time(store: RunStore) -> None:
+    """The transform lease: a second start of the batch is told who holds it; only the
+    holder gives it back; it expires with the time limit when its holder died."""
+    assert store.claim_batch("p", "b1", "start-1", ttl=30) is None
+    assert store.claim_batch("p", "b1", "start-2", ttl=30) == "start-1"
+    assert store.claim_batch("p", "b2", "start-2", ttl=30) is None  # another batch is free
+    store.release_batch("p", "b1", "start-2")  # not its lease: nothing happens
+    assert store.claim_batch("p", "b1", "start-3", ttl=30) == "start-1"
+    assert 0 < store.r.ttl("celeray:busy:p:b1") <= 30
+    store.release_batch("p", "b1", "start-1")
+    assert store.claim_batch("p", "b1", "start-3", ttl=30) is None
