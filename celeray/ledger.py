@@ -77,6 +77,14 @@ class Ledger:
         """Where the reason record for input ``url`` lives."""
         return storage.join(self.root, "quarantine", f"{_quarantine_key(url)}.json")
 
+    def _documents(self, folder: str) -> list[str]:
+        """URLs of the JSON documents in ``_celeray/<folder>`` (temporary files left out)."""
+        return [
+            u
+            for u in storage.list_files(storage.join(self.root, folder), self.storage_options)
+            if u.endswith(".json") and not u.rsplit("/", 1)[-1].startswith(".")
+        ]
+
     def started_url(self, run_id: str) -> str:
         """Where the record of the inputs run ``run_id`` planned lives while it is open."""
         return storage.join(self.root, "started", f"{run_id}.json")
@@ -93,13 +101,8 @@ class Ledger:
 
     def started(self) -> list[dict[str, Any]]:
         """Every open record of a started run, oldest first."""
-        urls = [
-            u
-            for u in storage.list_files(storage.join(self.root, "started"), self.storage_options)
-            if u.endswith(".json") and not u.rsplit("/", 1)[-1].startswith(".")
-        ]
         out = []
-        for url in urls:
+        for url in self._documents("started"):
             try:
                 out.append(storage.read_json(url, self.storage_options))
             except FileNotFoundError:
@@ -110,13 +113,8 @@ class Ledger:
 
     def entries(self) -> list[dict[str, Any]]:
         """Every committed entry, oldest first."""
-        urls = [
-            u
-            for u in storage.list_files(storage.join(self.root, "ledger"), self.storage_options)
-            if u.endswith(".json") and not u.rsplit("/", 1)[-1].startswith(".")
-        ]
         out = []
-        for url in urls:
+        for url in self._documents("ledger"):
             with _CACHE_LOCK:
                 entry = _ENTRY_CACHE.get(url)
             if entry is None:
