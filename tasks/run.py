@@ -280,18 +280,16 @@ def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
             exc=BatchBusyError(f"batch {job['batch_id']} is being transformed by another start"),
             countdown=BUSY_RETRY_SECONDS, max_retries=None,
         )
+    handed_on = False  # to commit_batch, which gives the lease back after its commit
     try:
         out = _transform_claimed(self, job, settings, store)
         if not job.get("commit_here"):
-            # commit_batch gives the lease back after its commit: until then another start
-            # of the batch must not clear the staged files this one made
+            # until the commit, another start of the batch must not clear the staged files
+            handed_on = True
             return {**out, "lease": token}
         return commit_here(out, self.request.hostname, defer=commit_batch.apply_async)
-    except BaseException:
-        store.release_batch(job["pipeline"], job["batch_id"], token)
-        raise
     finally:
-        if job.get("commit_here"):
+        if not handed_on:
             store.release_batch(job["pipeline"], job["batch_id"], token)
 
 
