@@ -21,6 +21,7 @@ __all__ = [
     "InputTooLargeError",
     "LedgerError",
     "LockLostError",
+    "MessageRefusedError",
     "OutsideRootsError",
     "ParseError",
     "PipelineFileError",
@@ -94,6 +95,15 @@ class RunFailedError(CelerayError):
 
 class LockLostError(CelerayError):
     """This run no longer holds its pipeline's lock: a newer run superseded it."""
+
+
+class MessageRefusedError(CelerayError):
+    """A task message that the worker will not act on: malformed, or naming work that its
+    own pipeline file does not define (an unknown pipeline, inputs outside the pipeline's
+    source or roots, a batch id its inputs do not give).
+
+    Nothing is read, written or counted for such a message; the reason is logged.
+    """
 
 
 class UncheckableURLError(CelerayError):

@@ -4,6 +4,7 @@ Layout::
 
     <sink>/_celeray/ledger/<batch_id>.json      one entry per committed batch (the commit)
     <sink>/_celeray/staging/<batch_id>/...      a batch's Parquet before its commit
+    <sink>/_celeray/staging/<batch_id>/_result.json  its transform's result, for commit_batch
     <sink>/_celeray/quarantine/<key>.json       one reason record per quarantined input
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
 
@@ -36,6 +37,7 @@ from celeray.errors import LedgerError
 __all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for"]
 
 LEDGER_VERSION = 1
+RESULT_NAME = "_result.json"  # a leading "_": the dataset writers and readers skip it
 _CACHE_LOCK = threading.Lock()
 # Entries never change once written, so each process reads each one once.
 _ENTRY_CACHE: dict[str, dict[str, Any]] = {}
@@ -72,6 +74,30 @@ class Ledger:
     def staging_url(self, batch_id: str) -> str:
         """Where the Ray tasks of ``batch_id`` write Parquet before the commit."""
         return storage.join(self.root, "staging", batch_id)
+
+    def result_url(self, batch_id: str) -> str:
+        """Where a transform leaves its batch's result for a ``commit_batch`` on another host.
+
+        The result travels through the sink, not in the message: a commit acts only on what
+        the batch's own Ray tasks wrote, in the folder this worker derives for the batch.
+        """
+        return storage.join(self.staging_url(batch_id), RESULT_NAME)
+
+    def save_result(self, batch_id: str, result: dict[str, Any]) -> None:
+        """Keep a transformed batch's result beside its staged Parquet until the commit."""
+        storage.atomic_write_json(self.result_url(batch_id), result, self.storage_options)
+
+    def load_result(self, batch_id: str) -> dict[str, Any] | None:
+        """The result to commit for ``batch_id``: its entry's when it is committed (a
+        redelivered commit), else the one its transform saved; None when there is neither."""
+        if self.is_committed(batch_id):
+            entry = storage.read_json(self.entry_url(batch_id), self.storage_options)
+            return {**entry, "files": entry.get("inputs", [])}
+        try:
+            result = storage.read_json(self.result_url(batch_id), self.storage_options)
+        except FileNotFoundError:
+            return None
+        return result if isinstance(result, dict) else None
 
     def quarantine_url(self, url: str) -> str:
         """Where the reason record for input ``url`` lives."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import fsspec
 from fsspec.archive import AbstractArchiveFileSystem
@@ -31,6 +32,7 @@ __all__ = [
     "local_path",
     "local_target",
     "outside",
+    "outside_roots",
     "refusal",
     "resolve_roots",
 ]
@@ -197,6 +199,20 @@ def refusal(url: str, roots: Iterable[str]) -> OutsideRootsError | None:
         f"({', '.join(roots) or 'none'}; CELERAY_LOCAL_ROOTS); not read",
         url=url,
     )
+
+
+def outside_roots(urls: Iterable[str], roots: tuple[str, ...]) -> dict[str, Any]:
+    """Quarantine records of the local ``urls`` that resolve outside ``roots``, by URL.
+
+    A symlink in the landing folder can point anywhere; such a file is never read, and it is
+    quarantined (so committed-or-quarantined holds for every listed file).
+    """
+    found = {}
+    for url in urls:
+        error = refusal(url, roots)
+        if error is not None:
+            found[url] = error.record()
+    return found
 
 
 def check_read(url: str, roots: Iterable[str] | None) -> None:

@@ -15,26 +15,24 @@ import uuid
 from typing import Any
 
 from celeray import storage
-from celeray.errors import LockLostError, RunActiveError
+from celeray.batch import ResolvedBatch
+from celeray.errors import LedgerError, LockLostError, RunActiveError
 from celeray.ledger import Ledger
+from celeray.messages import BatchMessage, InputFile
 from celeray.pipelines import Pipeline
 from celeray.planner import needs_staging, plan_batches
-from celeray.roots import refusal
 from celeray.runstate import COUNTERS, RunStore
-from celeray.settings import Settings
 
 __all__ = [
     "FINAL_STATES",
     "abort_run",
     "begin_run",
-    "commit_job",
-    "fail_job",
+    "commit_result",
+    "fail_batch",
     "finalize_run",
     "new_run_id",
-    "outside_roots",
     "progress_of",
     "reserve_run",
-    "staged_job",
     "summary_of",
     "trigger_run",
 ]
@@ -83,40 +81,24 @@ def trigger_run(pipeline: str, store: RunStore, client: Any, *, trigger: str) ->
     return run_id
 
 
-def _job_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
-    return {
-        **pipeline.to_plan(),
-        "limits": settings.limits(),
-        "local_roots": settings.read_roots(),  # Ray tasks refuse local reads outside these
-        # Never secrets in a plan: each Ray node builds its storage options (endpoint,
-        # region) from its own environment and botocore finds its AWS_* credentials there.
-        "storage_options": None,
-        "threads": 1,  # each Ray task has one CPU; its pyarrow and DuckDB get one thread
-    }
-
-
 REFERENCE_CANDIDATES = 8  # Parquet files tried, in URL order, for the run's reference schema
 _PARQUET_NAMES = (".parquet", ".pq")
 
 
-def _reference(ledger: Ledger, batches: list[Any], pipeline: Pipeline) -> dict[str, Any]:
-    """Where the run's Parquet files take their reference schema from (plan keys).
+def _reference_files(batches: list[Any], pipeline: Pipeline) -> list[str]:
+    """The run's Parquet inputs each batch tries for the reference schema, in URL order.
 
-    The schema pinned in the sink's ledger by its first committed Parquet batch, else the
-    first of the run's Parquet files, in URL order, whose footer reads (each Ray task
-    looks at up to ``REFERENCE_CANDIDATES`` of them; files that must be staged first are
-    left out). Every batch of the run gets the same candidates, so they agree.
+    Used until the sink's ledger pins one (then the pinned schema wins, see
+    :mod:`celeray.batch`). Every batch of the run gets the same candidates, so they agree;
+    files that must be staged first are left out.
     """
-    pinned = ledger.pinned_schema()
-    if pinned is not None:
-        return {"reference": pinned, "reference_files": []}
     urls = sorted(
         f["url"]
         for b in batches
         for f in b.files
         if not needs_staging(f["url"]) and _is_parquet(f["url"], pipeline.format)
     )
-    return {"reference": None, "reference_files": urls[:REFERENCE_CANDIDATES]}
+    return urls[:REFERENCE_CANDIDATES]
 
 
 def _is_parquet(url: str, fmt: str | None) -> bool:
@@ -128,9 +110,7 @@ def _is_parquet(url: str, fmt: str | None) -> bool:
     return name.endswith(_PARQUET_NAMES)
 
 
-def begin_run(
-    run_id: str, pipeline: Pipeline, store: RunStore, settings: Settings, *, trigger: str
-) -> dict[str, Any]:
+def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str) -> dict[str, Any]:
     """Lock, repair the ledger, list the source, plan batches; return the jobs to send.
 
     Returns ``{"status": "skipped", "running": id}`` when another run holds the lock,
@@ -154,21 +134,21 @@ def begin_run(
     repaired = ledger.recover()
     listed = storage.list_source(pipeline.source)
     plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
-    job_plan = {**_job_plan(pipeline, settings), **_reference(ledger, plan.batches, pipeline)}
-    escaped = outside_roots(listed, settings.local_roots_for())
-    jobs = [
-        {
-            "run_id": run_id,
-            "pipeline": pipeline.name,
-            "batch_id": b.batch_id,
-            "files": b.files,
-            "sink": pipeline.sink,
-            "staging_url": storage.join(settings.effective_staging_url, pipeline.name, b.batch_id),
-            "plan": job_plan,
-            "prequarantined": {f["url"]: escaped[f["url"]] for f in b.files if f["url"] in escaped},
-        }
-        for b in plan.batches
-    ]
+    references = _reference_files(plan.batches, pipeline)
+    jobs = []
+    for b in plan.batches:
+        message = BatchMessage(
+            pipeline=pipeline.name,
+            run_id=run_id,
+            batch_id=b.batch_id,
+            files=[
+                InputFile(url=f["url"], size=f["size"], mtime=f["mtime"], etag=f["etag"])
+                for f in b.files
+            ],
+        )
+        if references:
+            message["reference_files"] = references
+        jobs.append(message)
     if jobs:  # durable before any batch is sent: what reconciliation may restart
         planned = [f["url"] for b in plan.batches for f in b.files]
         ledger.record_start(run_id, pipeline.name, planned)
@@ -193,43 +173,17 @@ def begin_run(
     }
 
 
-def outside_roots(listed: list[storage.FileInfo], roots: tuple[str, ...]) -> dict[str, Any]:
-    """Quarantine records of the listed local files that resolve outside ``roots``.
-
-    A symlink in the landing folder can point anywhere; such a file is never read, and it is
-    quarantined (so committed-or-quarantined holds for every listed file).
-    """
-    found = {}
-    for f in listed:
-        error = refusal(f.url, roots)
-        if error is not None:
-            found[f.url] = error.record()
-    return found
-
-
-def staged_job(job: dict[str, Any]) -> dict[str, Any]:
-    """``job`` with each file's ``read_url`` set where Ray will read it from."""
-    files = []
-    for i, f in enumerate(job["files"]):
-        read_url = f["url"]
-        if needs_staging(f["url"]):
-            name = f["url"].rstrip("/").rsplit("/", 1)[-1]
-            read_url = storage.join(job["staging_url"], f"{i:05d}-{name}")
-        files.append({**f, "read_url": read_url})
-    return {**job, "files": files}
-
-
-def _check_fence(store: RunStore, job: dict[str, Any]) -> None:
-    if not store.hold(job["pipeline"], job["run_id"]):
+def _check_fence(store: RunStore, batch: ResolvedBatch) -> None:
+    if not store.hold(batch.name, batch.run_id):
         raise LockLostError(
-            f"run {job['run_id']} of {job['pipeline']!r} lost its lock to run "
-            f"{store.holder(job['pipeline'])}; its batch {job['batch_id']} is not committed "
+            f"run {batch.run_id} of {batch.name!r} lost its lock to run "
+            f"{store.holder(batch.name)}; its batch {batch.batch_id} is not committed "
             "and will be picked up by the newer run"
         )
 
 
-def commit_job(
-    job: dict[str, Any], result: dict[str, Any], store: RunStore, *,
+def commit_result(
+    batch: ResolvedBatch, result: dict[str, Any], store: RunStore, *,
     committed_by: str | None = None,
 ) -> tuple[bool, int | None]:
     """Write the batch's ledger entry and count it; return (newly committed, remaining).
@@ -239,13 +193,14 @@ def commit_job(
     newer run holds the lock (the fencing check).
     ``remaining`` is None when this batch was already counted (a redelivered commit).
     """
-    _check_fence(store, job)
-    ledger = Ledger(job["sink"])
-    listed = {f["url"]: f for f in job["files"]}
+    _check_fence(store, batch)
+    ledger = Ledger(batch.sink)
+    listed = {f["url"]: f for f in batch.message["files"]}
+    _check_result(batch, result)
     entry = {
-        "batch_id": job["batch_id"],
-        "pipeline": job["pipeline"],
-        "run_id": job["run_id"],
+        "batch_id": batch.batch_id,
+        "pipeline": batch.name,
+        "run_id": batch.run_id,
         "inputs": [
             {**{k: listed[f["url"]].get(k) for k in ("size", "mtime", "etag")}, **f}
             for f in result["files"]
@@ -263,24 +218,43 @@ def commit_job(
         entry["input_schema"] = result["reference"]
     fresh = ledger.commit(entry)
     remaining = store.finish_batch(
-        job["run_id"],
-        job["batch_id"],
+        batch.run_id,
+        batch.batch_id,
         {
-            "files_done": len(job["files"]),
+            "files_done": len(batch.files),
             "files_committed": len(result["files"]),
             "files_quarantined": len(result["quarantined"]),
             **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
         },
         quarantined=result["quarantined"],
     )
-    if any(needs_staging(f["url"]) for f in job["files"]):
-        storage.remove_tree(job["staging_url"])
+    if batch.needs_staging:
+        storage.remove_tree(batch.staging_url)
     return fresh, remaining
 
 
-def fail_job(job: dict[str, Any], error: str, store: RunStore) -> int | None:
+def _check_result(batch: ResolvedBatch, result: dict[str, Any]) -> None:
+    """Refuse a result that names inputs outside the batch or outputs outside its folder.
+
+    The result comes from this batch's own Ray tasks (or the record its transform wrote in
+    the batch's staging folder); this keeps a ledger entry from ever naming another file.
+    """
+    urls = {f["url"] for f in batch.message["files"]}
+    named = [f["url"] for f in result["files"]] + [q["url"] for q in result["quarantined"]]
+    strange = [u for u in named if u not in urls]
+    if strange:
+        raise LedgerError(f"batch {batch.batch_id}: its result names inputs not in the "
+                          f"batch: {strange[:3]}")  # fmt: skip
+    for out in result["outputs"]:
+        parts = str(out.get("path", "")).split("/")
+        if not out.get("path") or out["path"].startswith("/") or ".." in parts:
+            raise LedgerError(f"batch {batch.batch_id}: output path {out.get('path')!r} "
+                              "is not inside the sink")  # fmt: skip
+
+
+def fail_batch(message: BatchMessage, error: str, store: RunStore) -> int | None:
     """Count a batch as failed (its inputs stay uncommitted); return batches remaining."""
-    return store.finish_batch(job["run_id"], job["batch_id"], {}, error=error)
+    return store.finish_batch(message["run_id"], message["batch_id"], {}, error=error)
 
 
 def progress_of(record: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -400,8 +401,9 @@ class RunStore:
         """Record that a start of the batch's transform ended (well or with an error)."""
         self.r.hincrby(self._attempts_key(pipeline), f"{batch_id}:ended", 1)
 
-    def save_jobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:
-        """Keep the run's batch jobs so a redelivered start can resend the unfinished ones."""
+    def save_jobs(self, run_id: str, jobs: Sequence[Mapping[str, Any]]) -> None:
+        """Keep the run's batch messages so a redelivered start can resend the unfinished
+        ones. What comes back is checked again by the worker that acts on it."""
         key = self._run_key(run_id) + ":jobs"
         pipe = self.r.pipeline()
         pipe.delete(key)
@@ -411,7 +413,7 @@ class RunStore:
         pipe.execute()
 
     def load_jobs(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """The run's batch jobs by batch id; empty when the run was never planned."""
+        """The run's batch messages by batch id; empty when the run was never planned."""
         raw = self.r.hgetall(self._run_key(run_id) + ":jobs")
         return {str(k): json.loads(v) for k, v in raw.items()}
 

@@ -19,20 +19,24 @@ import redis.exceptions
 from celery import Task, chain, states
 
 from celeray import runs, storage
+from celeray.batch import ResolvedBatch, resolve
 from celeray.errors import (
     BatchBusyError,
+    LedgerError,
     LockLostError,
+    MessageRefusedError,
     RayUnavailableError,
     RunFailedError,
     TimeLimitError,
     TransientIOError,
+    UnknownPipelineError,
 )
 from celeray.ledger import Ledger
+from celeray.messages import BatchMessage, parse_batch, parse_run_id, parse_start
 from celeray.pipelines import current_pipelines, get_pipeline
-from celeray.planner import needs_staging
 from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings
-from celeray.staging import stage_files
+from celeray.staging import load_staged, stage_files
 from ray_jobs.merge import merge_unit_results
 from tasks._lock_keeper import keep_lock
 from tasks.app import app, run_store
@@ -104,34 +108,55 @@ def after_batch(run_id: str, remaining: int | None) -> None:
 class BatchTask(Task):
     """A task of one batch: when it fails for good, the batch is counted as failed.
 
-    Its return value travels to the next task of the chain in the message, and the run's
-    record holds its counts and errors, so nothing is written to the result backend for it
-    (``ignore_result``): a batch costs no backend keys and six fewer Redis writes.
+    Its return value (the batch's message) travels to the next task of the chain, and the
+    run's record holds its counts and errors, so nothing is written to the result backend
+    for it (``ignore_result``): a batch costs no backend keys and six fewer Redis writes.
+    A refused message counts nothing: it named no batch this worker knows.
     """
 
     ignore_result = True
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
-        job = args[0] if args else kwargs.get("job")
-        if not isinstance(job, dict) or "batch_id" not in job:
+        if isinstance(exc, MessageRefusedError):
             return
-        remaining = runs.fail_job(job, f"{type(exc).__name__}: {exc}", run_store())
-        after_batch(job["run_id"], remaining)
+        try:
+            message = parse_batch(args[0] if args else kwargs.get("message"))
+        except MessageRefusedError:
+            return
+        remaining = runs.fail_batch(message, f"{type(exc).__name__}: {exc}", run_store())
+        after_batch(message["run_id"], remaining)
 
 
 class StartTask(Task):
     """``start_run``: when it fails for good, the run fails and its lock is released."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
+        if isinstance(exc, MessageRefusedError):
+            return
         pipeline = args[0] if args else kwargs.get("pipeline")
         if isinstance(pipeline, str):
             runs.abort_run(task_id, pipeline, f"{type(exc).__name__}: {exc}", run_store())
 
 
-def _heartbeat(job: dict[str, Any]) -> AbstractContextManager[threading.Event]:
+def refused(task: str, task_id: str | None, exc: MessageRefusedError) -> MessageRefusedError:
+    """Log why a message is refused (the worker log is where its sender's attempt shows)."""
+    log.error("refused %s message %s: %s; nothing was read, written or counted",
+              task, task_id, exc)  # fmt: skip
+    return exc
+
+
+def _resolve(task: Task, raw: Any, settings: Settings) -> ResolvedBatch:
+    """The batch a received message names, checked against this worker's pipeline file."""
+    try:
+        return resolve(raw, settings)
+    except MessageRefusedError as exc:
+        raise refused(task.name, task.request.id, exc) from None
+
+
+def _heartbeat(batch: ResolvedBatch) -> AbstractContextManager[threading.Event]:
     """Keep the run's lock alive while a long step runs; the event is set if it was lost."""
     interval = max(1.0, get_settings().run_lock_ttl / 3)
-    return keep_lock(job["pipeline"], job["run_id"], store=run_store, interval=interval)
+    return keep_lock(batch.name, batch.run_id, store=run_store, interval=interval)
 
 
 @app.task(
@@ -152,16 +177,26 @@ def start_run(
     send of the same period) is skipped.
     """
     run_id = self.request.id
+    try:
+        parse_run_id(run_id, "task id")
+        pipeline, trigger, slot, slot_ttl = parse_start(pipeline, trigger, slot, slot_ttl)
+    except MessageRefusedError as exc:
+        raise refused(self.name, run_id, exc) from None
     settings = get_settings()
     store = run_store()
     if slot is not None and not store.claim_slot(pipeline, slot, run_id, slot_ttl):
         # Nobody waits on a beat's run id, so no result is stored: two beats cost no keys.
         log.info("run %s of %s skipped: slot %s was sent by another beat", run_id, pipeline, slot)
         return {"status": "skipped", "duplicate_slot": slot}
-    spec = get_pipeline(
-        current_pipelines(settings.pipelines, **settings.pipeline_rules()), pipeline
-    )
-    out = runs.begin_run(run_id, spec, store, settings, trigger=trigger)
+    try:
+        spec = get_pipeline(
+            current_pipelines(settings.pipelines, **settings.pipeline_rules()), pipeline
+        )
+    except UnknownPipelineError as exc:
+        log.error("refused %s message %s: %s (in %s)", self.name, run_id, exc,
+                  settings.pipelines)  # fmt: skip
+        raise
+    out = runs.begin_run(run_id, spec, store, trigger=trigger)
     if out["status"] == "skipped":
         log.info("run %s of %s skipped: run %s holds the lock", run_id, pipeline, out["running"])
         app.backend.store_result(
@@ -180,25 +215,37 @@ def start_run(
     # dies while sending the batches leaves a watchdog to resend them (the jobs are saved).
     watch_run.apply_async((run_id,), countdown=watch_interval())
     for job in jobs:
-        dispatch(job)
+        dispatch(job, settings)
     return {**out, "batches": len(jobs)}
 
 
-def dispatch(job: dict[str, Any]) -> None:
-    """Send the chain of one batch: stage (only if something must be copied), transform, commit.
+def commits_here(batch: ResolvedBatch) -> bool:
+    """Whether ``transform_batch`` commits the batch itself rather than ``commit_batch``.
 
-    A batch whose sink is a local disk is committed by ``transform_batch`` itself
-    (``commit_here``): its commit is a few fsyncs and renames, ~2 ms, less than the queue
-    hop and the task around it. Object stores keep ``commit_batch`` on the io queue, whose
-    copies may take seconds that would hold a thread driving Ray.
+    A batch whose sink is a local disk is committed by the transform: its commit is a few
+    fsyncs and renames, ~2 ms, less than the queue hop and the task around it. Object
+    stores keep ``commit_batch`` on the io queue, whose copies may take seconds that would
+    hold a thread driving Ray.
     """
-    job = {**job, "commit_here": storage.is_local_url(job["sink"])}
-    tail = [] if job["commit_here"] else [commit_batch.s()]
-    if any(needs_staging(f["url"]) for f in job["files"]):
-        chain(stage_batch.si(job), transform_batch.s(), *tail).apply_async()
-    else:  # nothing to copy: the size caps are checked here, one queue hop saved
-        staged = stage_files(runs.staged_job(job), get_settings())
-        chain(transform_batch.si(staged), *tail).apply_async()
+    return storage.is_local_url(batch.sink)
+
+
+def dispatch(message: BatchMessage | dict[str, Any], settings: Settings) -> None:
+    """Send the chain of one batch: stage (only if something must be copied), transform,
+    commit (only for sinks :func:`commits_here` leaves to ``commit_batch``).
+
+    The message is checked here as a worker checks it (a resent one comes from Redis).
+    """
+    try:
+        batch = resolve(message, settings)
+    except MessageRefusedError as exc:
+        refused("dispatch", None, exc)
+        return
+    tail = [] if commits_here(batch) else [commit_batch.s()]
+    if batch.needs_staging:
+        chain(stage_batch.si(batch.message), transform_batch.s(), *tail).apply_async()
+    else:
+        chain(transform_batch.si(batch.message), *tail).apply_async()
 
 
 def watch_interval() -> int:
@@ -210,8 +257,8 @@ def watch_interval() -> int:
     return max(1, min(settings.effective_visibility_timeout // 2, settings.run_lock_ttl // 3))
 
 
-@app.task(name="tasks.watch_run", ignore_result=True, acks_late=True)
-def watch_run(run_id: str) -> None:
+@app.task(name="tasks.watch_run", bind=True, ignore_result=True, acks_late=True)
+def watch_run(self: Task, run_id: str) -> None:
     """Resend the batches of a run that has gone silent; finalize one that was left unended.
 
     Celery on Redis loses a message whose worker dies after taking it off the queue and
@@ -222,6 +269,10 @@ def watch_run(run_id: str) -> None:
     again; batch ids, output names and the once-only finish make a duplicate harmless.
     It stops when the run has ended.
     """
+    try:
+        parse_run_id(run_id)
+    except MessageRefusedError as exc:
+        raise refused(self.name, self.request.id, exc) from None
     store = run_store()
     record = store.get(run_id)
     if not record or record.get("state") in runs.FINAL_STATES:
@@ -246,104 +297,115 @@ def watch_run(run_id: str) -> None:
         jobs = store.load_jobs(run_id)
         log.warning("run %s: silent for %.0fs; resending %d batch(es)", run_id, silent,
                     len(pending))
+        settings = get_settings()
         for batch_id in sorted(pending):
             if batch_id in jobs:
-                dispatch(jobs[batch_id])
+                dispatch(jobs[batch_id], settings)
         store.touch_progress(run_id)
     watch_run.apply_async((run_id,), countdown=watch_interval())
 
 
 @app.task(name="tasks.stage_batch", bind=True, base=BatchTask, **RETRY)
-def stage_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+def stage_batch(self: Task, message: Any) -> BatchMessage:
     """Copy what Ray cannot read in place into staging; quarantine files over the size cap."""
-    if not run_store().hold(job["pipeline"], job["run_id"]):
-        raise LockLostError(f"run {job['run_id']} was superseded before staging")
-    return stage_files(runs.staged_job(job), get_settings())
+    settings = get_settings()
+    batch = _resolve(self, message, settings)
+    if not run_store().hold(batch.name, batch.run_id):
+        raise LockLostError(f"run {batch.run_id} was superseded before staging")
+    stage_files(batch, settings)
+    return batch.message
 
 
 @app.task(name="tasks.transform_batch", bind=True, base=BatchTask, **RETRY)
-def transform_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+def transform_batch(self: Task, message: Any) -> dict[str, Any]:
     """Drive Ray over the batch's files, reporting progress as Ray tasks finish.
 
     A batch whose earlier starts died (the worker killed mid-transform, every time) more
-    than ``CELERAY_MAX_DELIVERIES`` times is quarantined as poison instead.
+    than ``CELERAY_MAX_DELIVERIES`` times is quarantined as poison instead. A local sink's
+    batch is committed here; another's result is saved beside its staged Parquet and
+    ``commit_batch`` gets the message with this start's lease on the batch.
     """
     settings = get_settings()
     store = run_store()
-    if self.request.retries and _finished(store, job):
-        log.info("batch %s: finished by another start meanwhile", job["batch_id"])
-        return {"batch_id": job["batch_id"], "committed": None, "finished_before": True}
+    batch = _resolve(self, message, settings)
+    if self.request.retries and _finished(store, batch):
+        log.info("batch %s: finished by another start meanwhile", batch.batch_id)
+        return {**batch.message, "finished_before": True}
     token = str(uuid.uuid4())
-    holder = store.claim_batch(job["pipeline"], job["batch_id"], token, settings.task_time_limit)
+    holder = store.claim_batch(batch.name, batch.batch_id, token, settings.task_time_limit)
     if holder is not None:  # not a failure: it waits (no retry limit) until the other ends
         raise self.retry(
-            exc=BatchBusyError(f"batch {job['batch_id']} is being transformed by another start"),
+            exc=BatchBusyError(f"batch {batch.batch_id} is being transformed by another start"),
             countdown=BUSY_RETRY_SECONDS, max_retries=None,
         )
     handed_on = False  # to commit_batch, which gives the lease back after its commit
     try:
-        out = _transform_claimed(self, job, settings, store)
-        if not job.get("commit_here"):
+        result = _transform_claimed(self, batch, settings, store)
+        if not commits_here(batch):
             # until the commit, another start of the batch must not clear the staged files
+            Ledger(batch.sink).save_result(batch.batch_id, result)
             handed_on = True
-            return {**out, "lease": token}
-        return commit_here(out, self.request.hostname, defer=commit_batch.apply_async)
+            return {**batch.message, "lease": token}
+        return commit_here(batch, result, self.request.hostname, defer=commit_batch.apply_async)
     finally:
         if not handed_on:
-            store.release_batch(job["pipeline"], job["batch_id"], token)
+            store.release_batch(batch.name, batch.batch_id, token)
 
 
 BUSY_RETRY_SECONDS = 5  # how often a second start of a batch looks whether the first ended
 
 
-def _finished(store: RunStore, job: dict[str, Any]) -> bool:
+def _finished(store: RunStore, batch: ResolvedBatch) -> bool:
     """Whether the batch was finished (committed or failed) by another start of it."""
-    return bool(store.get(job["run_id"])) and job["batch_id"] not in store.pending(job["run_id"])
+    return bool(store.get(batch.run_id)) and batch.batch_id not in store.pending(batch.run_id)
 
 
 def _transform_claimed(
-    self: Task, job: dict[str, Any], settings: Settings, store: RunStore
+    self: Task, batch: ResolvedBatch, settings: Settings, store: RunStore
 ) -> dict[str, Any]:
-    """The transform of a batch whose lease this start holds (poison check included)."""
+    """The result of transforming a batch whose lease this start holds (poison check
+    included)."""
     # The fencing check, this start counted, and trigger -> first Ray task (the run's
     # overhead) marked: one round trip.
-    deaths = store.begin_attempt(
-        job["pipeline"], job["batch_id"], run_id=job["run_id"], mark="first_unit_at"
-    )
+    deaths = store.begin_attempt(batch.name, batch.batch_id, run_id=batch.run_id,
+                                 mark="first_unit_at")  # fmt: skip
     if deaths is None:
-        raise LockLostError(f"run {job['run_id']} was superseded before its transform")
+        raise LockLostError(f"run {batch.run_id} was superseded before its transform")
     if deaths >= settings.max_deliveries:
-        store.end_attempt(job["pipeline"], job["batch_id"])
-        log.error("batch %s: its worker died %d times; quarantining it", job["batch_id"], deaths)
-        return {**job, "result": poison_result(job, deaths)}
+        store.end_attempt(batch.name, batch.batch_id)
+        log.error("batch %s: its worker died %d times; quarantining it", batch.batch_id, deaths)
+        return poison_result(batch, deaths)
     try:
-        return _transform(job, settings, store, hostname=self.request.hostname)
+        return _transform(load_staged(batch), settings, store, hostname=self.request.hostname)
     finally:  # not reached when the worker dies: that start counts as a death
-        store.end_attempt(job["pipeline"], job["batch_id"])
+        store.end_attempt(batch.name, batch.batch_id)
 
 
 def commit_here(
-    job: dict[str, Any], hostname: str | None, *, defer: Callable[..., Any]
+    batch: ResolvedBatch, result: dict[str, Any], hostname: str | None, *,
+    defer: Callable[..., Any],
 ) -> dict[str, Any]:
     """Commit a transformed batch in this task; hand it to ``commit_batch`` if that fails.
 
     A fencing refusal (LockLostError) fails the batch as it would in ``commit_batch``;
-    any other error (a full disk, Redis gone a moment) goes to ``defer`` (sending
-    ``commit_batch`` with its retries), so the Ray work is never done again for it.
+    any other error (a full disk, Redis gone a moment) saves the result beside the staged
+    Parquet and goes to ``defer`` (sending ``commit_batch`` with its retries), so the Ray
+    work is never done again for it.
     """
     try:
-        return _commit(job, hostname)
+        return _commit(batch, result, hostname)
     except LockLostError:
         raise
     except Exception as exc:
         log.warning("batch %s: committing it here failed (%s: %s); commit_batch takes over",
-                    job["batch_id"], type(exc).__name__, exc)
-        defer((job,))
-        return {"batch_id": job["batch_id"], "committed": None, "deferred": True}
+                    batch.batch_id, type(exc).__name__, exc)
+        Ledger(batch.sink).save_result(batch.batch_id, result)
+        defer((batch.message,))
+        return {"batch_id": batch.batch_id, "committed": None, "deferred": True}
 
 
 def _transform(
-    job: dict[str, Any], settings: Settings, store: RunStore, *, hostname: str | None
+    batch: ResolvedBatch, settings: Settings, store: RunStore, *, hostname: str | None
 ) -> dict[str, Any]:
     """The body of :func:`transform_batch` once the batch is known not to be poison."""
     from celeray.ray_env import pipeline_extras
@@ -352,13 +414,12 @@ def _transform(
     from tasks._ray import cluster_cpus, ensure_ray
 
     ensure_ray()
-    out_url = Ledger(job["sink"]).staging_url(job["batch_id"])
-    readable = [f for f in job["files"] if f["url"] not in job.get("prequarantined", {})]
+    readable = batch.readable
     cpus = cluster_cpus()
     unit_bytes = balanced_unit_bytes(readable, unit_bytes=settings.unit_bytes, cpus=cpus)
     units = [
-        {"batch_id": job["batch_id"], "unit": i, "files": files, "out_url": out_url}
-        for i, files in enumerate(plan_units(readable, unit_bytes=unit_bytes, plan=job["plan"]))
+        {"batch_id": batch.batch_id, "unit": i, "files": files, "out_url": batch.out_url}
+        for i, files in enumerate(plan_units(readable, unit_bytes=unit_bytes, plan=batch.plan))
     ]
     done = {"files_done": 0, "rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0}
 
@@ -366,8 +427,8 @@ def _transform(
         done["files_done"] += r["files_done"]  # a file split into ranges counts once
         for k in ("rows_in", "rows_out", "bytes_in", "bytes_out"):
             done[k] += r[k]
-        store.set_batch_progress(job["run_id"], job["batch_id"], done)
-        publish_progress(job["run_id"])
+        store.set_batch_progress(batch.run_id, batch.batch_id, done)
+        publish_progress(batch.run_id)
 
     # A batch of one unit has nothing to show before its commit_batch, which counts and
     # publishes the same numbers (and marks progress for the watchdog) a moment later:
@@ -379,10 +440,10 @@ def _transform(
     # keeps this deadline itself, under the visibility timeout, so a batch is stopped
     # before Redis could hand it to a second worker while it still runs.
     deadline = time.monotonic() + settings.task_time_limit * DEADLINE_SHARE
-    with _heartbeat(job) as lost:
+    with _heartbeat(batch) as lost:
         try:
             results = run_units(
-                job["plan"],
+                batch.plan,
                 units,
                 # 0 means twice the CPUs: resolved here from the cached count, since
                 # run_units would ask Ray's GCS for it (~1 ms) on every batch
@@ -390,17 +451,17 @@ def _transform(
                 min_free_memory=settings.min_free_memory,
                 on_result=report,
                 deadline=deadline,
-                runtime_env=pipeline_extras(job["plan"]),
+                runtime_env=pipeline_extras(batch.plan),
             )
         except TimeLimitError as exc:
             raise TimeLimitError(
-                f"batch {job['batch_id']} exceeded the time limit of "
+                f"batch {batch.batch_id} exceeded the time limit of "
                 f"{settings.task_time_limit}s ({exc}); its files stay uncommitted for the "
                 "next run"
             ) from exc
     if lost.is_set():
-        raise LockLostError(f"run {job['run_id']} lost its lock while transforming")
-    result = merge_unit_results(results, list(job.get("prequarantined", {}).values()))
+        raise LockLostError(f"run {batch.run_id} lost its lock while transforming")
+    result = merge_unit_results(results, list(batch.prequarantined.values()))
     # Wall time of the fan-out against the Ray tasks' own time: the per-batch overhead.
     result["timings"] = {
         "transform_s": round(time.perf_counter() - started, 4),
@@ -409,7 +470,7 @@ def _transform(
         "nodes": nodes_of(results),
         "transformed_by": hostname,
     }
-    return {**job, "result": result}
+    return result
 
 
 def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -423,27 +484,34 @@ def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
-def commit_batch(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+def commit_batch(self: Task, message: Any) -> dict[str, Any]:
     """Commit the batch to the ledger; the last batch of the run finalizes it.
 
-    Then the transform's lease on the batch (``lease``) is given back. A transform that
-    found its batch finished by another start passes that on, and nothing is committed.
+    What is committed is the result the batch's transform saved beside its staged Parquet
+    (or, for a batch committed before, its entry). Then the transform's lease on the batch
+    (``lease``) is given back. A transform that found its batch finished by another start
+    passes that on, and nothing is committed.
     """
-    if job.get("finished_before"):
-        return job
-    out = _commit(job, self.request.hostname)
-    if job.get("lease"):
-        run_store().release_batch(job["pipeline"], job["batch_id"], job["lease"])
+    settings = get_settings()
+    batch = _resolve(self, message, settings)
+    if batch.message.get("finished_before"):
+        return {"batch_id": batch.batch_id, "committed": None, "finished_before": True}
+    result = Ledger(batch.sink).load_result(batch.batch_id)
+    if result is None:
+        raise LedgerError(f"batch {batch.batch_id} has no saved result to commit and no "
+                          "ledger entry; its files stay uncommitted for the next run")  # fmt: skip
+    out = _commit(batch, result, self.request.hostname)
+    if batch.message.get("lease"):
+        run_store().release_batch(batch.name, batch.batch_id, batch.message["lease"])
     return out
 
 
-def _commit(job: dict[str, Any], hostname: str | None) -> dict[str, Any]:
+def _commit(batch: ResolvedBatch, result: dict[str, Any], hostname: str | None) -> dict[str, Any]:
     """The ledger entry, the count, and the run finalized if this was its last batch."""
-    fresh, remaining = runs.commit_job(job, job["result"], run_store(), committed_by=hostname)
-    after_batch(job["run_id"], remaining)
-    result = job["result"]
+    fresh, remaining = runs.commit_result(batch, result, run_store(), committed_by=hostname)
+    after_batch(batch.run_id, remaining)
     return {
-        "batch_id": job["batch_id"],
+        "batch_id": batch.batch_id,
         "committed": fresh,
         "files": len(result["files"]),
         "quarantined": len(result["quarantined"]),
@@ -451,8 +519,7 @@ def _commit(job: dict[str, Any], hostname: str | None) -> dict[str, Any]:
     }
 
 
-
-def poison_result(job: dict[str, Any], deaths: int) -> dict[str, Any]:
+def poison_result(batch: ResolvedBatch, deaths: int) -> dict[str, Any]:
     """A result that quarantines every file of a batch whose worker keeps dying."""
     reason = (
         f"the worker transforming this file's batch died {deaths} times; "
@@ -462,7 +529,7 @@ def poison_result(job: dict[str, Any], deaths: int) -> dict[str, Any]:
         "files": [],
         "quarantined": [
             {"url": f["url"], "kind": "poison", "error": reason, "line": None, "row": None}
-            for f in job["files"]
+            for f in batch.message["files"]
         ],
         "outputs": [],
         "rows_in": 0,

@@ -77,7 +77,7 @@ def test_a_run_that_redis_forgot_is_restarted(
     """A run planned its batches, committed one, then Redis lost everything: the pass
     starts one run, for the files the ledger does not hold yet."""
     pipeline = _pipeline(settings)
-    planned = begin_run("r1", pipeline, store, settings, trigger="api")
+    planned = begin_run("r1", pipeline, store, trigger="api")
     jobs = planned["jobs"]
     assert len(jobs) == 3
     _commit(pipeline, [f["url"] for f in jobs[0]["files"]], jobs[0]["batch_id"])
@@ -93,7 +93,7 @@ def test_while_a_run_holds_the_lock_the_pass_waits(
     settings: Settings, store: RunStore, client: Any
 ) -> None:
     pipeline = _pipeline(settings)
-    begin_run("r1", pipeline, store, settings, trigger="api")
+    begin_run("r1", pipeline, store, trigger="api")
     report = reconcile({"p": pipeline}, store, client)
     assert report == {"p": {"uncommitted": 3, "running": "r1"}} and _sent() == []
     assert len(Ledger(pipeline.sink).started()) == 1
@@ -104,7 +104,7 @@ def test_a_successful_run_drops_its_record_a_failed_one_keeps_it(
 ) -> None:
     pipeline = _pipeline(settings)
     ledger = Ledger(pipeline.sink)
-    jobs = begin_run("r1", pipeline, store, settings, trigger="api")["jobs"]
+    jobs = begin_run("r1", pipeline, store, trigger="api")["jobs"]
     assert [r["run_id"] for r in ledger.started()] == ["r1"]
     assert sorted(ledger.started()[0]["inputs"]) == sorted(
         f["url"] for j in jobs for f in j["files"]
@@ -113,7 +113,7 @@ def test_a_successful_run_drops_its_record_a_failed_one_keeps_it(
     assert finalize_run("r1", store)[0] == "FAILURE"
     assert [r["run_id"] for r in ledger.started()] == ["r1"]  # its files are retried
 
-    jobs = begin_run("r2", pipeline, store, settings, trigger="api")["jobs"]
+    jobs = begin_run("r2", pipeline, store, trigger="api")["jobs"]
     for job in jobs:
         _commit(pipeline, [f["url"] for f in job["files"]], job["batch_id"])
     assert finalize_run("r2", store)[0] == "SUCCESS"
@@ -127,15 +127,15 @@ def test_records_with_every_input_done_are_pruned(
     record; a run that found nothing to do leaves no record at all."""
     pipeline = _pipeline(settings)
     ledger = Ledger(pipeline.sink)
-    begin_run("r1", pipeline, store, settings, trigger="api")
+    begin_run("r1", pipeline, store, trigger="api")
     store.set_fields("r1", batches_failed=1)
     finalize_run("r1", store)
-    for job in begin_run("r2", pipeline, store, settings, trigger="api")["jobs"]:
+    for job in begin_run("r2", pipeline, store, trigger="api")["jobs"]:
         _commit(pipeline, [f["url"] for f in job["files"]], job["batch_id"])
     store.r.flushdb()  # r2 never finalized: its record stays too
 
     assert len(ledger.started()) == 2
     assert reconcile({"p": pipeline}, store, client) == {"p": {"uncommitted": 0}}
     assert ledger.started() == [] and _sent() == []
-    assert begin_run("r3", pipeline, store, settings, trigger="api")["jobs"] == []
+    assert begin_run("r3", pipeline, store, trigger="api")["jobs"] == []
     assert ledger.started() == []

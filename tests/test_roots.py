@@ -12,8 +12,7 @@ import pytest
 
 from celeray.errors import OutsideRootsError
 from celeray.pipelines import load_pipelines, validate_file
-from celeray.roots import check_read, inside, local_path, outside, resolve_roots
-from celeray.runs import outside_roots
+from celeray.roots import check_read, inside, local_path, outside, outside_roots, resolve_roots
 from celeray.settings import Settings
 from celeray.storage import list_source
 from ray_jobs.process import process_unit
@@ -120,7 +119,7 @@ def test_a_listed_symlink_out_of_the_roots_is_quarantined_not_read(tree: Path) -
     roots = resolve_roots([tree / "allowed"])
     listed = list_source((tree / "allowed/landing").as_uri() + "/*.csv")
     assert [Path(f.url).name for f in listed] == ["evil.csv", "good.csv"]
-    escaped = outside_roots(listed, roots)
+    escaped = outside_roots([f.url for f in listed], roots)
     assert list(escaped) == [(tree / "allowed/landing/evil.csv").as_uri()]
     assert escaped[listed[0].url]["kind"] == "outside_roots"
 

@@ -13,8 +13,7 @@ import pytest
 
 from celeray.errors import OutsideRootsError, UncheckableURLError
 from celeray.pipelines import load_pipelines, validate_file
-from celeray.roots import check_read, local_target, refusal, resolve_roots
-from celeray.runs import outside_roots
+from celeray.roots import check_read, local_target, outside_roots, refusal, resolve_roots
 from celeray.storage import list_source
 from tests._plans import pipeline_file
 
@@ -170,6 +169,6 @@ def test_listing_an_archive_gives_urls_that_are_quarantined_not_read(tree: Path)
     roots = resolve_roots([tree / "allowed"])
     listed = list_source(f"zip://*.csv::file://{tree}/allowed/in.zip")
     assert [f.url for f in listed] == ["zip://x.csv"]
-    escaped = outside_roots(listed, roots)
+    escaped = outside_roots([f.url for f in listed], roots)
     assert escaped["zip://x.csv"]["kind"] == "outside_roots"
     assert "zip:// needs its archive" in escaped["zip://x.csv"]["error"]

@@ -227,21 +227,29 @@ def test_ray_side_reads_and_writes_s3_with_deterministic_names(s3: S3Server, pre
 
 
 def test_staging_into_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
-    """Inputs Ray cannot read in place (here memory://) are copied into an S3 staging URL."""
+    """Inputs Ray cannot read in place (here memory://) are copied into an S3 staging URL
+    that the worker derives from its settings, with the record of what it could not stage."""
     import fsspec
 
-    from celeray.runs import staged_job
+    from celeray.batch import resolve
+    from celeray.ledger import batch_id_for
+    from celeray.staging import load_staged
 
     mem = fsspec.filesystem("memory")
     mem.pipe_file(f"/{prefix}/a.csv", b"a\n1\n")
-    job = {
-        "files": [{"url": f"memory:///{prefix}/a.csv", "size": 4}],
-        "staging_url": f"s3://lake/{prefix}/staging/b1",
-    }
-    staged = stage_files(staged_job(job), Settings(home=tmp_path))
-    read_url = staged["files"][0]["read_url"]
-    assert read_url.startswith(f"s3://lake/{prefix}/staging/b1/")
+    pipelines = tmp_path / "pipelines.toml"
+    pipelines.write_text(f'[pipelines.p]\nsource = "memory:///{prefix}/*.csv"\n'
+                         f'sink = "{tmp_path}/lake"\n')  # fmt: skip
+    settings = Settings(home=tmp_path, pipelines=pipelines,
+                        staging_url=f"s3://lake/{prefix}/staging")  # fmt: skip
+    files = [{"url": f"memory:///{prefix}/a.csv", "size": 4, "mtime": None, "etag": None}]
+    message = {"pipeline": "p", "run_id": str(uuid.uuid4()),
+               "batch_id": batch_id_for("p", files), "files": files}  # fmt: skip
+    batch = resolve(message, settings)
+    stage_files(batch, settings)
+    read_url = batch.files[0]["read_url"]
+    assert read_url.startswith(f"s3://lake/{prefix}/staging/p/{batch.batch_id}/")
     assert s3.filesystem().cat_file(read_url.removeprefix("s3://")) == b"a\n1\n"
-    assert staged["prequarantined"] == {}
-    storage.remove_tree(job["staging_url"])
-    assert not storage.exists(job["staging_url"])
+    assert load_staged(batch).prequarantined == {}
+    storage.remove_tree(batch.staging_url)
+    assert not storage.exists(batch.staging_url)
