@@ -93,8 +93,9 @@ def test_s3_landing_to_s3_lake_exactly_once(
     _assert_sink_matches(s3, sink_key, files + added)
 
     # Credentials came from the environment only: never in a message, a plan or a log.
+    # A message names its inputs and nothing else: no plan, no sink, no storage options.
     jobs = json.dumps(stack.store.load_jobs(run_id))
-    assert "s3://landing/" in jobs and '"storage_options": null' in jobs
+    assert "s3://landing/" in jobs and "storage_options" not in jobs and sink_key not in jobs
     logs = "".join(p.read_text(errors="replace") for p in stack.root.glob("*.log"))
     for where, text in (("the saved jobs", jobs), ("the run summary", json.dumps(first)),
                         ("the stack's logs", logs)):  # fmt: skip
@@ -129,18 +130,22 @@ def test_http_source_staged_on_s3(stack: Stack, s3_server: S3Server, flights_df,
             'time_hour = "timestamp[s, tz=UTC]"',
         ]),
     )  # fmt: skip
-    # Only the io worker stages (and cleans up): it alone needs the staging setting.
+    # Both workers derive the staging folder from their own settings (a message names no
+    # folder): the io worker stages there, the ray worker's Ray tasks read from there.
+    staging = {"CELERAY_STAGING_URL": f"s3://lake/{prefix}/_staging"}
     stack.io.stop()
-    stack.io = stack.start_worker(
-        "io", suffix="-s3", env={"CELERAY_STAGING_URL": f"s3://lake/{prefix}/_staging"}
-    )
+    stack.rayw.stop()
+    stack.io = stack.start_worker("io", suffix="-s3", env=staging)
+    stack.rayw = stack.start_worker("ray", suffix="-s3", env=staging)
     try:
         wait_for(lambda: "Serving HTTP" in (tmp_path / "http.log").read_text(), 30, "http.server")
         _, summary = _run(stack, "overhttps3")
     finally:
         server.stop()
         stack.io.stop()
+        stack.rayw.stop()
         stack.io = stack.start_worker("io")
+        stack.rayw = stack.start_worker("ray")
     assert summary["files_committed"] == len(files) == 6
     _assert_sink_matches(s3, sink_key, files)
     moto_log = (s3.proc.log).read_text(errors="replace")
