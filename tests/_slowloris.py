@@ -7,6 +7,7 @@ every socket opened here is closed here. Run as a script to measure a server com
         gunicorn -c python:celeray.api.gunicorn_conf "celeray.api:create_app()"
 
 (the bind address is added to the command). It prints the token holder's latencies.
+With ``--health``, ``--clients`` callers of the public health route loop instead.
 """
 
 from __future__ import annotations
@@ -161,11 +162,55 @@ def _measure(argv: list[str], clients: int, seconds: float, interval: float) -> 
           f"max {max(times) * 1000:.1f} ms statuses {sorted(set(statuses))}")  # fmt: skip
 
 
+def _measure_health(argv: list[str], clients: int, seconds: float) -> None:
+    """Anonymous health: one caller's times, then ``clients`` callers looping while a token
+    holder triggers once a second."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests._api_server import api_server
+    from tests._stack import VENV_BIN
+
+    if not os.path.isabs(argv[0]):
+        argv = [str(VENV_BIN / argv[0]), *argv[1:]]
+    health, trigger = "/api/v1/health", "/api/v1/pipelines/flights/runs"
+    with tempfile.TemporaryDirectory() as tmp, api_server(Path(tmp), argv=argv) as api:
+        alone = [timed_request(api.port, "GET", health)[0] for _ in range(10)]
+        stop = time.monotonic() + seconds
+
+        def loop() -> int:
+            n = 0
+            while time.monotonic() < stop:
+                timed_request(api.port, "GET", health, timeout=seconds)
+                n += 1
+            return n
+
+        times: list[float] = []
+        with ThreadPoolExecutor(clients) as pool:
+            calls = [pool.submit(loop) for _ in range(clients)]
+            time.sleep(0.5)
+            while time.monotonic() < stop - 1:
+                took = timed_request(api.port, "POST", trigger, api.auth, timeout=seconds)[0]
+                times.append(took)
+                time.sleep(max(0.0, 1.0 - took))
+            answered = sum(f.result() for f in calls)
+    print(f"argv={' '.join(argv)}")
+    print("anonymous health, one caller, 10 calls (ms): "
+          + " ".join(f"{t * 1000:.1f}" for t in alone))  # fmt: skip
+    print(f"{clients} anonymous health callers for {seconds}s: {answered} answers; trigger "
+          f"n={len(times)} median {statistics.median(times) * 1000:.1f} ms "
+          f"max {max(times) * 1000:.1f} ms")  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--health", action="store_true",
+                        help="measure anonymous health calls instead of slow clients")
     parser.add_argument("argv", nargs="+", help="the server command, without --bind")
     args = parser.parse_args()
-    _measure(args.argv, args.clients, args.seconds, args.interval)
+    if args.health:
+        _measure_health(args.argv, args.clients, args.seconds)
+    else:
+        _measure(args.argv, args.clients, args.seconds, args.interval)

@@ -6,6 +6,7 @@ refuses itself, and a flood of unauthenticated health calls."""
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import shlex
 import socket
@@ -99,6 +100,24 @@ def test_a_health_check_in_progress_holds_no_worker(api: ApiServer) -> None:
     assert all(status == 503 for _, status, _ in health)  # no Celery workers here
     assert min(t for t, _, _ in health) > 0.5  # the broadcast's wait did happen meanwhile
     assert max(took) < 0.5, took
+
+
+def test_a_slow_body_to_health_holds_nothing(api: ApiServer) -> None:
+    """Health takes no body and reads none: the answer comes without it, and the server
+    drops the connection within its keepalive deadline while the body trickles."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+        started = time.monotonic()
+        answer = s.recv(65536)
+        assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), answer[:80]
+        with contextlib.suppress(OSError):  # a reset when the server has closed is fine too
+            while time.monotonic() - started < 10:
+                s.sendall(b"x")
+                if s.recv(65536) == b"":
+                    break
+                time.sleep(0.5)
+        closed_after = time.monotonic() - started
+    assert closed_after < gunicorn_conf.keepalive + 4, closed_after
 
 
 # -- redirects and the Host header ----------------------------------------------------------
@@ -195,7 +214,7 @@ def test_health_without_a_token_is_fast_after_the_first_call(api: ApiServer) -> 
         after.append(took)
     slow = [t for t in after if t > 0.3]
     assert len(slow) <= gunicorn_conf.workers - 1, after  # the other process's first call
-    assert statistics.median(after) < 0.05, after
+    assert statistics.median(after) < 0.1, after
     assert first > 0.5  # the check did run once (no workers answer the broadcast)
 
 
