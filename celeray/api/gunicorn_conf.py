@@ -9,20 +9,23 @@ everything else is here. gunicorn reads the module-level names that match its se
 
 Slow clients (slowloris): with gunicorn's sync workers two sockets sending one header line
 every few seconds held both workers, and the API answered nobody. Measured on loopback
-(``python -m tests._slowloris``, a token holder's trigger once a second, 20 s):
+(``python -m tests._slowloris --clients N --seconds 20 -- <server>``: N sockets each send
+one header line every 2 s while a token holder triggers once a second):
 
-    ========================  =================  ==================================
-    server                    slow clients       trigger
-    ========================  =================  ==================================
-    sync, 2 workers           8                  no answer in 20 s
-    gthread, 2 x 4 threads    8                  no answer in 20 s
-    waitress (defaults)       512                no answer in 20 s (100 connections)
-    gevent, 2 workers         8 / 64 / 512/1900  median 4-5 ms, max < 30 ms
-    ========================  =================  ==================================
+    =========================  ======================  =================================
+    server                     slow clients            token holder's trigger
+    =========================  ======================  =================================
+    sync, 2 workers            2 (a line every 5 s)    no answer in 20 s
+    sync, 2 workers            8                       no answer in 20 s
+    gthread, 2 x 4 threads     8                       no answer in 20 s
+    waitress (its defaults)    512                     no answer in 20 s (100 connections)
+    gevent, 2 workers          8 / 64 / 512 / 1900     median 4-6 ms, max 8-266 ms
+    =========================  ======================  =================================
 
 gevent wins twice: a connection is a greenlet, not a process or a thread; and its worker
 reads each request head under a ``gevent.Timeout`` of ``keepalive`` seconds, so a client
-that has not sent a whole head by then is dropped and must start over.
+that has not sent a whole head by then is dropped and must start over (1900 slow sockets
+were dropped and reopened 12,063 times in 20 s; the trigger still answered).
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ takes about a second when all is well or Ray is unaskable, and at most about sev
 That second is too dear to pay for anyone who asks: the answer without a token is kept
 for :data:`PUBLIC_TTL` seconds per process, and while one check runs other callers
 without a token wait for its answer instead of starting their own. A token holder's
-answer is always checked anew (and refreshes the kept public one).
+answer is always checked anew (and refreshes the kept public one). Measured under gunicorn
+(``python -m tests._slowloris --health``): an anonymous call took 1,009-1,116 ms each
+before, and 1-18 ms after the first per process; with 4 anonymous callers looping, a
+token holder's trigger took a median 1,774 ms before and 6 ms after.
 """
 
 from __future__ import annotations
