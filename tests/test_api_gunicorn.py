@@ -1,63 +1,31 @@
-"""The API as it is served: ``gunicorn "celeray.api:create_app()"``, settings from the
-environment, a chunked body over the limit refused by the real server."""
+"""The API as it is served: ``gunicorn -c python:celeray.api.gunicorn_conf
+"celeray.api:create_app()"``, settings from the environment, a chunked body over the limit
+refused by the real server."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, free_port, wait_for
-
-BROKER_DB, STATE_DB = 7, 8
+from tests._api_server import api_server
+from tests._api_server import request as api_request
 
 
 @pytest.fixture
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
-    """A gunicorn of two workers on a free port; yields (port, token). An indirect
-    parameter, a dict, adds to the server's environment."""
-    for db in (BROKER_DB, STATE_DB):
-        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
-    (tmp_path / "pipelines.toml").write_text(
-        '[pipelines.flights]\nsource = "landing/*.csv"\nsink = "lake/flights"\n'
-    )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERAY_", "RAY_"))}
-    env |= {
-        "CELERAY_HOME": str(tmp_path / "home"),
-        "CELERAY_PIPELINES": str(tmp_path / "pipelines.toml"),
-        "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
-        "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{STATE_DB}",
-        **getattr(request, "param", {}),
-    }
-    argv = [
-        str(VENV_BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
-        "--no-control-socket",  # gunicorn 27's default socket is one per user, not per server
-        "celeray.api:create_app()",
-    ]  # fmt: skip
-    proc = Proc(argv, env=env, log=tmp_path / "gunicorn.log", cwd=tmp_path)
-    try:
-        wait_for(lambda: _get(port, "/api/v1/openapi.json")[0] == 401, 30, "gunicorn")
-        yield port, (tmp_path / "home" / "api_token").read_text()
-    finally:
-        proc.stop()
-        for db in (BROKER_DB, STATE_DB):
-            redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+    """The API under its deployed gunicorn config on a free port; yields (port, token). An
+    indirect parameter, a dict, adds to the server's environment."""
+    with api_server(tmp_path, getattr(request, "param", {})) as api:
+        yield api.port, api.token
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+    status, _, body = api_request(port, "GET", path, headers)
+    return status, body
 
 
 def _post_chunked(port: int, path: str, token: str, body: bytes) -> tuple[int, dict]:

@@ -10,7 +10,7 @@ from flask import Flask, current_app, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-__all__ = ["check_auth", "given_token", "has_valid_token", "public", "set_token"]
+__all__ = ["check_auth", "given_token", "has_valid_token", "is_public", "public", "set_token"]
 
 _TOKEN = "celeray.api_token"  # app.extensions key; kept out of app.config, which gets dumped
 _PUBLIC = "_celeray_public"
@@ -49,15 +49,20 @@ def has_valid_token() -> bool:
     return given is not None and hmac.compare_digest(given.encode(), current_app.extensions[_TOKEN])
 
 
+def is_public() -> bool:
+    """Whether the request's route answers without a token."""
+    if request.endpoint is None:
+        return False
+    view = current_app.view_functions.get(request.endpoint)
+    return view is not None and bool(getattr(view, _PUBLIC, False))
+
+
 def check_auth() -> None:
     """Refuse the request with 401 unless it may pass; a ``before_request`` hook.
 
     Unknown routes and wrong methods pass through, to be answered 404/405.
     """
-    if request.url_rule is None or request.endpoint is None:
-        return
-    view = current_app.view_functions.get(request.endpoint)
-    if view is not None and getattr(view, _PUBLIC, False):
+    if request.url_rule is None or request.endpoint is None or is_public():
         return
     if given_token() is None:
         raise _refuse("missing bearer token: send Authorization: Bearer <token>")

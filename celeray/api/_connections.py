@@ -2,7 +2,13 @@
 
 Every connection gets short timeouts: a request must answer (503) while Redis is down, not
 hang until the WSGI server kills its worker. Nothing here connects at import or in
-``create_app``, so ``gunicorn --preload`` forks before any socket exists.
+``create_app``, so a forking server forks before any socket exists.
+
+Under gunicorn the requests of one process are gevent greenlets (``gunicorn_conf.py``).
+gevent patches ``socket``, ``select``, ``threading`` and ``time`` in the worker before the
+app is imported (so no ``--preload``), which makes redis-py's sockets and pool lock, kombu's
+publish and broadcast waits, Celery's result polling and the lock below cooperative: a
+request waiting on Redis or on the workers' broadcast yields to the others.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class Connections:
     """The RunStore, the Celery client and Redis clients of one API process.
 
     ``store`` and ``client`` may be given (tests); otherwise they are made from ``settings``
-    on first use. All members are safe to share between the request threads.
+    on first use. All members are safe to share between the request threads or greenlets.
     """
 
     def __init__(self, settings: Settings, *, store: RunStore | None, client: Any) -> None:

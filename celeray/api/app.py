@@ -6,6 +6,12 @@ health needs ``Authorization: Bearer <token>``; every client (token, or address)
 ``CELERAY_API_RATE_LIMIT`` requests a minute (429); every answer, errors included, is JSON
 (``/metrics`` is Prometheus text); request bodies over :data:`MAX_BODY_BYTES` are refused
 with 413, chunked ones too.
+
+No answer is a redirect: werkzeug's redirects (``//`` merged to ``/``, a missing trailing
+slash added) build an absolute URL from the request's Host header, which the client
+chooses. Merging is off, and any redirect the URL map would still give (a route ending in
+``/`` asked without it) is answered 404 instead, so no URL the API gives is built from the
+Host header.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from urllib.parse import quote
 import psutil
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import RequestRedirect
 
 from celeray import credentials
 from celeray.api import health, metrics, openapi, pipelines, runs
-from celeray.api._auth import check_auth, set_token
+from celeray.api._auth import check_auth, is_public, set_token
 from celeray.api._connections import EXTENSION, Connections
 from celeray.api._errors import register_errors
 from celeray.api._ratelimit import limit_rate
@@ -38,14 +46,23 @@ def _start_clock() -> None:
     g.celeray_started = time.perf_counter()
 
 
+def _no_redirects() -> None:
+    """Answer 404 where werkzeug's URL map would redirect (to a URL built from Host)."""
+    if isinstance(request.routing_exception, RequestRedirect):
+        raise NotFound()
+
+
 def _read_body() -> None:
     """Read and drop the body, so MAX_CONTENT_LENGTH holds even though no view reads it.
 
     werkzeug refuses (413) a Content-Length over the limit at once; a chunked body (the
     server sets ``wsgi.input_terminated``) when a read goes past the limit, which is why
-    this reads until the stream ends rather than one ``get_data()``.
+    this reads until the stream ends rather than one ``get_data()``. Only token holders'
+    bodies are read (this runs after the token check): a public route's body is left to
+    the server, which drains it within its own deadline, so nobody without the token can
+    hold a request open by sending a body slowly.
     """
-    if request.url_rule is None:
+    if request.url_rule is None or is_public():
         return
     stream = request.stream
     while stream.read(_CHUNK):
@@ -84,12 +101,16 @@ def create_app(
     settings = settings or get_settings()
     _default_logging()
     app = Flask(__name__, static_folder=None)
+    # No redirects (see the module's docstring); set before any route is added.
+    app.url_map.merge_slashes = False
+    app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False  # fields in the order the docs list them
     app.extensions[EXTENSION] = Connections(settings, store=store, client=client)
     set_token(app, credentials.api_token(settings))
     app.before_request(_start_clock)
+    app.before_request(_no_redirects)
     app.before_request(limit_rate)
     app.before_request(check_auth)
     app.before_request(_read_body)
