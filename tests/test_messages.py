@@ -106,7 +106,7 @@ def test_a_batch_id_its_inputs_do_not_give_is_refused(tree: Path, settings: Sett
 def test_an_unknown_pipeline_is_refused_naming_the_file(tree: Path, settings: Settings) -> None:
     files = [_file(tree / "in" / "a.csv")]
     msg = {**_message(files), "pipeline": "other"}
-    with pytest.raises(MessageRefusedError, match="unknown pipeline 'other'.*pipelines.toml"):
+    with pytest.raises(MessageRefusedError, match=r"unknown pipeline 'other'.*pipelines\.toml"):
         resolve(msg, settings)
 
 
