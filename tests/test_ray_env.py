@@ -96,6 +96,8 @@ def test_one_rule_at_validation_and_when_the_runtime_env_is_built(name: str) -> 
 
 def test_the_job_ships_ray_jobs_and_the_core() -> None:
     env = job_runtime_env()
+    # No env_vars from the driver: Ray workers get the raylet's (scrubbed) environment only.
+    assert set(env) == {"py_modules", "excludes"}
     assert [Path(p).name for p in env["py_modules"]] == ["ray_jobs", "celeray"]
     assert all(Path(p).is_dir() for p in code_paths())
     assert "__pycache__" in env["excludes"]
