@@ -134,9 +134,10 @@ def _ray_init() -> None:
 
     import ray
 
-    temp = tempfile.mkdtemp(prefix="crb", dir="/tmp")  # unix socket paths must stay short
+    # Short (unix socket paths); Ray makes its folder 0777, so it lives in a 0700 parent.
+    temp = tempfile.mkdtemp(prefix="crb", dir="/tmp")
     _RAY_TEMP.append(temp)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=f"{temp}/ray",
              log_to_driver=False)
 
 

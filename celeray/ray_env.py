@@ -25,12 +25,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from celeray.errors import CelerayError
+
 __all__ = [
     "CODE_PACKAGES",
     "EXCLUDES",
     "NODE_REQUIREMENTS",
     "RayEnv",
+    "RayEnvError",
     "code_paths",
+    "env_var_problem",
     "job_runtime_env",
     "pipeline_extras",
     "transform_package",
@@ -48,10 +52,35 @@ NODE_REQUIREMENTS = ("ray[default]", "pyarrow", "duckdb", "zstandard", "fsspec",
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names that hold secrets by convention; the pipeline file is no place for them.
 _SECRET_NAME = re.compile(r"(?i)(SECRET|PASSW|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_))")
-# Set by celeray and Ray themselves (settings, auth, the worker's import path).
-_RESERVED = ("CELERAY_", "RAY_")
-_RESERVED_NAMES = frozenset({"PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH"})
+# Set by celeray and Ray themselves (settings, auth, one-machine mode), or the node's own
+# (its S3 credential chain); and names that change what code a process loads or runs
+# (the interpreter's and the dynamic linker's paths and hooks, the shell's start files).
+_RESERVED = ("CELERAY_", "RAY_", "AWS_", "PYTHON", "LD_", "DYLD_", "MALLOC_")
+_RESERVED_NAMES = frozenset({"PATH", "HOME", "GCONV_PATH", "GLIBC_TUNABLES", "BASH_ENV", "ENV",
+                             "PERL5LIB", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "TMPDIR"})
 _URL_USERINFO = re.compile(r"://[^/@\s]*@")
+
+
+class RayEnvError(CelerayError):
+    """A pipeline's ``ray_env`` names an environment variable its Ray tasks may not get."""
+
+
+def env_var_problem(name: str) -> str | None:
+    """Why ``name`` may not be one of a pipeline's ``ray_env.env_vars``, or None if it may.
+
+    The one rule, applied when the pipeline file is validated (:class:`RayEnv`) and again
+    when a batch's ``runtime_env`` is built (:func:`pipeline_extras`), so that a value that
+    skipped validation (an old plan, a message) cannot reach a Ray worker either.
+    """
+    if not _ENV_NAME.match(name):
+        return f"env_vars name {name!r}: use letters, digits and '_'"
+    if _SECRET_NAME.search(name):
+        return (f"env_vars name {name!r} looks like a secret; env_vars travel in messages and "
+                "Ray's metadata: give nodes secrets through their own environment instead")
+    if name.upper().startswith(_RESERVED) or name.upper() in _RESERVED_NAMES:
+        return (f"env_vars name {name!r} is reserved (CELERAY_*, RAY_*, AWS_*, PYTHON*, LD_*, "
+                "PATH...): celeray, Ray and the node set these, or they change what code runs")
+    return None
 
 
 class RayEnv(BaseModel):
@@ -61,7 +90,8 @@ class RayEnv(BaseModel):
     per node and list; nodes need an index they can reach). ``env_vars`` are plain settings
     of the transform, never secrets: they travel in Celery messages and in Ray's job
     metadata. Secret-looking names (``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, ``*_KEY``),
-    ``CELERAY_*``, ``RAY_*`` and the interpreter's path variables are refused.
+    ``CELERAY_*``, ``RAY_*``, ``AWS_*`` and what changes the code a process loads
+    (``PYTHON*``, ``LD_*``, ``PATH``...) are refused (:func:`env_var_problem`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -91,19 +121,8 @@ class RayEnv(BaseModel):
     @classmethod
     def _check_env_vars(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"env_vars name {name!r}: use letters, digits and '_'")
-            if name.startswith(_RESERVED) or name in _RESERVED_NAMES:
-                raise ValueError(
-                    f"env_vars name {name!r} is reserved (CELERAY_*, RAY_*, PYTHONPATH...): "
-                    "celeray and Ray set these themselves"
-                )
-            if _SECRET_NAME.search(name):
-                raise ValueError(
-                    f"env_vars name {name!r} looks like a secret; env_vars travel in "
-                    "messages and Ray's metadata: give nodes secrets through their own "
-                    "environment instead"
-                )
+            if (problem := env_var_problem(name)) is not None:
+                raise ValueError(problem)
         return value
 
     def to_plan(self) -> dict[str, Any] | None:
@@ -172,7 +191,8 @@ def pipeline_extras(plan: dict[str, Any]) -> dict[str, Any] | None:
 
     ``py_modules`` holds local paths (the transform's package); the dispatcher uploads
     them and adds the job's own ``py_modules``, since a task's ``py_modules`` replaces the
-    job's. ``pip`` and ``env_vars`` come from the pipeline's ``ray_env``.
+    job's. ``pip`` and ``env_vars`` come from the pipeline's ``ray_env``; an env var name
+    :func:`env_var_problem` refuses raises :class:`RayEnvError` (nothing is built).
     """
     extras: dict[str, Any] = {}
     package = transform_package(plan.get("transform"))
@@ -182,5 +202,9 @@ def pipeline_extras(plan: dict[str, Any]) -> dict[str, Any] | None:
     if ray_env.get("pip"):
         extras["pip"] = list(ray_env["pip"])
     if ray_env.get("env_vars"):
-        extras["env_vars"] = dict(ray_env["env_vars"])
+        env_vars = {str(k): str(v) for k, v in dict(ray_env["env_vars"]).items()}
+        problems = [p for p in map(env_var_problem, env_vars) if p is not None]
+        if problems:
+            raise RayEnvError(f"refused the pipeline's ray_env: {'; '.join(problems)}")
+        extras["env_vars"] = env_vars
     return extras or None

@@ -13,6 +13,11 @@ it still lives (one ``/proc`` read of one pid). When the raylet is gone, or ``ra
 exits, it stops the whole group (TERM to ``ray start``, which stops what it began; KILL to
 whatever of the group is left) and exits non-zero, so that supervisor starts the head again.
 SIGTERM or SIGINT (``celeray down``) is passed on the same way, and the exit code is then 0.
+
+Before it starts Ray, it makes the head private (:mod:`celeray.ray_private`): it refuses a
+``--temp-dir`` whose parent other users can enter (and, without ``--temp-dir``, makes one in
+a new 0700 folder, removed when the head stops), starts ``ray start`` with an environment
+without celeray's secrets, and keeps a head on a loopback ``--node-ip-address`` on loopback.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from types import FrameType
 import psutil
 
 from celeray.errors import CelerayError
+from celeray.ray_private import (
+    check_temp_dir,
+    head_environ,
+    option_value,
+    private_temp_dir,
+    remove_private_temp_dir,
+)
 
 __all__ = ["EXIT_RAYLET_GONE", "RayHeadError", "raylet_executable", "run_head"]
 
@@ -111,7 +123,27 @@ def run_head(ray_args: list[str]) -> int:
 
     Returns 0 after SIGTERM/SIGINT, :data:`EXIT_RAYLET_GONE` when the raylet died (or never
     started) while ``ray start`` lived, else ``ray start``'s own exit code (1 if it was 0).
+    Raises :class:`celeray.ray_private.RayPrivacyError` (before starting anything) when the
+    parent of ``--temp-dir`` is not private to this user.
     """
+    made = None
+    temp_dir = option_value(ray_args, "--temp-dir")
+    if temp_dir is None:  # not Ray's shared /tmp/ray: a folder of this head's own
+        made = private_temp_dir()
+        temp_dir = str(made)
+        ray_args = [*ray_args, "--temp-dir", temp_dir]
+    try:
+        check_temp_dir(temp_dir)
+        env, dropped = head_environ(ray_args, os.environ)
+        if dropped:  # names only: the values are what must not spread
+            _say(f"not passed on to Ray's processes: {', '.join(dropped)}")
+        return _run(ray_args, env)
+    finally:
+        if made is not None:
+            remove_private_temp_dir(made)
+
+
+def _run(ray_args: list[str], env: dict[str, str]) -> int:
     argv = [_ray_command(), "start", "--head", "--block", *ray_args]
     exe = raylet_executable().resolve()  # /proc's exe is the resolved path
     stop_requested: list[int] = []
@@ -121,7 +153,8 @@ def run_head(ray_args: list[str]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    child = subprocess.Popen(argv, process_group=0, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(argv, env=env, process_group=0,
+                             preexec_fn=_die_with_parent)
     _say(f"started `ray start --head --block` as pid {child.pid} (its own process group)")
     ray_start = psutil.Process(child.pid)
     raylet: psutil.Process | None = None

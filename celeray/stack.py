@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -139,7 +137,10 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
             "only for a plain redis:// URL without a password: start yours (with its "
             "password / TLS) first"
         )
-    ray_temp = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # unix sockets: keep the path short
+    from celeray.ray_private import ONE_MACHINE_ENV, private_temp_dir
+
+    # /tmp/crXXXXXXXX/ray: Ray makes its folders 0777, the parent (0700) keeps others out
+    ray_temp = str(private_temp_dir())
     env = dict(os.environ)
     env.update(
         {
@@ -161,6 +162,9 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(credentials.ray_auth_token_path(settings)),
             "RAY_USAGE_STATS_ENABLED": "0",
+            # The head is on 127.0.0.1: Ray's one-machine mode keeps its ports on loopback,
+            # and its drivers (the ray worker) must be in the same mode to find it.
+            ONE_MACHINE_ENV: "0",
         }
     )
     env["CELERAY_RAY_PORT"] = env["CELERAY_RAY_ADDRESS"].rsplit(":", 1)[1]
@@ -305,6 +309,8 @@ def down(settings: Settings) -> bool:
     else:
         raise StackError(f"supervisord (pid {pid}) is still running after shutdown")
     ray_temp = _stack_env(home).get("CELERAY_RAY_TEMP_DIR")
-    if ray_temp and ray_temp.startswith("/tmp/cr"):
-        shutil.rmtree(ray_temp, ignore_errors=True)
+    if ray_temp:
+        from celeray.ray_private import remove_private_temp_dir
+
+        remove_private_temp_dir(ray_temp)
     return True

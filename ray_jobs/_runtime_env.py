@@ -65,10 +65,13 @@ def _upload(path: str) -> str:
     else:
         uri = get_uri_for_file(path)
     # Pins the URI for a while and checks the GCS; zips and uploads only when missing
-    # (the first time, or after Ray dropped a package no job referenced any more).
-    if upload_package_if_needed(uri, tempfile.gettempdir(), path, include_gitignore=True,
-                                include_parent_dir=is_dir, excludes=EXCLUDES):
-        log.info("shipped %s to the Ray cluster as %s", path, uri)
+    # (the first time, or after Ray dropped a package no job referenced any more). The zip
+    # is made in a folder of this process's own (0700), not in the shared /tmp, where
+    # another user could rewrite it between Ray's write and its upload.
+    with tempfile.TemporaryDirectory(prefix="cr-pkg-") as scratch:
+        if upload_package_if_needed(uri, scratch, path, include_gitignore=True,
+                                    include_parent_dir=is_dir, excludes=EXCLUDES):
+            log.info("shipped %s to the Ray cluster as %s", path, uri)
     with _lock:
         _uris[path] = (signature, uri)
     return uri

@@ -15,6 +15,7 @@ from celery.signals import worker_ready
 from celeray.celeryconfig import RAY_QUEUE
 from celeray.errors import RayUnavailableError
 from celeray.ray_env import job_runtime_env
+from celeray.ray_private import ONE_MACHINE_ENV, is_loopback
 from celeray.settings import get_settings
 
 # Importing this module also hooks the Ray warm-up to worker_ready.
@@ -41,7 +42,13 @@ def ensure_ray() -> None:
     variables (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``),
     which must match the head's. The job's ``runtime_env`` ships ``ray_jobs`` and the core
     modules it imports (:func:`celeray.ray_env.job_runtime_env`), so Ray nodes need no
-    celeray installed; Ray uploads them once per content hash.
+    celeray installed; Ray uploads them once per content hash. It carries no ``env_vars``:
+    Ray workers get their environment from their raylet, scrubbed by ``celeray ray-head``.
+
+    A head on a loopback address started by ``celeray ray-head`` runs in Ray's one-machine
+    mode (:data:`celeray.ray_private.ONE_MACHINE_ENV` = 0, every port on loopback); this
+    process must have the same in its environment from its start (``celeray up`` sets it),
+    or Ray swaps 127.0.0.1 for the host's address and finds no GCS there.
     """
     _bound_gcs_wait()
     import ray
@@ -57,6 +64,13 @@ def ensure_ray() -> None:
                 "with '-P threads'"
             )
         address = get_settings().effective_ray_address
+        hint = ""
+        if is_loopback(address.rsplit(":", 1)[0]) and ONE_MACHINE_ENV not in os.environ:
+            hint = (f" (a Ray head on a loopback address started by `celeray ray-head` runs in "
+                    f"Ray's one-machine mode: set {ONE_MACHINE_ENV}=0 in this worker's "
+                    "environment too, as `celeray up` does)")
+            log.warning("connecting to Ray at %s without %s set%s", address, ONE_MACHINE_ENV,
+                        hint)
         try:
             ray.init(
                 address=address,
@@ -66,7 +80,7 @@ def ensure_ray() -> None:
                 runtime_env=job_runtime_env(),
             )
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
-            raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}") from exc
+            raise RayUnavailableError(f"cannot reach Ray at {address}: {exc}{hint}") from exc
         log.info("connected to Ray at %s", address)
         if _watch_wanted.is_set():
             _start_raylet_watch()

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,30 +130,42 @@ def _node_ports() -> list[str]:
 
 
 class RayHead:
-    """``ray start --head --block`` on free ports with its own temp dir and auth token."""
+    """``celeray ray-head`` (``ray start --head --block``) on free ports with its own private
+    temp dir and auth token, as supervisor's ``ray-head`` program runs it.
+
+    ``one_machine`` (the default) keeps every port on loopback, Ray's one-machine mode, which
+    the stack's drivers must share (:func:`stack_env`); without it the head takes the host's
+    address, as a head that other nodes join must (:class:`RayNode`).
+    """
 
     def __init__(
-        self, root: Path, num_cpus: int = 2, extra_env: dict[str, str] | None = None
+        self, root: Path, num_cpus: int = 2, extra_env: dict[str, str] | None = None,
+        *, one_machine: bool = True,
     ) -> None:
+        from celeray.ray_private import ONE_MACHINE_ENV, private_temp_dir
+
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        # Unix socket paths are limited to 107 bytes: keep the temp dir short.
-        self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")
+        self.one_machine = one_machine
+        # /tmp/crXXXXXXXX/ray: short (unix socket paths), in a folder of mode 0700.
+        self.temp_dir = str(private_temp_dir())
         argv = [
-            str(VENV_BIN / "ray"), "start", "--head", "--block",
+            str(VENV_BIN / "celeray"), "ray-head",
             "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--temp-dir", self.temp_dir, "--num-cpus", str(num_cpus),
             "--object-store-memory", str(200 * 1024**2),
-            "--include-dashboard", "false", "--disable-usage-stats",
+            "--include-dashboard", "false", "--dashboard-host", "127.0.0.1",
+            "--disable-usage-stats",
             "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port()),
             *_node_ports(),
         ]
-        # Ray's workers inherit the head's environment: that is how they get, e.g., the S3
-        # endpoint and credentials (never through a plan).
+        # Ray's workers inherit the head's environment (less what celeray ray-head drops):
+        # that is how they get, e.g., the S3 endpoint and credentials (never through a plan).
         env = {
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
             **ray_auth_env(root),
+            ONE_MACHINE_ENV: "0" if one_machine else "1",
             **(extra_env or {}),
         }
         env.pop("RAY_ADDRESS", None)
@@ -166,8 +177,18 @@ class RayHead:
             raise ProcessExitedError(f"ray head exited:\n{self.proc.tail()}")
         return "--block" in self.proc.log.read_text(errors="replace")
 
+    def driver_env(self) -> dict[str, str]:
+        """What a driver of this head needs in its environment besides the token."""
+        from celeray.ray_private import ONE_MACHINE_ENV
+
+        return {ONE_MACHINE_ENV: "0" if self.one_machine else "1"}
+
     def stop(self) -> None:
-        self.proc.stop(timeout=30)
+        # celeray ray-head drains ray start for up to 35 s before it kills its group.
+        self.proc.stop(timeout=45)
+        from celeray.ray_private import remove_private_temp_dir
+
+        remove_private_temp_dir(self.temp_dir)
 
 
 class RedisServer:
@@ -239,8 +260,13 @@ class RayNode(RayHead):
     def __init__(self, root: Path, head: RayHead, *, bin_dir: Path, num_cpus: int = 1,
                  resources: dict[str, float] | None = None, name: str = "node2",
                  extra_env: dict[str, str] | None = None) -> None:
+        from celeray.ray_private import ONE_MACHINE_ENV, private_temp_dir
+
+        if head.one_machine:
+            raise ValueError("a node joins only a head started with one_machine=False")
         self.address = head.address
-        self.temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")
+        self.one_machine = False
+        self.temp_dir = str(private_temp_dir())
         argv = [
             str(bin_dir / "ray"), "start", "--address", head.address, "--block",
             "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp_dir,
@@ -251,7 +277,7 @@ class RayNode(RayHead):
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("CELERAY_", "VIRTUAL_ENV", "PYTHON")) and k != "RAY_ADDRESS"}
         env.update({"RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bin_dir}:{env.get('PATH', '')}",
-                    **ray_auth_env(root), **(extra_env or {})})
+                    ONE_MACHINE_ENV: "1", **ray_auth_env(root), **(extra_env or {})})
         cwd = root / name
         cwd.mkdir(parents=True, exist_ok=True)
         self.proc = Proc(argv, env=env, log=root / f"ray-{name}.log", cwd=cwd)
@@ -356,12 +382,14 @@ class Stack:
         self.pipelines_file.write_text("")
         self._pipelines: dict[str, str] = {}
         flush_test_dbs(dbs)
-        self.ray = RayHead(root, num_cpus=ray_cpus, extra_env=extra_env)
+        self.ray = RayHead(root, num_cpus=ray_cpus, extra_env=extra_env,
+                           one_machine=not node_bins)
         self.nodes: list[RayNode] = []
         for i, bin_dir in enumerate(node_bins, start=2):
             self.nodes.append(RayNode(root, self.ray, bin_dir=bin_dir, name=f"node{i}",
                                       extra_env=extra_env))
-        self.env = stack_env(root, self.ray.address, dbs=dbs, **(extra_env or {}))
+        self.env = stack_env(root, self.ray.address, dbs=dbs,
+                             **{**self.ray.driver_env(), **(extra_env or {})})
         self.worker_env = {**self.env, **(worker_env or {})}
         self.settings = Settings(
             **{

@@ -4,6 +4,7 @@ the code it ships imports nothing of the Celery side."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from celeray.pipelines import load_pipelines, validate_file
 from celeray.ray_env import (
     RayEnv,
+    RayEnvError,
     code_paths,
+    env_var_problem,
     job_runtime_env,
     pipeline_extras,
     transform_package,
@@ -51,6 +54,13 @@ def test_ray_env_from_the_pipeline_file_reaches_the_plan(tmp_path: Path) -> None
         ('env_vars = { CELERAY_HOME = "/x" }', "is reserved"),
         ('env_vars = { RAY_AUTH_MODE = "disabled" }', "is reserved"),
         ('env_vars = { PYTHONPATH = "/x" }', "is reserved"),
+        ('env_vars = { PYTHONSTARTUP = "/x" }', "is reserved"),
+        ('env_vars = { LD_PRELOAD = "/x.so" }', "is reserved"),
+        ('env_vars = { LD_AUDIT = "/x.so" }', "is reserved"),
+        ('env_vars = { RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = "1" }', "is reserved"),
+        ('env_vars = { AWS_ENDPOINT_URL = "http://evil" }', "is reserved"),
+        ('env_vars = { PATH = "/x" }', "is reserved"),
+        ('env_vars = { GLIBC_TUNABLES = "x" }', "is reserved"),
         ('env_vars = { "BAD-NAME" = "x" }', "letters, digits"),
         ("env_vars = { N = 3 }", "expected a string"),
         ('pip = ["--index-url=https://example.org/simple"]', "options are not allowed"),
@@ -66,8 +76,28 @@ def test_bad_ray_env_names_the_key(tmp_path: Path, body: str, fragment: str) -> 
     assert issues[0].startswith("pipelines.p.ray_env.") and fragment in issues[0], issues
 
 
+NAMES_REFUSED = ["CELERAY_BROKER_URL", "CELERAY_RESULT_BACKEND", "CELERAY_API_TOKEN",
+                 "RAY_AUTH_MODE", "RAY_ADDRESS", "PYTHONPATH", "PYTHONHOME", "LD_PRELOAD",
+                 "LD_LIBRARY_PATH", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "path", "BAD-NAME"]
+
+
+@pytest.mark.parametrize("name", NAMES_REFUSED)
+def test_one_rule_at_validation_and_when_the_runtime_env_is_built(name: str) -> None:
+    problem = env_var_problem(name)
+    assert problem is not None and repr(name) in problem
+    with pytest.raises(ValueError, match="env_vars name"):
+        RayEnv(env_vars={name: "x"})
+    # A plan that skipped validation (an old one, or a message) is refused all the same.
+    plan = {"transform": None, "ray_env": {"pip": [], "env_vars": {"OK_NAME": "1", name: "x"}}}
+    with pytest.raises(RayEnvError, match=re.escape(repr(name))):
+        pipeline_extras(plan)
+    assert env_var_problem("CLEAN_MODE") is None
+
+
 def test_the_job_ships_ray_jobs_and_the_core() -> None:
     env = job_runtime_env()
+    # No env_vars from the driver: Ray workers get the raylet's (scrubbed) environment only.
+    assert set(env) == {"py_modules", "excludes"}
     assert [Path(p).name for p in env["py_modules"]] == ["ray_jobs", "celeray"]
     assert all(Path(p).is_dir() for p in code_paths())
     assert "__pycache__" in env["excludes"]

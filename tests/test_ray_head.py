@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import signal
-import tempfile
+import stat
 import time
 from pathlib import Path
 
@@ -27,9 +27,8 @@ pytestmark = pytest.mark.stack
 
 def _start(root: Path) -> tuple[Proc, int, list[psutil.Process]]:
     """The wrapper, the raylet's pid it reports, and every process of the head by then."""
-    temp_dir = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # unix sockets: a short path
     argv = [str(VENV_BIN / "celeray"), "ray-head", "--node-ip-address", "127.0.0.1",
-            "--port", str(free_port()), "--temp-dir", temp_dir, "--num-cpus", "1",
+            "--port", str(free_port()), "--num-cpus", "1",
             "--object-store-memory", str(100 * 1024**2), "--include-dashboard", "false",
             "--disable-usage-stats", "--dashboard-port", str(free_port()),
             "--ray-client-server-port", str(free_port()), *_node_ports()]
@@ -56,6 +55,14 @@ def _agents(pid: int) -> list[psutil.Process]:
             if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::") and "Agent" in p.cmdline()[0]:
                 out.append(p)
     return out
+
+
+def _temp_dir(proc: Proc) -> Path:
+    """The --temp-dir the wrapper made itself (none was given): /tmp/crXXXXXXXX/ray."""
+    found = re.search(r"--temp-dir (/tmp/cr\S+/ray)", " ".join(
+        psutil.Process(proc.children()[0]).cmdline()))
+    assert found, proc.tail()
+    return Path(found.group(1))
 
 
 def _cleanup(proc: Proc, procs: list[psutil.Process]) -> None:
@@ -89,8 +96,11 @@ def test_a_dead_agent_stops_the_whole_head(tmp_path: Path, agent: str) -> None:
 def test_sigterm_stops_every_ray_process_and_exits_0(tmp_path: Path) -> None:
     proc, _, procs = _start(tmp_path)
     try:
+        temp = _temp_dir(proc)  # without --temp-dir: one of its own, in a 0700 folder
+        assert stat.S_IMODE(temp.parent.stat().st_mode) == 0o700 and temp.is_dir()
         os.kill(proc.pid, signal.SIGTERM)  # the wrapper only, as supervisor does
         assert proc.popen.wait(60) == 0, proc.tail()
         assert not alive(procs), f"left running: {alive(procs)}"
+        assert not temp.parent.exists()  # removed with the head
     finally:
         _cleanup(proc, procs)

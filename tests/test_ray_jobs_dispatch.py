@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from celeray.errors import RayUnavailableError, TransformError
+from celeray.ray_private import private_temp_dir, remove_private_temp_dir
 from ray_jobs.dispatcher import run_units
 from tests._plans import MiB, limits, plan
 
@@ -33,11 +34,14 @@ def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", PROBE_ENV)}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, saved["PYTHONPATH"]) if p)
     os.environ[PROBE_ENV] = str(folder)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * MiB)
+    temp = private_temp_dir()  # not the shared /tmp/ray: Ray makes its folders 0777
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * MiB,
+             _temp_dir=str(temp))
     try:
         yield folder
     finally:
         ray.shutdown()
+        remove_private_temp_dir(temp)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
