@@ -313,7 +313,11 @@ class _UnitRun:
     def _write(self, batches: Iterator[pa.RecordBatch], basename: str) -> list[dict[str, Any]]:
         plan = self.plan
         transformed = apply(
-            batches, sql=plan.get("sql"), transform=plan.get("transform"), threads=self.threads
+            batches,
+            sql=plan.get("sql"),
+            transform=plan.get("transform"),
+            threads=self.threads,
+            pipeline=str(plan.get("pipeline") or ""),
         )
         return write_parquet(
             transformed,
