@@ -3,11 +3,15 @@
 The validator (:mod:`celeray.sql_policy`) is tested by a table of queries; the run time by
 real DuckDB: the confined connection alone (every attack must fail in DuckDB itself, even
 with the validator out of the way) and ``ray_jobs.transforms.apply`` as a Ray task calls it,
-with a secret file whose bytes must never come out.
+with a secret file whose bytes must never come out. Also here: ``celeray validate`` finds a
+``transform``'s module without running its code.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,6 +118,37 @@ def test_find_transform_runs_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'json\.decoder' is a module, not a package"):
         find_transform("json.decoder.x:fn")
     find_transform("tests._sample_transforms:double_v")
+
+
+def test_cli_validate_finds_transform_modules_without_running_them(tmp_path: Path) -> None:
+    pkg = tmp_path / "trap_pkg"
+    pkg.mkdir()
+    marker = tmp_path / "ran"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (pkg / "mod.py").write_text("def fn(t): return t\n")
+    path = tmp_path / "pipelines.toml"
+    base = 'source = "in/*.csv"\nsink = "lake/{0}"\ntransform = "{1}"\n'
+    path.write_text(
+        "[pipelines.ok]\n" + base.format("ok", "trap_pkg.mod:fn")
+        + "[pipelines.missing]\n" + base.format("missing", "nosuchpkg.mod:fn")
+        + "[pipelines.viapip]\n" + base.format("viapip", "nosuchpkg.mod:fn")
+        + 'ray_env = { pip = ["nosuchpkg==1.0"] }\n'
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "300"}
+    celeray = str(Path(sys.executable).parent / "celeray")
+    out = subprocess.run([celeray, "validate", str(path)], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "pipelines.missing.transform: transform 'nosuchpkg.mod:fn': module 'nosuchpkg' is " \
+        "not found" in text  # fmt: skip
+    assert "1 warning(s)" in text and "pipelines.viapip.transform" in text
+    assert "ray_env.pip may install it" in text and "pipelines.ok" not in text
+    assert not marker.exists()  # found, not run
+    path.write_text("[pipelines.ok]\n" + base.format("ok", "trap_pkg.mod:fn"))
+    out = subprocess.run([celeray, "validate", "--import", str(path)], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and marker.exists()  # --import runs the module, as it says
 
 
 # --- run time: real DuckDB -------------------------------------------------------------
