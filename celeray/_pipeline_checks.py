@@ -1,18 +1,20 @@
 """Private checks of single fields of a pipeline table, for :mod:`celeray.pipeline_spec`.
 
 URLs (plain paths to ``file://``, chains, local roots, glob roots), cron and interval
-schedules, SQL (DuckDB's parser only: nothing is bound or read), the form of a transform
-spec and column type names. Each raises ``ValueError`` with the message users see; the
-model adds the pipeline and key. Celery and DuckDB are imported only by the checks that
-use them: Ray nodes import this module without Celery.
+schedules, the form of a transform spec (and where its module is, without running it) and
+column type names; SQL has its own module, :mod:`celeray.sql_policy`. Each raises
+``ValueError`` with the message users see; the model adds the pipeline and key. Celery is
+imported only by the check that uses it: Ray nodes import this module without Celery.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.machinery
+import importlib.util
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,12 @@ __all__ = [
     "canonical_type",
     "check_roots",
     "context_of",
+    "find_transform",
     "glob_start",
     "root_of",
     "schedule_value",
     "show_value",
     "split_url",
-    "sql_tables",
     "strip_slash",
     "to_url",
     "transform_parts",
@@ -196,42 +198,6 @@ def canonical_type(name: str) -> str:
     return str(arrow_type(name))
 
 
-def sql_tables(sql: str) -> set[str]:
-    """Names of the base tables ``sql`` reads, CTE names excluded; parse errors raise."""
-    import duckdb
-
-    with duckdb.connect(":memory:") as con:
-        try:
-            kinds = [s.type.name for s in con.extract_statements(sql)]
-        except duckdb.ParserException as exc:
-            first, _, rest = str(exc).removeprefix("Parser Error: ").partition("\n")
-            line = re.search(r"LINE (\d+):", rest)
-            where = f" (line {line.group(1)})" if line else ""
-            raise ValueError(f"SQL {first.removeprefix('SQL ')}{where}") from None
-        if kinds != ["SELECT"]:
-            raise ValueError(f"sql must be one SELECT query, found: {', '.join(kinds) or 'none'}")
-        row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree = json.loads(row[0]) if row else {}
-    if tree.get("error"):
-        raise ValueError(f"sql cannot be parsed: {tree.get('error_message')}")
-    found: set[str] = set()
-
-    def walk(node: Any, ctes: frozenset[str]) -> None:
-        if isinstance(node, dict):
-            entries = (node.get("cte_map") or {}).get("map") or []
-            ctes = ctes | {str(e.get("key", "")).lower() for e in entries}
-            name = str(node.get("table_name", "")).lower()
-            local = not node.get("catalog_name") and node.get("schema_name") in ("", "main")
-            if node.get("type") == "BASE_TABLE" and local and name not in ctes:
-                found.add(name)
-            node = list(node.values())
-        for item in node if isinstance(node, list) else ():
-            walk(item, ctes)
-
-    walk(tree.get("statements"), frozenset())
-    return found
-
-
 def transform_parts(spec: str) -> tuple[str, str]:
     """``(module, attribute path)`` of ``"module.path:attr"``; nothing is imported."""
     module_name, sep, attr = spec.partition(":")
@@ -242,6 +208,39 @@ def transform_parts(spec: str) -> tuple[str, str]:
             "(a (pyarrow.Table) -> pyarrow.Table callable)"
         )
     return module_name, attr
+
+
+def find_transform(spec: str, path: list[str] | None = None) -> None:
+    """Raise ``ValueError`` when the module of ``spec`` cannot be found; nothing is run.
+
+    ``importlib.util.find_spec("a.b.c")`` would import (run) ``a`` and ``a.b`` to find
+    ``a.b.c``; this looks each part up with the path finders instead, in the packages'
+    search locations, so no module's code runs. Whether the module has the attribute
+    cannot be told without running it (``check_imports`` does that). ``path`` replaces
+    ``sys.path`` for the top-level package (tests).
+    """
+    module_name, _ = transform_parts(spec)
+    parts = module_name.split(".")
+    locations: Any = path
+    for depth in range(len(parts)):
+        name = ".".join(parts[: depth + 1])
+        found: Any
+        if name in sys.modules and path is None:
+            found = getattr(sys.modules[name], "__spec__", None)
+        elif depth == 0 and path is None:
+            found = importlib.util.find_spec(name)  # a top-level name has no parent to run
+        elif depth and locations is None:
+            parent = ".".join(parts[:depth])
+            raise ValueError(f"transform {spec!r}: {parent!r} is a module, not a package")
+        else:
+            found = importlib.machinery.PathFinder.find_spec(name, locations)
+        if found is None:
+            where = f"package {'.'.join(parts[:depth])!r}" if depth else "the Python path"
+            raise ValueError(
+                f"transform {spec!r}: module {name!r} is not found in {where} of this "
+                "interpreter (is its package installed here?)"
+            )
+        locations = found.submodule_search_locations
 
 
 def show_value(value: Any) -> str:

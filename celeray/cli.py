@@ -38,15 +38,45 @@ def _store(settings: Settings) -> RunStore:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    """Check the pipeline file and print every problem with its pipeline and key."""
+    """Check the pipeline file and print every problem with its pipeline and key.
+
+    Each ``transform``'s module is looked up without running it (see
+    :func:`celeray._pipeline_checks.find_transform`); ``--import`` imports it instead, which
+    runs its code and also finds a missing attribute. A module missing here is only a
+    warning for a pipeline whose ``ray_env.pip`` may install it on the Ray nodes.
+    """
+    from celeray._pipeline_checks import find_transform
+    from celeray.errors import PipelineIssue
     from celeray.pipelines import format_issues, load_pipelines
 
     path = Path(args.file) if args.file else settings.pipelines
     try:
-        pipelines = load_pipelines(path, **settings.pipeline_rules(path))
+        pipelines = load_pipelines(
+            path, check_imports=bool(args.imports), **settings.pipeline_rules(path)
+        )
     except PipelineFileError as exc:
         err.print(f"[red]{path}: {len(exc.issues)} problem(s)[/red]", highlight=False)
         err.print(format_issues(exc.issues), highlight=False, markup=False)
+        return EXIT_FAILED
+    issues: list[PipelineIssue] = []
+    warnings: list[PipelineIssue] = []
+    for name, pipeline in pipelines.items():
+        if pipeline.transform is None or args.imports:
+            continue
+        try:
+            find_transform(pipeline.transform)
+        except ValueError as exc:
+            if pipeline.ray_env.pip:  # a warning: the Ray nodes may install it
+                warnings.append(PipelineIssue(name, "transform", f"{exc}; ray_env.pip may "
+                                              "install it on the Ray nodes"))  # fmt: skip
+            else:
+                issues.append(PipelineIssue(name, "transform", str(exc)))
+    if warnings:
+        err.print(f"[yellow]{path}: {len(warnings)} warning(s)[/yellow]", highlight=False)
+        err.print(format_issues(warnings), highlight=False, markup=False)
+    if issues:
+        err.print(f"[red]{path}: {len(issues)} problem(s)[/red]", highlight=False)
+        err.print(format_issues(issues), highlight=False, markup=False)
         return EXIT_FAILED
     console.print(f"{path}: ok, {len(pipelines)} pipeline(s): {', '.join(sorted(pipelines))}")
     return 0
@@ -275,6 +305,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check a pipeline file")
     v.add_argument("file", nargs="?", help="default: $CELERAY_PIPELINES (./pipelines.toml)")
+    v.add_argument(
+        "--import", dest="imports", action="store_true",
+        help="import each transform's module (runs its code) instead of only finding it",
+    )  # fmt: skip
     v.set_defaults(func=cmd_validate)
     r = sub.add_parser("run", help="trigger a run of one pipeline")
     r.add_argument("name")

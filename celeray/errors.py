@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "BatchBusyError",
     "CelerayError",
+    "ChangedInputError",
     "ConfigError",
     "DecompressionError",
     "EmptyInputError",
@@ -240,6 +241,13 @@ class OutsideRootsError(InputError):
     """A local file resolves (symlinks followed) outside the allowed local roots."""
 
     kind = "outside_roots"
+
+
+class ChangedInputError(InputError):
+    """A local input changed between its listing (or its check) and its open: size, mtime,
+    kind, or a symlink swapped in; it is not read."""
+
+    kind = "changed"
 
 
 class EncodingError(InputError):

@@ -1,11 +1,12 @@
 """One pipeline of the pipeline file: the validated, frozen :class:`Pipeline` model.
 
 Validation never touches the data: URLs are checked by their syntax, SQL by DuckDB's parser
-only (nothing is bound or read) and transforms by their form (imported only with
-``check_imports=True``). Plain paths in ``source``/``sink`` become ``file://`` URLs of
-absolute paths, resolved against the pipeline file's folder. The checks of single fields
-live in :mod:`celeray._pipeline_checks`; column type names are read by
-:mod:`celeray.arrow_types`, which the Ray side shares. Import these names from
+only (nothing is bound or read; :mod:`celeray.sql_policy` says what it may do) and
+transforms by their form (imported only with ``check_imports=True``; ``celeray validate``
+finds their modules without running them). Plain paths in ``source``/``sink`` become
+``file://`` URLs of absolute paths, resolved against the pipeline file's folder. The
+checks of single fields live in :mod:`celeray._pipeline_checks`; column type names are read
+by :mod:`celeray.arrow_types`, which the Ray side shares. Import these names from
 :mod:`celeray.pipelines`.
 """
 
@@ -36,13 +37,13 @@ from celeray._pipeline_checks import (
     root_of,
     schedule_value,
     split_url,
-    sql_tables,
     strip_slash,
     to_url,
     transform_parts,
 )
 from celeray.ray_env import RayEnv
 from celeray.sizes import parse_size
+from celeray.sql_policy import check_sql
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -165,11 +166,7 @@ class Pipeline(BaseModel):
             return None
         if not value.strip():
             raise ValueError("sql is empty; leave the key out to keep the rows as they are")
-        if "input" not in sql_tables(value):
-            raise ValueError(
-                "sql does not read the table `input` (each batch's rows); "
-                "write e.g. SELECT * FROM input"
-            )
+        check_sql(value)  # one SELECT of `input`, nothing that reaches files or settings
         return value
 
     @field_validator("transform")

@@ -35,6 +35,7 @@ __all__ = [
     "outside_roots",
     "refusal",
     "resolve_roots",
+    "within",
 ]
 
 # Archives read the file named by the next part of a chain (their ``fo``).
@@ -159,9 +160,27 @@ def local_target(url: str) -> tuple[str, bool] | None:
 def inside(path: str, roots: Iterable[str]) -> bool:
     """Whether ``path``, symlinks resolved, is one of ``roots`` or below one of them.
 
-    ``roots`` must already be resolved (:func:`resolve_roots`).
+    ``roots`` must already be resolved (:func:`resolve_roots`). A path that cannot be
+    resolved (a link of it changing while it is read) is not inside.
     """
-    real = os.path.realpath(path)
+    real = _resolved(path)
+    return real is not None and within(real, roots)
+
+
+def _resolved(path: str) -> str | None:
+    """``os.path.realpath(path)``; None when a link of the path changed while it was read
+    (``readlink`` of a name that ``lstat`` found a symlink fails)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return None
+
+
+def within(real: str, roots: Iterable[str]) -> bool:
+    """Whether the already resolved path ``real`` is one of ``roots`` or below one of them.
+
+    A plain comparison of resolved paths, no file system access (see :func:`inside`).
+    """
     return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
 
 
@@ -174,7 +193,7 @@ def outside(url: str, roots: Iterable[str]) -> str | None:
     target = local_target(url)
     if target is None or inside(target[0], roots):
         return None
-    return os.path.realpath(target[0])
+    return _resolved(target[0]) or f"{target[0]} (its links changed while it was resolved)"
 
 
 def refusal(url: str, roots: Iterable[str]) -> OutsideRootsError | None:

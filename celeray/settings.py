@@ -61,6 +61,10 @@ DEFAULT_MAX_DELIVERIES = 3  # a batch whose worker died this often is quarantine
 # `celeray demo` (and a project) keeps landing/ and lake/. Anything else is listed on purpose.
 DEFAULT_LOCAL_ROOTS: tuple[Path, ...] = ()
 DEFAULT_ALLOW_CHAINED_URLS = False  # `a::b` can cache remote data locally and reach other FSs
+# A hard link is the same file under another name: one in the landing folder to a file
+# outside the roots cannot be told from the path, so hard-linked inputs are quarantined
+# unless the landing folder's writers are trusted (see ray_jobs._open_local).
+DEFAULT_ALLOW_HARD_LINKS = False
 # Requests per minute per client (token, or address when unauthenticated). A load test of
 # 1,000 triggers in a minute from one client, each followed by a few status polls, stays
 # under 6,000; a runaway script or a token-guessing loop does not.
@@ -107,6 +111,10 @@ class Settings(BaseSettings):
         "file's folder",
     )
     allow_chained_urls: bool = DEFAULT_ALLOW_CHAINED_URLS
+    allow_hard_links: bool = Field(
+        default=DEFAULT_ALLOW_HARD_LINKS,
+        description="read local inputs with more than one hard link (trusted landing writers)",
+    )
     api_rate_limit: int = Field(default=DEFAULT_API_RATE_LIMIT, ge=0, description="0: off")
     redis_tls_ca_file: Path | None = Field(
         default=None, description="CA bundle for rediss:// URLs; default: the system's"
@@ -200,13 +208,14 @@ class Settings(BaseSettings):
         return list(resolve_roots([*self.local_roots_for(), *extra]))
 
     def limits(self) -> dict[str, int]:
-        """The input caps as the plain dict Ray tasks receive."""
+        """The input caps as the plain dict Ray tasks receive, and ``allow_hard_links`` (0/1)."""
         return {
             "max_file_bytes": self.max_file_bytes,
             "max_decompressed_bytes": self.max_decompressed_bytes,
             "max_row_bytes": self.max_row_bytes,
             "zstd_max_window_bytes": self.zstd_max_window_bytes,
             "max_columns": self.max_columns,
+            "allow_hard_links": int(self.allow_hard_links),
         }
 
 

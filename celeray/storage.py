@@ -135,8 +135,8 @@ def list_source(url: str, storage_options: dict[str, Any] | None = None) -> list
     Names starting with ``_`` or ``.`` are skipped, as pyarrow.dataset does: that is where
     writers keep partial files. The listing cache is dropped first so new files are seen.
     A local symlink to a file is listed like a file (fsspec calls it "other"), with its
-    target's size, so that it is processed or, pointing outside the local roots, quarantined
-    (see :func:`celeray.runs.outside_roots`) rather than silently ignored.
+    target's size and mtime, so that it is processed or, pointing outside the local roots,
+    quarantined (see :func:`celeray.runs.outside_roots`) rather than silently ignored.
     """
     fs, path = open_fs(url, storage_options)
     fs.invalidate_cache()
@@ -156,7 +156,10 @@ def list_source(url: str, storage_options: dict[str, Any] | None = None) -> list
     files = []
     for name, info in found.items():
         if info.get("islink") and is_local(fs) and os.path.isfile(name):
-            info = {**info, "type": "file"}
+            # fsspec's scandir listing gives a link its target's size but its own mtime; the
+            # Ray side compares both with the file it opens, the target
+            with contextlib.suppress(OSError):
+                info = {**info, "type": "file", "mtime": os.stat(name).st_mtime}
         if info.get("type", "file") != "file" or _hidden(name):
             continue
         if info.get("size") is None:  # e.g. HTTP listings: ask the file itself (HEAD)

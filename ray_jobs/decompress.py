@@ -1,12 +1,13 @@
 """Open an input file as a stream of its decompressed bytes (zstd, gzip or plain).
 
 The codec is decided by the file's first bytes (zstd ``28 B5 2F FD`` or a zstd skippable
-frame, gzip ``1F 8B``); a
-name ending in ``.zst``/``.zstd``/``.gz``/``.gzip`` must agree with them. Decompression is
-always streamed and counted, never one-shot: a frame that declares (or inflates to) more
-than ``max_decompressed_bytes`` stops with ``InputTooLargeError`` after at most one read
-buffer of output. A plain file can also be opened as one byte range of its lines
-(:mod:`ray_jobs._line_range`); compressed content never can.
+frame, gzip ``1F 8B``); a name ending in ``.zst``/``.zstd``/``.gz``/``.gzip`` must agree
+with them. Decompression is always streamed and counted, never one-shot: a frame that
+declares (or inflates to) more than ``max_decompressed_bytes`` stops with
+``InputTooLargeError`` after at most one read buffer of output. A plain file can also be
+opened as one byte range of its lines (:mod:`ray_jobs._line_range`); compressed content
+never can. Local files are opened by :mod:`ray_jobs._open_local`, which checks the opened
+file against the roots and the listing; other URLs through fsspec.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, BinaryIO, cast
 
 import zstandard
+from fsspec.implementations.local import LocalFileSystem
 
 from celeray import fsoptions
 from celeray.errors import (
@@ -29,6 +31,7 @@ from celeray.errors import (
 )
 from celeray.sizes import format_size
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
+from ray_jobs._open_local import LocalCheck, open_local
 from ray_jobs._streams import CappedReader, CountingSource
 from ray_jobs._zstd_frames import ZSTD_MAGIC, FrameTracker, is_skippable_magic
 
@@ -59,15 +62,21 @@ def open_input(
     limits: dict[str, int],
     storage_options: dict[str, Any] | None = None,
     byte_range: ByteRange | None = None,
+    check: LocalCheck | None = None,
 ) -> Iterator[BinaryIO]:
-    """Open ``url`` through fsspec and yield a binary stream of its decompressed content.
+    """Open ``url`` and yield a binary stream of its decompressed content.
 
     Uses ``limits``' ``max_file_bytes``, ``max_decompressed_bytes`` and
-    ``zstd_max_window_bytes``. A plain file comes back as fsspec's own (seekable) file
+    ``zstd_max_window_bytes``. A plain file comes back as its own (seekable) file
     object; a compressed one as a forward-only buffered stream. Errors about the content
     are ``InputError`` subclasses carrying ``url`` (``EmptyInputError``,
     ``InputTooLargeError``, ``DecompressionError``), raised here or while reading; a file
     that does not exist raises ``StorageError``.
+
+    A local file is opened by :func:`~ray_jobs._open_local.open_local` with ``check``
+    (default: no roots, no fingerprint), which refuses it with an ``InputError`` when it
+    lies outside the roots, is hard-linked or changed since it was listed; other URLs
+    through fsspec.
 
     With ``byte_range`` the stream is a :class:`~ray_jobs._line_range.LineRangeReader`
     over just the lines of that range. ``SplitRefused`` (``head=True``) is raised instead
@@ -76,17 +85,25 @@ def open_input(
     max_file = int(limits["max_file_bytes"])
     max_out = int(limits["max_decompressed_bytes"])
     fs, path = fsoptions.url_to_fs(url, storage_options)
-    size = _size_of(fs, path, url)
-    if size == 0:
-        raise EmptyInputError("the file is empty (0 bytes)", url=url)
-    if size is not None and size > max_file:
-        raise InputTooLargeError(
-            f"the file has {format_size(size)}, over the cap of {format_size(max_file)} "
-            "(max_file_bytes)",
-            url=url,
-        )
     with ExitStack() as stack:
-        raw = stack.enter_context(fs.open(path, "rb"))
+        size: int | None
+        if isinstance(fs, LocalFileSystem) and "::" not in url:
+            local, st = open_local(path, url=url, check=check or LocalCheck())
+            raw: Any = stack.enter_context(local)
+            size = st.st_size
+        else:
+            size = _size_of(fs, path, url)
+            raw = None
+        if size == 0:
+            raise EmptyInputError("the file is empty (0 bytes)", url=url)
+        if size is not None and size > max_file:
+            raise InputTooLargeError(
+                f"the file has {format_size(size)}, over the cap of {format_size(max_file)} "
+                "(max_file_bytes)",
+                url=url,
+            )
+        if raw is None:
+            raw = stack.enter_context(fs.open(path, "rb"))
         magic = raw.read(4)
         raw.seek(0)
         codec = _codec_from_magic(magic)

@@ -42,6 +42,7 @@ from celeray.arrow_types import arrow_types
 from celeray.errors import InputError, StorageError, TransformError
 from celeray.roots import check_read, outside
 from ray_jobs._line_range import ByteRange, SplitRefused
+from ray_jobs._open_local import LocalCheck
 from ray_jobs._schema_ref import Reference
 from ray_jobs._take import take
 from ray_jobs._tap import ErrorTap
@@ -90,11 +91,13 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     :mod:`celeray.fsoptions` builds from this node's environment; None in celeray's plans,
     which carry no secrets), ``threads``, optionally ``local_roots`` (resolved folders: a
     local input outside them is quarantined unread, a local output folder outside them
-    fails the unit) and, for Parquet inputs, ``reference`` (a pinned
+    fails the unit; ``limits["allow_hard_links"]`` 1 reads hard-linked inputs, see
+    :mod:`ray_jobs._open_local`) and, for Parquet inputs, ``reference`` (a pinned
     :class:`~ray_jobs._schema_ref.Reference` as JSON) or else ``reference_files`` (URLs,
     the first readable one gives it);
     ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
-    ``read_url`` (where to read it, e.g. a staged copy) and ``size``. The format is told
+    ``read_url`` (where to read it, e.g. a staged copy), ``size`` and ``mtime`` (as listed:
+    a local file read in place that no longer has them is quarantined unread). The format is told
     from ``url``. pyarrow and DuckDB get ``threads`` CPU threads for the duration of the call.
 
     Returns ``batch_id``, ``unit``, ``files`` (the good files: ``url``, ``rows_in``,
@@ -229,6 +232,7 @@ class _UnitRun:
                 threads=self.threads,
                 byte_range=span,
                 reference=reference,
+                check=LocalCheck.of(self.plan, file),
             )
             head, rest = take(batches, SMALL_FILE_BYTES, size=lambda b: b.nbytes)
         except (InputError, SplitRefused) as exc:
@@ -253,6 +257,7 @@ class _UnitRun:
                     schema=self.plan.get("schema"),
                     limits=self.plan["limits"],
                     storage_options=self.storage_options,
+                    check=LocalCheck.of(self.plan),
                 )
                 for reason in skipped:
                     log.warning("not a reference schema: %s", reason)
@@ -313,7 +318,11 @@ class _UnitRun:
     def _write(self, batches: Iterator[pa.RecordBatch], basename: str) -> list[dict[str, Any]]:
         plan = self.plan
         transformed = apply(
-            batches, sql=plan.get("sql"), transform=plan.get("transform"), threads=self.threads
+            batches,
+            sql=plan.get("sql"),
+            transform=plan.get("transform"),
+            threads=self.threads,
+            pipeline=str(plan.get("pipeline") or ""),
         )
         return write_parquet(
             transformed,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
+from functools import partial
 from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ from celeray.arrow_types import arrow_type, arrow_types
 from celeray.errors import EmptyInputError, InputError, ParseError, StorageError
 from celeray.sizes import DEFAULT_MAX_COLUMNS, format_size
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
+from ray_jobs._open_local import LocalCheck
 from ray_jobs._read_csv import csv_batches, csv_range_batches, csv_sample
 from ray_jobs._read_jsonl import jsonl_batches, jsonl_range_batches, jsonl_sample
 from ray_jobs._read_parquet import parquet_batches, parquet_schema
@@ -39,6 +41,8 @@ __all__ = [
     "reference_from_files",
 ]
 
+# open_input of one file with its limits, storage options and check bound; byte_range free
+Opener = Callable[..., AbstractContextManager[BinaryIO]]
 FORMATS = ("csv", "jsonl", "parquet")
 SPLITTABLE_FORMATS = ("csv", "jsonl")  # formats whose records are lines
 SAMPLE_BYTES = 1024 * 1024  # start of a split file that every range infers its types from
@@ -88,6 +92,7 @@ def read_batches(
     threads: int = 1,
     byte_range: ByteRange | None = None,
     reference: Reference | None = None,
+    check: LocalCheck | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the record batches of the file at ``url``; none of them is empty.
 
@@ -98,7 +103,8 @@ def read_batches(
     data rows raises ``EmptyInputError`` once the stream ends. A bad ``fmt`` or type name
     raises ``ValueError`` right away (a pipeline bug, not bad input). CSV and JSON lines
     must be UTF-8 (see :mod:`ray_jobs._text_guard`); a Parquet file must fit
-    ``reference`` when one is given (see :mod:`ray_jobs._schema_ref`).
+    ``reference`` when one is given (see :mod:`ray_jobs._schema_ref`). A local file is
+    checked by ``check`` each time it is opened (see :mod:`ray_jobs._open_local`).
 
     With ``byte_range`` (CSV or JSON lines only) just the lines of that range are read;
     a range may have no rows. The stream then raises ``SplitRefused`` when the range
@@ -109,13 +115,13 @@ def read_batches(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     types = arrow_types(schema)
+    limits = dict(limits)
+    opener = partial(open_input, url, limits=limits, storage_options=storage_options, check=check)
     if byte_range is not None:
         if fmt not in SPLITTABLE_FORMATS:
             raise ValueError(f"a {fmt} file cannot be read by byte ranges")
-        return _read_range(url, fmt, types, dict(limits), storage_options, byte_range)
-    return _read(
-        url, fmt, types, dict(limits), storage_options, max(1, int(threads)), reference
-    )
+        return _read_range(url, fmt, types, limits, opener, byte_range)
+    return _read(url, fmt, types, limits, opener, max(1, int(threads)), reference)
 
 
 def reference_from_files(
@@ -124,17 +130,22 @@ def reference_from_files(
     schema: dict[str, str] | None,
     limits: dict[str, int],
     storage_options: dict[str, Any] | None = None,
+    check: LocalCheck | None = None,
 ) -> tuple[Reference | None, list[str]]:
     """The schema of the first of the Parquet files ``urls`` whose footer reads.
 
     Declared ``schema`` types are applied to it. Returns the reference (``None`` if no
-    file reads) and the reasons the files before it were passed over.
+    file reads) and the reasons the files before it were passed over. Local files are
+    opened with ``check`` (its roots; these files have no listed fingerprint here).
     """
     types = arrow_types(schema)
     skipped = []
     for url in urls:
         try:
-            with open_input(url, limits=limits, storage_options=storage_options) as stream:
+            opened = open_input(
+                url, limits=limits, storage_options=storage_options, check=check
+            )
+            with opened as stream:
                 found = parquet_schema(stream, url=url)
         except (InputError, StorageError) as exc:
             skipped.append(str(exc))
@@ -149,12 +160,12 @@ def _read(
     fmt: str,
     types: dict[str, pa.DataType],
     limits: dict[str, int],
-    storage_options: dict[str, Any] | None,
+    open_raw: Opener,
     threads: int,
     reference: Reference | None,
 ) -> Iterator[pa.RecordBatch]:
     def opener() -> Any:
-        return _open_text(url, fmt, limits, storage_options)
+        return _open_text(url, fmt, limits, open_raw)
 
     max_row = int(limits["max_row_bytes"])
     rows = 0
@@ -170,11 +181,7 @@ def _read(
                 rows += batch.num_rows
                 yield batch
     else:
-        with (
-            opener()
-            if fmt == "csv"
-            else open_input(url, limits=limits, storage_options=storage_options)
-        ) as stream:
+        with opener() if fmt == "csv" else open_raw() as stream:
             batches = (
                 csv_batches(stream, url=url, types=types, max_row_bytes=max_row, reopen=opener)
                 if fmt == "csv"
@@ -203,11 +210,11 @@ def _read_range(
     fmt: str,
     types: dict[str, pa.DataType],
     limits: dict[str, int],
-    storage_options: dict[str, Any] | None,
+    open_raw: Opener,
     span: ByteRange,
 ) -> Iterator[pa.RecordBatch]:
     max_row = int(limits["max_row_bytes"])
-    sample = _sample(url, fmt, limits, storage_options)
+    sample = _sample(url, fmt, limits, open_raw)
     try:
         if fmt == "csv":
             schema, multiline = csv_sample(sample, url=url, types=types)
@@ -220,7 +227,7 @@ def _read_range(
             "a quoted value near the start of the file holds a line break", head=True
         )
     with (
-        open_input(url, limits=limits, storage_options=storage_options, byte_range=span) as r,
+        open_raw(byte_range=span) as r,
         closing(_guard(r, url, fmt, limits, start=span.first)) as guard,
     ):
         stream = cast(LineRangeReader, r)
@@ -242,23 +249,21 @@ def _read_range(
 
 
 @contextmanager
-def _open_text(
-    url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
-) -> Iterator[BinaryIO]:
-    """:func:`open_input`, its stream behind a :class:`TextGuard`.
+def _open_text(url: str, fmt: str, limits: dict[str, int], open_raw: Opener) -> Iterator[BinaryIO]:
+    """``open_raw()`` (:func:`open_input` of ``url``), its stream behind a :class:`TextGuard`.
 
     An encoding error finds its line by reading the file again up to the bad byte.
     """
 
     def line_breaks(limit: int) -> int | None:
         try:
-            with open_input(url, limits=limits, storage_options=storage_options) as again:
+            with open_raw() as again:
                 return count_line_breaks(again, limit)
         except (InputError, StorageError, OSError):
             return None  # the file changed or went away: the error names the byte alone
 
     with (
-        open_input(url, limits=limits, storage_options=storage_options) as stream,
+        open_raw() as stream,
         closing(_guard(stream, url, fmt, limits, start=True, line_breaks=line_breaks)) as guard,
     ):
         yield cast(BinaryIO, guard)
@@ -289,9 +294,7 @@ def _max_columns(limits: dict[str, int]) -> int:
     return int(limits.get("max_columns", DEFAULT_MAX_COLUMNS))
 
 
-def _sample(
-    url: str, fmt: str, limits: dict[str, int], storage_options: dict[str, Any] | None
-) -> bytes:
+def _sample(url: str, fmt: str, limits: dict[str, int], open_raw: Opener) -> bytes:
     """The whole lines in the first ``SAMPLE_BYTES`` (at least one line) of the file.
 
     Read through the :class:`TextGuard`, so a header too wide or not UTF-8 refuses the
@@ -299,7 +302,7 @@ def _sample(
     """
     max_row = int(limits["max_row_bytes"])
     try:
-        with _open_text(url, fmt, limits, storage_options) as stream:
+        with _open_text(url, fmt, limits, open_raw) as stream:
             data = stream.read(SAMPLE_BYTES)
             end = data.rfind(b"\n")
             if end < 0 and len(data) == SAMPLE_BYTES:

@@ -3,6 +3,14 @@
 Failures of the SQL or the callable are pipeline bugs and raise ``TransformError``;
 failures of the input stream itself (an ``InputError`` from the reader) come out as
 raised, even when DuckDB was the one pulling the stream.
+
+The SQL is confined twice: :func:`celeray.sql_policy.check_sql` refuses it before anything
+runs (one SELECT over ``input``; no file-reading, settings or SQL-in-a-string functions),
+and it runs in a connection made with :data:`CONFINED`: DuckDB itself then refuses every
+file, URL, extension and Python replacement scan, and the query cannot change that
+(``SET enable_external_access = true`` fails on the locked configuration). The settings
+are given to ``duckdb.connect``, so they hold before the first statement; the Arrow stream
+is registered afterwards, which DuckDB allows with external access off.
 """
 
 from __future__ import annotations
@@ -16,12 +24,22 @@ import duckdb
 import pyarrow as pa
 
 from celeray.errors import TransformError
+from celeray.sql_policy import TABLE_NAME, sql_problems
 from ray_jobs._tap import ErrorTap
 
-__all__ = ["SQL_BATCH_ROWS", "TABLE_NAME", "apply", "load_callable"]
+__all__ = ["CONFINED", "SQL_BATCH_ROWS", "TABLE_NAME", "apply", "connect", "load_callable"]
 
-TABLE_NAME = "input"
 SQL_BATCH_ROWS = 128 * 1024  # rows per batch DuckDB hands back
+# DuckDB settings of every pipeline query. External access off: no file, URL, extension
+# or Python-variable scan (with it on, `FROM some_name` finds a Python variable of the
+# calling frames). Locked: the query cannot set them back. No extension is fetched or
+# loaded behind the query's back either.
+CONFINED: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
 
 TableFn = Callable[[pa.Table], pa.Table]
 
@@ -58,6 +76,7 @@ def apply(
     sql: str | None,
     transform: str | None,
     threads: int,
+    pipeline: str = "",
 ) -> Iterator[pa.RecordBatch]:
     """The stream after ``sql`` and then ``transform``; either may be ``None``.
 
@@ -69,43 +88,59 @@ def apply(
     per record batch of the (SQL) result, as a one-batch ``pyarrow.Table``, and must return
     a ``pyarrow.Table``: it must be row-local, since it never sees more than one chunk.
     The callable is loaded here, so a bad spec raises ``TransformError`` immediately.
+    SQL the policy refuses (see the module) raises ``TransformError`` when the stream is
+    first pulled, before DuckDB runs anything; ``pipeline`` names it in the message.
     """
     stream: Iterator[pa.RecordBatch] = batches
     fn = load_callable(transform) if transform else None
     if sql and sql.strip():
-        stream = _run_sql(stream, sql, max(1, int(threads)))
+        stream = _run_sql(stream, sql, max(1, int(threads)), pipeline)
     if fn is not None:
         stream = _run_callable(stream, fn, transform or "")
     return stream
 
 
-def _run_sql(batches: Iterator[pa.RecordBatch], sql: str, threads: int) -> Iterator[pa.RecordBatch]:
+def connect(threads: int) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection with ``threads`` threads, confined (:data:`CONFINED`)."""
+    return duckdb.connect(config={"threads": threads, **CONFINED})
+
+
+def _run_sql(
+    batches: Iterator[pa.RecordBatch], sql: str, threads: int, pipeline: str = ""
+) -> Iterator[pa.RecordBatch]:
+    failed = f"pipeline {pipeline!r}: sql failed" if pipeline else "sql failed"
+    try:
+        problems = sql_problems(sql)
+    except ValueError as exc:
+        raise TransformError(f"{failed}: {exc}; nothing was run") from None
+    if problems:
+        raise TransformError(f"{failed}: refused before running: {'; '.join(problems)}")
     source = iter(batches)
     first = next(source, None)  # outside DuckDB: a reader error here surfaces as itself
     if first is None:
         return
     tap = ErrorTap(source)
     reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], tap))
-    con = duckdb.connect(config={"threads": threads})
+    con = connect(threads)
     try:
         con.register(TABLE_NAME, reader)
         try:
             relation = con.sql(sql)
         except duckdb.Error as exc:
-            raise _sql_error(exc, tap) from exc
+            raise _sql_error(exc, tap, failed) from exc
         if relation is None:
-            raise TransformError("sql must be a query that returns rows (SELECT ...)")
+            raise TransformError(f"{failed}: it must be a query that returns rows (SELECT ...)")
         try:
             results = relation.to_arrow_reader(SQL_BATCH_ROWS)
         except duckdb.Error as exc:
-            raise _sql_error(exc, tap) from exc
+            raise _sql_error(exc, tap, failed) from exc
         while True:
             try:
                 batch = results.read_next_batch()
             except StopIteration:
                 break
             except Exception as exc:
-                raise _sql_error(exc, tap) from exc
+                raise _sql_error(exc, tap, failed) from exc
             if batch.num_rows:
                 yield batch
         if tap.error is not None:  # the query stopped early, but the input was bad
@@ -114,10 +149,10 @@ def _run_sql(batches: Iterator[pa.RecordBatch], sql: str, threads: int) -> Itera
         con.close()
 
 
-def _sql_error(exc: Exception, tap: ErrorTap[pa.RecordBatch]) -> Exception:
+def _sql_error(exc: Exception, tap: ErrorTap[pa.RecordBatch], failed: str) -> Exception:
     if tap.error is not None:
         return tap.error
-    return TransformError(f"sql failed: {exc}")
+    return TransformError(f"{failed}: {exc}")
 
 
 def _run_callable(

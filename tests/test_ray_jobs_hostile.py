@@ -528,7 +528,7 @@ def _stream_child(url: str, row_bytes: int, out: Any) -> None:
     unit = {
         "batch_id": "b",
         "unit": 0,
-        "files": [{"url": url, "read_url": url, "size": 1}],
+        "files": [{"url": url, "read_url": url, "size": os.path.getsize(url[len("file://") :])}],
         "out_url": url.rsplit("/", 1)[0] + "/out",
     }
     result = process.process_unit(plan({**LIMITS, "max_row_bytes": row_bytes}, threads=1), unit)
