@@ -199,14 +199,15 @@ class RedisServer:
     made with the ``openssl`` CLI in ``root``; clients verify against :attr:`ca_file`.
     """
 
-    def __init__(self, root: Path, *, password: str, tls: bool = False) -> None:
+    def __init__(self, root: Path, *, password: str | None, tls: bool = False) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
         self.tls = tls
         self.ca_file = root / "ca.crt"
-        lines = ["bind 127.0.0.1", f"dir {root}", 'save ""', "appendonly no",
-                 f"requirepass {password}"]  # fmt: skip
+        lines = ["bind 127.0.0.1", f"dir {root}", 'save ""', "appendonly no"]
+        if password is not None:  # None: as Redis is by default, open to every local user
+            lines.append(f"requirepass {password}")
         if tls:
             self._make_certs(root)
             lines += ["port 0", f"tls-port {self.port}", f"tls-cert-file {root / 'server.crt'}",
@@ -237,7 +238,9 @@ class RedisServer:
 
     def url(self, db: int, password: str | None = None) -> str:
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://:{password or self.password}@127.0.0.1:{self.port}/{db}"
+        secret = password or self.password
+        auth = f":{secret}@" if secret is not None else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int) -> redis.Redis:
         options: dict[str, Any] = {"socket_connect_timeout": 2}
