@@ -260,3 +260,34 @@ def test_down_leaves_no_process_alive(demo) -> None:
     assert alive == [], [psutil.Process(p).cmdline() for p in alive]
 
 
+
+
+def test_a_failed_up_stops_what_it_started(tmp_path: Path) -> None:
+    """The API's port is held (bound, not listening: `up`'s check passes, gunicorn's bind
+    fails): `up` fails, says so, and leaves no program of its stack running."""
+    import socket
+
+    up = Up(tmp_path)
+    port = free_port()  # a Redis of its own under supervisor: one more program to stop
+    up.env["CELERAY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    up.env["CELERAY_RESULT_BACKEND"] = f"redis://127.0.0.1:{port}/1"
+    (tmp_path / "pipelines.toml").write_text("")
+    up.env["CELERAY_PIPELINES"] = str(tmp_path / "pipelines.toml")
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        blocker.bind(("127.0.0.1", up.api_port))  # no SO_REUSEADDR, no listen()
+        started = up.celeray("up", timeout=400)
+    finally:
+        blocker.close()
+    out = started.stdout + started.stderr
+    assert started.returncode != 0, out
+    assert "failed to start" in out and "api" in out, out
+    assert "stopped what it started" in out, out
+    pid_file = up.home / "supervisord.pid"
+    assert not pid_file.exists() or not psutil.pid_exists(int(pid_file.read_text()))
+    saved = json.loads((up.home / "stack-env.json").read_text())
+    # Redis (--dir), the workers (-n io-<stack id>@host) and the Ray head (--temp-dir).
+    marks = (str(up.home), saved["CELERAY_STACK_ID"], saved["CELERAY_RAY_TEMP_DIR"])
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+            if any(m in part for m in marks for part in (p.info["cmdline"] or []))]
+    assert left == []
