@@ -21,7 +21,9 @@ A monitor (``CELERAY_MONITOR_ONLY``, set for Flower) holds no key: what it sends
 JSON, which every worker refuses. The key is read once per process: Celery's serializer
 registry is global, so a second, different key pair in one process is refused.
 
-Only the message *body* is signed; its headers (task name, id, retries, eta) are not.
+Only the message *body* (args, kwargs) is signed; its headers (task name, id, retries, eta)
+are not: a copied signed body can be replayed, even under another task name, so each task
+still checks what its message names.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _push(stack: Stack, task: str, body: bytes, content_type: str | None,
         "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id,
                     "parent_id": None, "group": None, "retries": 0, "eta": None,
                     "expires": None, "timelimit": [None, None], "origin": "attacker@host",
-                    "argsrepr": "", "kwargsrepr": "", "ignore_result": False},
+                    "argsrepr": "", "kwargsrepr": "", "ignore_result": None},
         "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
                        "delivery_info": {"exchange": "", "routing_key": queue},
                        "priority": 0, "body_encoding": "base64",
@@ -141,12 +141,17 @@ def _backend_has(stack: Stack, task_id: str) -> bool:
 def _wait_refused(stack: Stack, pushed: dict[str, tuple[str, str]]) -> None:
     """Until every pushed message's refusal is in its worker's log, with its reason."""
 
-    def all_logged() -> list[str]:
-        missing = [tid for tid, (task, _) in pushed.items()
-                   if tid not in _log_of(stack, task).read_text(errors="replace")]
-        return [] if missing else ["ok"]
+    missing: list[tuple[str, str]] = []
 
-    wait_for(all_logged, 60, "every pushed message's refusal in the worker logs")
+    def all_logged() -> bool:
+        missing[:] = [(task, tid) for tid, (task, _) in pushed.items()
+                      if tid not in _log_of(stack, task).read_text(errors="replace")]
+        return not missing
+
+    try:
+        wait_for(all_logged, 60, "every pushed message's refusal in the worker logs")
+    except TimeoutError:
+        raise AssertionError(f"not in the worker logs: {missing}") from None
     for task_id, (task, reason) in pushed.items():
         text = _log_of(stack, task).read_text(errors="replace")
         at = text.index(task_id)
@@ -206,9 +211,21 @@ def test_a_message_signed_with_the_stacks_key_runs(
     _, sink = _pipeline(stack, "sig_signed", tmp_path, flights_df)
     body = _signed(_stack_serializer(stack), ["sig_signed"], {"trigger": "signed-push"})
     run_id = _push(stack, TASK_NAMES["start_run"], body, "application/data")
-    result = stack.wait_run(run_id, timeout=180)
-    assert result.state == "SUCCESS", (result.state, result.result)
-    assert result.result["files_committed"] == 1
+
+    def summary() -> Any:
+        # start_run's own "planned" answer may come first (a ready AsyncResult is cached:
+        # ask a new one each time), then the run's summary.
+        result = stack.client.AsyncResult(run_id)
+        seen[:] = [result.state, result.result]
+        doc = result.result if result.state == "SUCCESS" else None
+        return doc if isinstance(doc, dict) and "files_committed" in doc else None
+
+    seen: list[Any] = []
+    try:
+        done = wait_for(summary, 180, f"run {run_id}")
+    except TimeoutError:
+        raise AssertionError(f"run {run_id} did not end: {seen}") from None
+    assert done["files_committed"] == 1, done
     assert sink.exists()
 
 
