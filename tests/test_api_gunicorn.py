@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, free_port, wait_for
+from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, free_port, signing_env, wait_for
 
 BROKER_DB, STATE_DB = 7, 8
 
@@ -33,6 +33,7 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int
         "CELERAY_PIPELINES": str(tmp_path / "pipelines.toml"),
         "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
         "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{STATE_DB}",
+        **signing_env(),  # the API signs the runs it sends
         **getattr(request, "param", {}),
     }
     argv = [
