@@ -40,7 +40,9 @@ from kombu.serialization import registry
 from celeray.errors import ConfigError
 from celeray.settings import Settings
 
-__all__ = ["AUTH", "JsonControl", "KeyMaterial", "SigningError", "configure", "key_material"]
+__all__ = [
+    "AUTH", "JsonControl", "KeyMaterial", "SigningError", "check", "configure", "key_material",
+]
 
 AUTH = "auth"  # Celery's name of its signing serializer (content type application/data)
 _MAKE_IT = (
@@ -131,6 +133,7 @@ def check(material: KeyMaterial) -> None:
     """Refuse, with what to do, key material that would sign nothing a worker accepts."""
     from celery.exceptions import SecurityError
     from celery.security.certificate import Certificate, FSCertStore
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     what = {material.key: "CELERAY_SIGNING_KEY", material.certificate:
@@ -148,10 +151,12 @@ def check(material: KeyMaterial) -> None:
     except (OSError, ValueError, TypeError, SecurityError) as exc:
         raise SigningError(f"unusable signing key material ({material.key}, "
                            f"{material.certificate}, {material.cert_store}): {exc}") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SigningError(f"{material.key} is not an RSA key: Celery signs with RSA only")
     if cert.has_expired():
         raise SigningError(f"the signing certificate {material.certificate} has expired: "
                            f"delete it and run `celeray keys` to make a new one from the key")
-    if key.public_key().public_numbers() != cert.get_pubkey().public_numbers():  # type: ignore[union-attr]
+    if key.public_key().public_numbers() != cert.get_pubkey().public_numbers():
         raise SigningError(f"the signing certificate {material.certificate} is not the one of "
                            f"the key {material.key}: workers would refuse every message")
     try:
