@@ -335,3 +335,41 @@ def test_signing_cost_per_message(stack: Stack) -> None:
     verify_us = (time.perf_counter() - started) / n * 1e6
     print(f"signing: sign {sign_us:.0f} us, verify {verify_us:.0f} us per message")
     assert sign_us + verify_us < 50_000  # far below one task's own work on any machine
+
+
+def _settings(home: Path, **over: Any) -> Any:
+    from celeray.settings import Settings
+
+    return Settings(**{"home": home, "signing_key": None, "signing_certificate": None, **over})
+
+
+def test_key_material_is_made_once_private_and_reused(tmp_path: Path) -> None:
+    from celeray import credentials, signing
+
+    settings = _settings(tmp_path / "home")
+    key, cert = credentials.signing_keys(settings)
+    first = (key.read_bytes(), cert.read_bytes())
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert credentials.signing_keys(settings) == (key, cert)
+    assert (key.read_bytes(), cert.read_bytes()) == first  # never replaced once made
+    signing.check(signing.key_material(settings))
+    cert.unlink()  # a lost certificate is made again from the key on disk
+    credentials.signing_keys(settings)
+    signing.check(signing.key_material(settings))
+
+
+def test_unusable_key_material_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    from celeray import credentials, signing
+
+    ours, theirs = _settings(tmp_path / "a"), _settings(tmp_path / "b")
+    credentials.signing_keys(ours)
+    credentials.signing_keys(theirs)
+    with pytest.raises(signing.SigningError, match=r"CELERAY_SIGNING_KEY.*celeray keys"):
+        signing.check(signing.key_material(_settings(tmp_path / "none")))
+    mixed = _settings(tmp_path / "a", signing_certificate=theirs.effective_signing_certificate)
+    with pytest.raises(signing.SigningError, match="is not the one of the key"):
+        signing.check(signing.key_material(mixed))
+    other_store = _settings(tmp_path / "a",
+                            signing_cert_store=theirs.effective_signing_certificate)
+    with pytest.raises(signing.SigningError, match="does not hold the certificate"):
+        signing.check(signing.key_material(other_store))
