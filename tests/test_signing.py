@@ -373,3 +373,36 @@ def test_unusable_key_material_is_refused_with_what_to_do(tmp_path: Path) -> Non
                             signing_cert_store=theirs.effective_signing_certificate)
     with pytest.raises(signing.SigningError, match="does not hold the certificate"):
         signing.check(signing.key_material(other_store))
+
+
+def test_beat_signs_the_runs_it_schedules(stack: Stack, tmp_path: Path) -> None:
+    """`celery -A tasks beat` with the stack's key: its scheduled start_run is accepted."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    stack.add_pipeline("sig_beat", f'source = "{landing.as_uri()}/*"\n'
+                                   f'sink = "{(tmp_path / "lake").as_uri()}"\nschedule = 2')
+    (tmp_path / "beat-home").mkdir()  # its own schedule file
+    env = {**stack.env, "CELERAY_HOME": str(tmp_path / "beat-home")}
+    beat = Proc([str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-l", "INFO"], env=env,
+                log=tmp_path / "beat.log", cwd=tmp_path)
+    log = stack.io.proc.log
+    before = log.read_text(errors="replace")
+    try:
+        def started() -> list[str]:
+            new = log.read_text(errors="replace")[len(before):]
+            return [line.split("[", 2)[2].split("]")[0] for line in new.splitlines()
+                    if "Task tasks.start_run[" in line and "received" in line]
+
+        run_ids = wait_for(started, 60, f"a start_run from beat: {beat.tail()}")
+    finally:
+        beat.stop()
+    new = log.read_text(errors="replace")[len(before):]
+    assert "untrusted content" not in new and "Can't decode" not in new, new[-3000:]
+
+    def summary() -> Any:
+        result = stack.client.AsyncResult(run_ids[0])
+        return result.result if result.state == "SUCCESS" else None
+
+    assert wait_for(summary, 60, f"run {run_ids[0]}")
+    stack.add_pipeline("sig_beat", f'source = "{landing.as_uri()}/*"\n'
+                                   f'sink = "{(tmp_path / "lake").as_uri()}"')  # unscheduled
