@@ -21,9 +21,11 @@ A monitor (``CELERAY_MONITOR_ONLY``, set for Flower) holds no key: what it sends
 JSON, which every worker refuses. The key is read once per process: Celery's serializer
 registry is global, so a second, different key pair in one process is refused.
 
-Only the message *body* (args, kwargs) is signed; its headers (task name, id, retries, eta)
-are not: a copied signed body can be replayed, even under another task name, so each task
-still checks what its message names.
+Only the message *body* is signed, not Celery's headers, among them the task name and id.
+So each sender stamps the task name and id into the signed body (``embed``, through
+``before_task_publish``) and a worker's requests (:class:`BoundRequest`) refuse a body whose
+stamp is not the name and id its headers give: a copied signed body cannot be sent as
+another task. The same message sent again is a redelivery, which celeray's tasks handle.
 """
 
 from __future__ import annotations
@@ -33,15 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.app.control import Control
+from celery.exceptions import InvalidTaskError
+from celery.worker.request import Request
 from kombu.serialization import registry
 
 from celeray.errors import ConfigError
 from celeray.settings import Settings
 
 __all__ = [
-    "AUTH", "JsonControl", "KeyMaterial", "SigningError", "check", "configure", "key_material",
+    "AUTH", "STAMP", "BoundRequest", "JsonControl", "KeyMaterial", "SigningError", "check",
+    "configure", "key_material",
 ]
 
 AUTH = "auth"  # Celery's name of its signing serializer (content type application/data)
@@ -50,6 +55,7 @@ _MAKE_IT = (
     "copy the stack's signing key and certificate to this host"
 )
 
+STAMP = "celeray_signed_for"  # key in the signed body's embed: [task name, task id]
 _TEXT_REFUSED = "celeray-refused-text"  # a decoder name of ours for application/text
 _lock = threading.Lock()
 _loaded: KeyMaterial | None = None  # what this process's 'auth' serializer signs with
@@ -80,6 +86,38 @@ class JsonControl(Control):
         super().__init__(app)
         self.mailbox.serializer = "json"
         self.mailbox.accept = ["json"]
+
+
+class BoundRequest(Request):
+    """A worker's request that refuses a signed body stamped for another task name or id.
+
+    Raised from here, :class:`InvalidTaskError` makes Celery log "Received invalid task
+    message" with the reason and drop the message before anything runs.
+    """
+
+    def __init__(self, message: Any, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        body = kwargs.get("body") if kwargs.get("decoded") else message.payload
+        embed = body[2] if isinstance(body, list | tuple) and len(body) == 3 else None
+        stamp = embed.get(STAMP) if isinstance(embed, dict) else None
+        if stamp != [self._type, self.id]:
+            raise InvalidTaskError(
+                f"refused {self._type}[{self.id}]: its signed body is stamped for {stamp!r}, "
+                "not for this task name and id (a copied body, or an unsigned sender)"
+            )
+
+
+def _stamp(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
+    """``before_task_publish``: put the task name and id into the body that gets signed."""
+    if isinstance(body, tuple | list) and len(body) == 3 and isinstance(body[2], dict) \
+            and isinstance(headers, dict):
+        body[2][STAMP] = [headers.get("task"), headers.get("id")]
+
+
+def _bind_requests(sender: Any = None, **_: Any) -> None:
+    """``on_after_finalize``: every task of the app checks the stamp of what it receives."""
+    for task in sender.tasks.values():
+        task.Request = f"{__name__}:BoundRequest"
 
 
 def key_material(settings: Settings) -> KeyMaterial:
@@ -115,6 +153,8 @@ def configure(app: Celery, settings: Settings) -> None:
         security_cert_store=str(material.cert_store),
         security_digest=material.digest,
     )
+    signals.before_task_publish.connect(_stamp, weak=False, dispatch_uid=STAMP)
+    app.on_after_finalize.connect(_bind_requests, weak=False)
     global _loaded
     with _lock:
         if _loaded is not None and _loaded != material:

@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from celeray.celeryconfig import RAY_QUEUE, TASK_NAMES, celery_config
+from celeray.signing import STAMP
 from tests._data import SQL, write_landing
 from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, Stack, free_port, wait_for
 
@@ -116,8 +117,11 @@ def _stack_serializer(stack: Stack) -> Any:
                             None, "sha256")
 
 
-def _signed(serializer: Any, args: list[Any], kwargs: dict[str, Any]) -> bytes:
-    return serializer.serialize([args, kwargs, EMBED]).encode()
+def _signed(serializer: Any, args: list[Any], kwargs: dict[str, Any],
+            stamp: list[str] | None = None) -> bytes:
+    """A signed body; ``stamp``: the [task name, id] it is for, as celeray's senders add."""
+    embed = {**EMBED, **({STAMP: stamp} if stamp else {})}
+    return serializer.serialize([args, kwargs, embed]).encode()
 
 
 def _pipeline(stack: Stack, name: str, root: Path, flights_df: Any) -> tuple[Path, Path]:
@@ -209,8 +213,11 @@ def test_a_message_signed_with_the_stacks_key_runs(
 ) -> None:
     """The same LPUSH route, signed with the stack's key: start_run runs the whole run."""
     _, sink = _pipeline(stack, "sig_signed", tmp_path, flights_df)
-    body = _signed(_stack_serializer(stack), ["sig_signed"], {"trigger": "signed-push"})
-    run_id = _push(stack, TASK_NAMES["start_run"], body, "application/data")
+    start = TASK_NAMES["start_run"]
+    run_id = str(uuid.uuid4())
+    body = _signed(_stack_serializer(stack), ["sig_signed"], {"trigger": "signed-push"},
+                   stamp=[start, run_id])
+    _push(stack, start, body, "application/data", run_id)
 
     def summary() -> Any:
         # start_run's own "planned" answer may come first (a ready AsyncResult is cached:
@@ -406,3 +413,24 @@ def test_beat_signs_the_runs_it_schedules(stack: Stack, tmp_path: Path) -> None:
     assert wait_for(summary, 60, f"run {run_ids[0]}")
     stack.add_pipeline("sig_beat", f'source = "{landing.as_uri()}/*"\n'
                                    f'sink = "{(tmp_path / "lake").as_uri()}"')  # unscheduled
+
+
+def test_a_signed_body_is_not_accepted_as_another_task_or_id(
+    stack: Stack, tmp_path: Path, flights_df: Any
+) -> None:
+    """Celery signs the body only: a copied signed body under another task name (or id) in
+    the unsigned headers, or one signed without celeray's stamp, is refused, unrun."""
+    _, sink = _pipeline(stack, "sig_copied", tmp_path, flights_df)
+    serializer = _stack_serializer(stack)
+    start, watch = TASK_NAMES["start_run"], TASK_NAMES["watch_run"]
+    original = str(uuid.uuid4())
+    pushed: dict[str, tuple[str, str]] = {}
+    copied = _signed(serializer, ["sig_copied"], {}, stamp=[start, original])
+    for task in (watch, start):  # another name; the same name under a new id
+        pushed[_push(stack, task, copied, "application/data")] = (task, "stamped for")
+    unstamped = _signed(serializer, ["sig_copied"], {})
+    pushed[_push(stack, start, unstamped, "application/data")] = (start, "stamped for None")
+    _wait_refused(stack, pushed)
+    time.sleep(1)
+    assert [t for t in pushed if _backend_has(stack, t) or stack.store.get(t)] == []
+    assert not sink.exists()
