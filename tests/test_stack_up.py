@@ -166,6 +166,16 @@ def test_flower_lists_the_runs_tasks_only_with_credentials(demo) -> None:
     # stage_batch is sent only for sources Ray cannot read in place, commit_batch only for
     # sinks on object stores (transform_batch commits a local one); these are local.
     assert {"tasks.start_run", "tasks.transform_batch"} <= names
+    # Flower holds no signing key: what its API sends is unsigned, and the worker refuses it.
+    log = up.home / "logs" / "worker-io.log"
+    code, sent = up.http("POST", "/api/task/async-apply/tasks.reconcile", token=None,
+                         base=base, auth=("admin", password))
+    assert code == 200, sent
+    wait_for(lambda: sent["task-id"] in log.read_text(errors="replace")
+             or "untrusted content of type json" in log.read_text(errors="replace"),
+             60, "the io worker to refuse Flower's message")
+    assert "untrusted content of type json" in log.read_text(errors="replace")
+    assert f"tasks.reconcile[{sent['task-id']}] received" not in log.read_text(errors="replace")
 
 
 def test_up_refuses_a_home_supervisord_would_split(tmp_path: Path) -> None:
