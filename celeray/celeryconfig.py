@@ -1,7 +1,8 @@
 """Celery configuration shared by the workers (``tasks``) and the senders (CLI, API).
 
 The CLI and the API send tasks by name through :func:`make_client`; they never import the
-``tasks`` package, so they need neither Ray nor the task code.
+``tasks`` package, so they need neither Ray nor the task code. Both sign what they send
+(:mod:`celeray.signing`): :func:`make_client` refuses to start without the key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from kombu import Queue
 from celeray.redis_tls import celery_ssl
 from celeray.settings import Settings
 
-__all__ = ["IO_QUEUE", "RAY_QUEUE", "TASK_NAMES", "celery_config", "make_client"]
+__all__ = ["CONTROL_CLS", "IO_QUEUE", "RAY_QUEUE", "TASK_NAMES", "celery_config", "make_client"]
+
+CONTROL_CLS = "celeray.signing:JsonControl"  # remote control stays JSON (see celeray.signing)
 
 IO_QUEUE = "io"  # light I/O: listing, staging, commits (prefork pool)
 RAY_QUEUE = "ray"  # drives Ray (threads pool: ray.init is unsafe in prefork children)
@@ -52,9 +55,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
-        # JSON only: messages carry URLs, ids and small dicts; pickle would run code.
+        # JSON only: messages carry URLs, ids and small dicts; pickle would run code. Task
+        # messages are JSON signed by celeray.signing.configure (serializer "auth"), which
+        # sets task_serializer and accept_content; results and events stay plain JSON.
         "task_serializer": "json",
         "result_serializer": "json",
+        "event_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_queues": (Queue(IO_QUEUE), Queue(RAY_QUEUE)),
@@ -90,7 +96,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_client(settings: Settings) -> Celery:
-    """A Celery app that can send celeray's tasks by name and read their results."""
-    app = Celery("celeray-client")
+    """A Celery app that can send celeray's tasks by name, signed, and read their results.
+
+    Raises :class:`celeray.signing.SigningError` when the signing key material is missing.
+    """
+    from celeray.signing import configure
+
+    app = Celery("celeray-client", control=CONTROL_CLS)
     app.conf.update(celery_config(settings))
+    configure(app, settings)
     return app

@@ -290,6 +290,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """Make the key pair that signs task messages, where the settings say, if missing."""
+    from celeray import credentials, signing
+
+    key, cert = credentials.signing_keys(settings)
+    signing.check(signing.key_material(settings))
+    console.print(f"signing key:  {key} (private: senders and workers only, never Flower)")
+    console.print(f"certificate:  {cert} (public: every worker trusts it)")
+    return 0
+
+
 def cmd_ray_head(args: argparse.Namespace, settings: Settings) -> int:
     """``ray start --head --block`` with the given options, ending when its raylet dies.
 
@@ -326,6 +337,7 @@ def _parser() -> argparse.ArgumentParser:
         ("up", cmd_up, "start the whole stack under supervisor"),
         ("status", cmd_status, "show the stack's programs and health"),
         ("down", cmd_down, "stop the stack"),
+        ("keys", cmd_keys, "make the key pair that signs task messages, if missing"),
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
     h = sub.add_parser(

@@ -69,6 +69,12 @@ DEFAULT_ALLOW_HARD_LINKS = False
 # 1,000 triggers in a minute from one client, each followed by a few status polls, stays
 # under 6,000; a runaway script or a token-guessing loop does not.
 DEFAULT_API_RATE_LIMIT = 6000
+# Task messages are signed with this key pair, kept in the home beside the API token and
+# made by `celeray up` / `celeray keys`; the certificate is public, the key is not.
+SIGNING_KEY_FILE = "signing_key.pem"
+SIGNING_CERT_FILE = "signing_cert.pem"
+DEFAULT_SIGNING_DIGEST = "sha256"  # Celery's own default: RSA-PSS over SHA-256
+DEFAULT_MONITOR_ONLY = False  # only Flower is a monitor: every other process signs
 
 
 class Settings(BaseSettings):
@@ -116,6 +122,25 @@ class Settings(BaseSettings):
         description="read local inputs with more than one hard link (trusted landing writers)",
     )
     api_rate_limit: int = Field(default=DEFAULT_API_RATE_LIMIT, ge=0, description="0: off")
+    signing_key: Path | None = Field(
+        default=None,
+        description="PEM private key that signs task messages (workers, beat, API, CLI; "
+        "never Flower); default: $CELERAY_HOME/signing_key.pem",
+    )
+    signing_certificate: Path | None = Field(
+        default=None, description="the key's certificate; default: $CELERAY_HOME/signing_cert.pem"
+    )
+    signing_cert_store: Path | None = Field(
+        default=None,
+        description="certificate file, or folder of them, whose signatures workers accept; "
+        "default: the signing certificate",
+    )
+    signing_digest: str = DEFAULT_SIGNING_DIGEST
+    monitor_only: bool = Field(
+        default=DEFAULT_MONITOR_ONLY,
+        description="a process without the key (Flower): it sends only unsigned messages, "
+        "which workers refuse",
+    )
     redis_tls_ca_file: Path | None = Field(
         default=None, description="CA bundle for rediss:// URLs; default: the system's"
     )
@@ -170,6 +195,21 @@ class Settings(BaseSettings):
     def effective_state_url(self) -> str:
         """Redis URL for run locks and run records."""
         return self.state_url or self.result_backend
+
+    @property
+    def effective_signing_key(self) -> Path:
+        """The private key that signs this process's task messages."""
+        return self.signing_key or self.home.resolve() / SIGNING_KEY_FILE
+
+    @property
+    def effective_signing_certificate(self) -> Path:
+        """The certificate of :attr:`effective_signing_key`."""
+        return self.signing_certificate or self.home.resolve() / SIGNING_CERT_FILE
+
+    @property
+    def effective_signing_cert_store(self) -> Path:
+        """The certificates whose signatures workers accept."""
+        return self.signing_cert_store or self.effective_signing_certificate
 
     @property
     def effective_ray_address(self) -> str:

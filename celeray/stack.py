@@ -1,8 +1,10 @@
 """The whole stack under supervisord: ``celeray up``, ``status`` and ``down``.
 
-``up`` fills the environment that ``supervisor/supervisord.conf`` expands, starts
-supervisord for ``$CELERAY_HOME``, and waits until every program runs and the API answers.
-Everything it starts lives under supervisord's pid, which ``down`` stops and waits for.
+``up`` fills the environment that ``supervisor/supervisord.conf`` expands, makes the
+secrets that are missing (API token, Flower password, the key pair that signs task
+messages), starts supervisord for ``$CELERAY_HOME``, and waits until every program runs and
+the API answers. Everything it starts lives under supervisord's pid, which ``down`` stops
+and waits for; so does an ``up`` that fails after starting it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ FLOWER_CONF = "flower_auth.py"  # in the home; supervisord.conf's flower program
 _SPLITS = frozenset(" \t\n\r\"'\\")
 START_TIMEOUT = 120.0  # a cold Ray head takes ~10 s; first imports of Ray/pyarrow add more
 STOP_MARGIN = 60  # supervisord's own wait beyond the workers' stopwaitsecs
+# Nothing exits while a healthy stack starts; a program started more often than this
+# during `up` exits each time (a taken port, a bad setting) and fails the start.
+MAX_STARTS = 2
 
 
 class StackError(CelerayError):
@@ -203,13 +208,19 @@ def _stack_env(home: Path) -> dict[str, str]:
 
 def program_states(home: Path) -> dict[str, str]:
     """Each supervised program and its state (RUNNING, STARTING, BACKOFF, ...)."""
+    return {name: state for name, (state, _) in _program_status(home).items()}
+
+
+def _program_status(home: Path) -> dict[str, tuple[str, int | None]]:
+    """Each supervised program's state and, while it runs, its pid."""
     out = _ctl(home, "status")
-    states = {}
+    status: dict[str, tuple[str, int | None]] = {}
     for line in out.stdout.splitlines():
-        parts = line.split()
+        parts = line.replace(",", " ").split()
         if len(parts) >= 2 and parts[1].isupper():
-            states[parts[0]] = parts[1]
-    return states
+            pid = parts[3] if len(parts) >= 4 and parts[2] == "pid" else ""
+            status[parts[0]] = (parts[1], int(pid) if pid.isdigit() else None)
+    return status
 
 
 def _health(api_url: str, token: str) -> tuple[int, dict[str, Any]]:
@@ -249,6 +260,12 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
 
     token = credentials.api_token(settings)  # the same the API reads: it gets it from env/home
     _write_flower_conf(settings, home)
+    # Workers, beat and the API sign task messages with this pair (Flower runs without it);
+    # made on first start, like the token. A pair that cannot sign stops `up` here.
+    credentials.signing_keys(settings)
+    from celeray import signing
+
+    signing.check(signing.key_material(settings))
     expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
     # It holds the broker URL (a password, maybe): only the owner may ever read it.
     _write_private(home / "stack-env.json", json.dumps(expanded))
@@ -258,26 +275,57 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
     )
     if started.returncode != 0:
         raise StackError(f"supervisord did not start: {started.stderr or started.stdout}")
+    try:
+        _wait_healthy(home, info, token, timeout)
+    except StackError as exc:
+        # Leave nothing running behind a failed start: stop what this call started.
+        raise StackError(f"{exc}; {_stop_started(settings, home)}") from None
+    return info
+
+
+def _wait_healthy(home: Path, info: StackInfo, token: str, timeout: float) -> None:
+    """Until every program runs and health answers 200; StackError on a failed program or
+    at ``timeout``."""
     deadline = time.monotonic() + timeout
     wanted = {"ray-head", "worker-io", "worker-ray", "beat", "flower", "api"}
     if info.redis_supervised:
         wanted.add("redis")
     code = 0
+    pids: dict[str, set[int]] = {}  # each program's pids seen: a new one is a restart
     while time.monotonic() < deadline:
-        states = program_states(home)
-        failed = {p: s for p, s in states.items() if s in ("FATAL", "BACKOFF")}
-        if failed:
-            raise StackError(f"programs failed to start: {failed}; see {info.logs}")
-        if all(states.get(p) == "RUNNING" for p in wanted):
+        status = _program_status(home)
+        failed = {p: s for p, (s, _) in status.items() if s in ("FATAL", "BACKOFF")}
+        for name, (_, pid) in status.items():
+            if pid is not None:
+                pids.setdefault(name, set()).add(pid)
+        # A program that runs past startsecs and then exits is restarted without end and
+        # never becomes FATAL (gunicorn retries a taken port for 5 s): count its starts.
+        looping = {p: f"started {len(seen)} times" for p, seen in pids.items()
+                   if len(seen) > MAX_STARTS}
+        if failed or looping:
+            raise StackError(f"programs failed to start: {failed | looping}; see {info.logs}")
+        if all(status.get(p, ("", None))[0] == "RUNNING" for p in wanted):
             code, _ = _health(info.api_url, token)
             if code == 200:
-                return info
+                return
         time.sleep(0.5)
     _, body = _health(info.api_url, token)
     raise StackError(
         f"the stack did not become healthy within {timeout:.0f}s (last health {code}: "
         f"{json.dumps(body)[:500]}); see {info.logs}"
     )
+
+
+def _stop_started(settings: Settings, home: Path) -> str:
+    """Stop the supervisord a failed ``up`` started and say so (or why it could not)."""
+    pid = _pid(home)
+    if pid is None:
+        return "supervisord had already exited"
+    try:
+        down(settings)
+    except (StackError, OSError, subprocess.SubprocessError) as exc:
+        return f"stopping supervisord (pid {pid}) failed too: {exc}; stop it by that pid"
+    return f"stopped what it started (supervisord pid {pid} and its programs)"
 
 
 def status(settings: Settings) -> tuple[dict[str, str], int, dict[str, Any]]:

@@ -1,4 +1,8 @@
-"""The Celery app of celeray's workers and beat, configured from settings."""
+"""The Celery app of celeray's workers, beat and Flower, configured from settings.
+
+Importing it loads the signing key (:mod:`celeray.signing`) and fails, saying which file
+and setting, when it is missing; Flower's process sets ``CELERAY_MONITOR_ONLY`` instead.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from typing import Any
 from celery import Celery
 from celery.beat import PersistentScheduler
 
-from celeray.celeryconfig import celery_config
+from celeray.celeryconfig import CONTROL_CLS, celery_config
 from celeray.runstate import RunStore
 from celeray.settings import get_settings
+from celeray.signing import configure as configure_signing
 
 __all__ = ["PipelineScheduler", "app", "run_store"]
 
@@ -46,12 +51,16 @@ class PipelineScheduler(PersistentScheduler):
 
 def _make_app() -> Celery:
     settings = get_settings()
-    celery = Celery("celeray")
+    celery = Celery("celeray", control=CONTROL_CLS)
     conf: dict[str, Any] = celery_config(settings)
     conf["beat_scheduler"] = "tasks.app:PipelineScheduler"
     # Each stack keeps its own beat state, so two stacks on one machine do not mix.
     conf["beat_schedule_filename"] = str(settings.home / "beat-schedule")
     celery.conf.update(conf)
+    # Workers accept only signed task messages; workers and beat sign what they send. No key
+    # here stops the import (so the worker or beat) with what is missing, unless this is a
+    # monitor (CELERAY_MONITOR_ONLY, Flower), which holds no key and can make no worker act.
+    configure_signing(celery, settings)
     return celery
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, free_port, wait_for
+from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, free_port, signing_env, wait_for
 
 __all__ = ["BROKER_DB", "CONFIG", "STATE_DB", "ApiServer", "api_server", "request"]
 
@@ -74,6 +74,7 @@ def api_server(root: Path, env: dict[str, str] | None = None,
         "CELERAY_PIPELINES": str(root / "pipelines.toml"),
         "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{BROKER_DB}",
         "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{STATE_DB}",
+        **signing_env(),  # the API signs the runs it sends
         **(env or {}),
     }
     command = argv or [str(VENV_BIN / "gunicorn"), "-c", CONFIG, "celeray.api:create_app()"]

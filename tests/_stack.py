@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,6 +118,30 @@ def ray_auth_env(root: Path) -> dict[str, str]:
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+_SIGNING_DIR: Path | None = None
+
+
+def signing_env() -> dict[str, str]:
+    """The test session's signing key pair, made once per process, as settings.
+
+    One pair for every stack a test process talks to: Celery's serializer registry is
+    global, so a process signs with one key (see celeray.signing).
+    """
+    global _SIGNING_DIR
+    if _SIGNING_DIR is None:
+        import atexit
+        import shutil
+
+        from celeray import credentials
+        from celeray.settings import Settings
+
+        _SIGNING_DIR = Path(tempfile.mkdtemp(prefix="celeray-test-keys-"))
+        atexit.register(shutil.rmtree, _SIGNING_DIR, True)
+        credentials.signing_keys(Settings(home=_SIGNING_DIR))
+    return {"CELERAY_SIGNING_KEY": str(_SIGNING_DIR / "signing_key.pem"),
+            "CELERAY_SIGNING_CERTIFICATE": str(_SIGNING_DIR / "signing_cert.pem")}
 
 
 def _node_ports() -> list[str]:
@@ -317,6 +342,7 @@ def stack_env(
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
             **ray_auth_env(root),
+            **signing_env(),
         }
     )
     env.update(extra)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests._s3 import S3Server
-from tests._stack import Stack
+from tests._stack import Stack, signing_env
+
+# This process and what it starts sign task messages with the session's one key pair,
+# whatever home a test's settings name (Celery's serializer registry is per process).
+os.environ.update(signing_env())
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from kombu.serialization import loads
 
 from celeray import credentials
 from celeray.api import create_app
@@ -31,7 +32,7 @@ from celeray.errors import RunFailedError
 from celeray.runs import progress_of
 from celeray.runstate import RunStore
 from celeray.settings import Settings
-from tests._stack import REDIS_HOST, REDIS_PORT, free_port
+from tests._stack import REDIS_HOST, REDIS_PORT, free_port, signing_env
 
 BROKER_DB, STATE_DB = 7, 8
 PIPELINES = """
@@ -83,6 +84,8 @@ def make_settings(root: Path, **over: Any) -> Settings:
         "result_backend": _url(STATE_DB),
         "run_lock_ttl": 60,
         "result_expires": 600,
+        # the session's key pair: the one this process signs with (tests._stack)
+        **{k.removeprefix("CELERAY_").lower(): v for k, v in signing_env().items()},
         **over,
     }
     return Settings(**values)
@@ -133,7 +136,9 @@ def test_trigger_sends_start_run_and_status_shows_it_queued(
     [message] = _queued(broker)
     assert message["headers"]["task"] == "tasks.start_run"
     assert message["headers"]["id"] == run_id
-    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert message["content-type"] == "application/data"  # signed (celeray.signing)
+    args, kwargs, _ = loads(base64.b64decode(message["body"]), message["content-type"],
+                            message["content-encoding"], accept={"application/data"})
     assert args == ["flights"] and kwargs == {"trigger": "api"}  # the body was ignored
 
     r = client.get(f"/api/v1/runs/{run_id}", headers=auth)

@@ -35,7 +35,7 @@ from celeray.celeryconfig import TASK_NAMES, make_client
 from celeray.settings import Settings
 from tests._attack import body, push, queue_of
 from tests._slowloris import SlowClients, timed_request
-from tests._stack import RedisServer, wait_for
+from tests._stack import RedisServer, signing_env, wait_for
 from tests.test_stack_up import Up
 
 pytestmark = pytest.mark.stack
@@ -59,7 +59,9 @@ class Target:
         self.up = Up(root)
         self.up.env |= {"CELERAY_BROKER_URL": self.redis.url(0),
                         "CELERAY_RESULT_BACKEND": self.redis.url(1),
-                        "CELERAY_PIPELINES": str(self.allowed / "pipelines.toml")}  # fmt: skip
+                        "CELERAY_PIPELINES": str(self.allowed / "pipelines.toml"),
+                        # the test process's own key pair: Celery signs with one per process
+                        **signing_env()}  # fmt: skip
         self._layout()
         started = self.up.celeray("up", timeout=300)
         if started.returncode != 0:

@@ -166,6 +166,16 @@ def test_flower_lists_the_runs_tasks_only_with_credentials(demo) -> None:
     # stage_batch is sent only for sources Ray cannot read in place, commit_batch only for
     # sinks on object stores (transform_batch commits a local one); these are local.
     assert {"tasks.start_run", "tasks.transform_batch"} <= names
+    # Flower holds no signing key: what its API sends is unsigned, and the worker refuses it.
+    log = up.home / "logs" / "worker-io.log"
+    code, sent = up.http("POST", "/api/task/async-apply/tasks.reconcile", token=None,
+                         base=base, auth=("admin", password))
+    assert code == 200, sent
+    wait_for(lambda: sent["task-id"] in log.read_text(errors="replace")
+             or "untrusted content of type json" in log.read_text(errors="replace"),
+             60, "the io worker to refuse Flower's message")
+    assert "untrusted content of type json" in log.read_text(errors="replace")
+    assert f"tasks.reconcile[{sent['task-id']}] received" not in log.read_text(errors="replace")
 
 
 def test_up_refuses_a_home_supervisord_would_split(tmp_path: Path) -> None:
@@ -260,3 +270,34 @@ def test_down_leaves_no_process_alive(demo) -> None:
     assert alive == [], [psutil.Process(p).cmdline() for p in alive]
 
 
+
+
+def test_a_failed_up_stops_what_it_started(tmp_path: Path) -> None:
+    """The API's port is held (bound, not listening: `up`'s check passes, gunicorn's bind
+    fails): `up` fails, says so, and leaves no program of its stack running."""
+    import socket
+
+    up = Up(tmp_path)
+    port = free_port()  # a Redis of its own under supervisor: one more program to stop
+    up.env["CELERAY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    up.env["CELERAY_RESULT_BACKEND"] = f"redis://127.0.0.1:{port}/1"
+    (tmp_path / "pipelines.toml").write_text("")
+    up.env["CELERAY_PIPELINES"] = str(tmp_path / "pipelines.toml")
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        blocker.bind(("127.0.0.1", up.api_port))  # no SO_REUSEADDR, no listen()
+        started = up.celeray("up", timeout=400)
+    finally:
+        blocker.close()
+    out = started.stdout + started.stderr
+    assert started.returncode != 0, out
+    assert "failed to start" in out and "api" in out, out
+    assert "stopped what it started" in out, out
+    pid_file = up.home / "supervisord.pid"
+    assert not pid_file.exists() or not psutil.pid_exists(int(pid_file.read_text()))
+    saved = json.loads((up.home / "stack-env.json").read_text())
+    # Redis (--dir), the workers (-n io-<stack id>@host) and the Ray head (--temp-dir).
+    marks = (str(up.home), saved["CELERAY_STACK_ID"], saved["CELERAY_RAY_TEMP_DIR"])
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+            if any(m in part for m in marks for part in (p.info["cmdline"] or []))]
+    assert left == []

@@ -24,7 +24,7 @@ import psutil
 import pyarrow.dataset as ds
 
 from tests._data import COMPARE_COLUMNS, raw_relation_sql
-from tests._stack import VENV_BIN, Proc, free_port, wait_for
+from tests._stack import VENV_BIN, Proc, free_port, signing_env, wait_for
 
 CONF = Path(__file__).resolve().parents[2] / "supervisor" / "supervisord.conf"
 # s: a batch of the suite's pipelines takes under a second, but a poison input's Ray
@@ -105,6 +105,8 @@ class FaultStack:
                 "CELERAY_RESULT_EXPIRES": str(RESULT_EXPIRES),
                 "PYTHONPATH": str(self.mods),  # Ray workers inherit it from the head
                 "COLUMNS": "200",
+                # The session's key pair: this process signs for every stack it starts.
+                **signing_env(),
                 **extra,
             }
         )
