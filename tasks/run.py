@@ -54,6 +54,8 @@ TRANSIENT = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+# Expected failures: logged by the task itself with their reason, by Celery without a trace.
+REFUSALS = (MessageRefusedError,)
 DEADLINE_SHARE = 0.95  # of the time limit for the Ray fan-out; the rest merges and returns
 RETRY = {
     "autoretry_for": TRANSIENT,
@@ -163,6 +165,7 @@ def _heartbeat(batch: ResolvedBatch) -> AbstractContextManager[threading.Event]:
     name="tasks.start_run",
     bind=True,
     base=StartTask,
+    throws=REFUSALS,
     ignore_result=True,  # the run's own result is stored when its last batch ends
     store_errors_even_if_ignored=True,
     **RETRY,
@@ -257,7 +260,8 @@ def watch_interval() -> int:
     return max(1, min(settings.effective_visibility_timeout // 2, settings.run_lock_ttl // 3))
 
 
-@app.task(name="tasks.watch_run", bind=True, ignore_result=True, acks_late=True)
+@app.task(name="tasks.watch_run", bind=True, ignore_result=True, acks_late=True,
+          throws=REFUSALS)
 def watch_run(self: Task, run_id: str) -> None:
     """Resend the batches of a run that has gone silent; finalize one that was left unended.
 
@@ -305,7 +309,7 @@ def watch_run(self: Task, run_id: str) -> None:
     watch_run.apply_async((run_id,), countdown=watch_interval())
 
 
-@app.task(name="tasks.stage_batch", bind=True, base=BatchTask, **RETRY)
+@app.task(name="tasks.stage_batch", bind=True, base=BatchTask, throws=REFUSALS, **RETRY)
 def stage_batch(self: Task, message: Any) -> BatchMessage:
     """Copy what Ray cannot read in place into staging; quarantine files over the size cap."""
     settings = get_settings()
@@ -316,7 +320,7 @@ def stage_batch(self: Task, message: Any) -> BatchMessage:
     return batch.message
 
 
-@app.task(name="tasks.transform_batch", bind=True, base=BatchTask, **RETRY)
+@app.task(name="tasks.transform_batch", bind=True, base=BatchTask, throws=REFUSALS, **RETRY)
 def transform_batch(self: Task, message: Any) -> dict[str, Any]:
     """Drive Ray over the batch's files, reporting progress as Ray tasks finish.
 
@@ -483,7 +487,7 @@ def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return nodes
 
 
-@app.task(name="tasks.commit_batch", bind=True, base=BatchTask, **RETRY)
+@app.task(name="tasks.commit_batch", bind=True, base=BatchTask, throws=REFUSALS, **RETRY)
 def commit_batch(self: Task, message: Any) -> dict[str, Any]:
     """Commit the batch to the ledger; the last batch of the run finalizes it.
 

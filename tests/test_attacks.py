@@ -287,14 +287,17 @@ def test_unsigned_messages_and_flowers_async_apply_run_nothing(target: Target) -
     markers = {}
     for name in sorted(TASK_NAMES.values()):
         marker = f"flower-{uuid.uuid4().hex}"
-        args = [{**_old_job(t, marker), "marker": marker}] if "batch" in name else [marker]
+        # the marker first: a worker's log shows only the start of a refused body
+        args = [{"marker": marker, **_old_job(t, marker)}] if "batch" in name else [marker]
         req = json.dumps({"args": args}).encode()
-        code, doc = _flower_post(base, f"/api/task/async-apply/{name}", req, auth)
-        assert code in (200, 403, 404), (name, code, doc)  # sent, or not even that
-        markers[marker] = name
+        code, _ = _flower_post(base, f"/api/task/async-apply/{name}", req, auth)
+        if code == 200:  # sent (unsigned): the worker must refuse it
+            markers[marker] = name
+        else:  # not even sent: Celery checks the arguments against the task's signature
+            assert code == 500 and name in (TASK_NAMES["ray_status"], TASK_NAMES["reconcile"])
         unsigned = f"raw-{uuid.uuid4().hex}"
         push(t.broker, name, body([unsigned] if "batch" not in name else
-                                  [{**_old_job(t, unsigned), "marker": unsigned}], {}),
+                                  [{"marker": unsigned, **_old_job(t, unsigned)}], {}),
              "application/json")  # fmt: skip
         markers[unsigned] = name
 
@@ -403,7 +406,7 @@ def test_flipping_landing_symlinks_commit_no_byte_of_the_secret(target: Target) 
             for link in list(links):
                 tmp = link.with_name(f".{link.name}.tmp")
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    tmp.unlink(missing_ok=True)
                     os.symlink(targets[flips[0] % 2], tmp)
                     os.replace(tmp, link)
                     flips[0] += 1
@@ -419,7 +422,7 @@ def test_flipping_landing_symlinks_commit_no_byte_of_the_secret(target: Target) 
                 links.append(link)
             done = t.run("flip")
             assert done["state"] == "SUCCESS", done
-        wait_for(lambda: flips[0] >= MIN_FLIPS, 60, f"{MIN_FLIPS} flips")
+        during = flips[0]  # the flips made while the runs listed and read the links
     finally:
         stop.set()
         thread.join(10)
@@ -431,7 +434,7 @@ def test_flipping_landing_symlinks_commit_no_byte_of_the_secret(target: Target) 
     assert not done_urls & quarantined
     values = _sink_values(t.allowed / "lake" / "flip")
     assert not [v for v in values if MARKER[:13] in str(v)]
-    assert flips[0] >= MIN_FLIPS
+    assert during >= MIN_FLIPS, during
 
 
 def test_a_hard_link_to_a_file_outside_the_roots_is_quarantined(target: Target) -> None:
