@@ -26,7 +26,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
-from celeray import credentials
+from celeray import credentials, signing
 from celeray.api import health, metrics, openapi, pipelines, runs
 from celeray.api._auth import check_auth, is_public, set_token
 from celeray.api._connections import EXTENSION, Connections
@@ -95,10 +95,13 @@ def create_app(
     """The celeray HTTP API for ``settings`` (default: from the environment).
 
     ``store`` (a RunStore) and ``client`` (a Celery app from ``make_client``) replace the
-    connections the app would make itself. The API token is read (or generated) here, so
-    an unusable ``CELERAY_HOME`` stops the server at start, not at its first request.
+    connections the app would make itself. The API token is read (or generated) here, and
+    the signing key material checked (the API signs the runs it sends), so an unusable
+    ``CELERAY_HOME`` or a missing key stops the server at start, not at its first request.
     """
     settings = settings or get_settings()
+    if client is None and not settings.monitor_only:
+        signing.check(signing.key_material(settings))
     _default_logging()
     app = Flask(__name__, static_folder=None)
     # No redirects (see the module's docstring); set before any route is added.
