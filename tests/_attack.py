@@ -63,9 +63,14 @@ def body(args: list[Any], kwargs: dict[str, Any]) -> bytes:
     return json.dumps([args, kwargs, EMBED]).encode()
 
 
-def signed(serializer: Any, args: list[Any], kwargs: dict[str, Any]) -> bytes:
-    """A task body signed by ``serializer`` (content type ``application/data``)."""
-    return str(serializer.serialize([args, kwargs, EMBED])).encode()
+def signed(serializer: Any, args: list[Any], kwargs: dict[str, Any],
+           stamp: list[str] | None = None) -> bytes:  # fmt: skip
+    """A task body signed by ``serializer`` (content type ``application/data``); ``stamp``:
+    the [task name, id] it is for, as celeray's senders add (:mod:`celeray.signing`)."""
+    from celeray.signing import STAMP
+
+    embed = {**EMBED, **({STAMP: stamp} if stamp else {})}
+    return str(serializer.serialize([args, kwargs, embed])).encode()
 
 
 def attacker_serializer(claim_id_of: Path | None = None) -> Any:

@@ -13,7 +13,6 @@ the key as `celeray up` starts it, still lists the workers, and its async-apply 
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import os
 import time
@@ -27,101 +26,36 @@ from typing import Any
 import pytest
 import redis
 
-from celeray.celeryconfig import RAY_QUEUE, TASK_NAMES, celery_config
-from celeray.signing import STAMP
+from celeray.celeryconfig import RAY_QUEUE, TASK_NAMES
+from tests._attack import (
+    EMBED,
+    attacker_serializer,
+    body,
+    key_holder_serializer,
+    push,
+    queue_of,
+    signed,
+)
 from tests._data import SQL, write_landing
 from tests._stack import REDIS_HOST, REDIS_PORT, VENV_BIN, Proc, Stack, free_port, wait_for
 
 pytestmark = pytest.mark.stack
 
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 FLOWER_USER, FLOWER_PASSWORD = "watcher", "flower-pw-" + uuid.uuid4().hex[:8]
 
 
-def _queue(task: str) -> str:
-    from celeray.settings import Settings
-
-    return str(celery_config(Settings())["task_routes"][task]["queue"])
-
-
-def _push(stack: Stack, task: str, body: bytes, content_type: str | None,
-          task_id: str | None = None) -> str:
-    """LPUSH one task message (kombu's envelope, Celery's protocol 2) into the task's queue."""
-    task_id = task_id or str(uuid.uuid4())
-    queue = _queue(task)
-    message = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": content_type,
-        "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id,
-                    "parent_id": None, "group": None, "retries": 0, "eta": None,
-                    "expires": None, "timelimit": [None, None], "origin": "attacker@host",
-                    "argsrepr": "", "kwargsrepr": "", "ignore_result": None},
-        "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-                       "delivery_info": {"exchange": "", "routing_key": queue},
-                       "priority": 0, "body_encoding": "base64",
-                       "delivery_tag": str(uuid.uuid4())},
-    }
-    _broker(stack).lpush(queue, json.dumps(message))
-    return task_id
+def _push(stack: Stack, task: str, payload: bytes, content_type: str | None,
+          task_id: str | None = None) -> str:  # fmt: skip
+    return push(_broker(stack), task, payload, content_type, task_id)
 
 
 def _broker(stack: Stack) -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=stack.dbs[0])
 
 
-def _body(args: list[Any], kwargs: dict[str, Any]) -> bytes:
-    return json.dumps([args, kwargs, EMBED]).encode()
-
-
-def _attacker_serializer(tmp: Path, claim_id_of: str | None = None) -> Any:
-    """Celery's own signing serializer with a key pair the attacker made themself.
-
-    ``claim_id_of``: a certificate whose id (issuer and serial) the attacker's certificate
-    copies, so the message names a signer the workers trust.
-    """
-    from celery.security.certificate import Certificate
-    from celery.security.key import PrivateKey
-    from celery.security.serialization import SecureSerializer
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker")])
-    serial = x509.random_serial_number()
-    if claim_id_of:
-        trusted = x509.load_pem_x509_certificate(Path(claim_id_of).read_bytes())
-        name, serial = trusted.issuer, trusted.serial_number
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return SecureSerializer(PrivateKey(key_pem), Certificate(cert.public_bytes(
-        serialization.Encoding.PEM).decode()), None, "sha256")
-
-
 def _stack_serializer(stack: Stack) -> Any:
-    """The serializer a key holder signs with: the stack's own key and certificate."""
-    from celery.security.certificate import Certificate
-    from celery.security.key import PrivateKey
-    from celery.security.serialization import SecureSerializer
-
     s = stack.settings
-    return SecureSerializer(PrivateKey(s.effective_signing_key.read_text()),
-                            Certificate(s.effective_signing_certificate.read_text()),
-                            None, "sha256")
-
-
-def _signed(serializer: Any, args: list[Any], kwargs: dict[str, Any],
-            stamp: list[str] | None = None) -> bytes:
-    """A signed body; ``stamp``: the [task name, id] it is for, as celeray's senders add."""
-    embed = {**EMBED, **({STAMP: stamp} if stamp else {})}
-    return serializer.serialize([args, kwargs, embed]).encode()
+    return key_holder_serializer(s.effective_signing_key, s.effective_signing_certificate)
 
 
 def _pipeline(stack: Stack, name: str, root: Path, flights_df: Any) -> tuple[Path, Path]:
@@ -134,7 +68,7 @@ def _pipeline(stack: Stack, name: str, root: Path, flights_df: Any) -> tuple[Pat
 
 
 def _log_of(stack: Stack, task: str) -> Path:
-    return (stack.rayw if _queue(task) == RAY_QUEUE else stack.io).proc.log
+    return (stack.rayw if queue_of(task) == RAY_QUEUE else stack.io).proc.log
 
 
 def _backend_has(stack: Stack, task_id: str) -> bool:
@@ -173,8 +107,8 @@ def test_unsigned_and_foreign_signed_messages_are_refused(
     signed with an attacker's key (their own certificate, or one copying the stack's id):
     no task body runs, the worker logs the refusal and its reason, and stays up."""
     _, sink = _pipeline(stack, "sig_target", tmp_path, flights_df)
-    own = _attacker_serializer(tmp_path)
-    forged = _attacker_serializer(tmp_path, claim_id_of=str(
+    own = attacker_serializer()
+    forged = attacker_serializer(claim_id_of=(
         stack.settings.effective_signing_certificate))
     pushed: dict[str, tuple[str, str]] = {}
     for task in ALL_TASKS:
@@ -191,10 +125,10 @@ def test_unsigned_and_foreign_signed_messages_are_refused(
             kwargs = {"marker": task_id}
             if variant in ("json", "text", "none"):
                 ctype = {"json": "application/json", "text": "application/text", "none": None}
-                _push(stack, task, _body(args, kwargs), ctype[variant], task_id)
+                _push(stack, task, body(args, kwargs), ctype[variant], task_id)
             else:
                 serializer = own if variant == "own" else forged
-                _push(stack, task, _signed(serializer, args, kwargs), "application/data",
+                _push(stack, task, signed(serializer, args, kwargs), "application/data",
                       task_id)
             pushed[task_id] = (task, reason)
     _wait_refused(stack, pushed)
@@ -215,7 +149,7 @@ def test_a_message_signed_with_the_stacks_key_runs(
     _, sink = _pipeline(stack, "sig_signed", tmp_path, flights_df)
     start = TASK_NAMES["start_run"]
     run_id = str(uuid.uuid4())
-    body = _signed(_stack_serializer(stack), ["sig_signed"], {"trigger": "signed-push"},
+    body = signed(_stack_serializer(stack), ["sig_signed"], {"trigger": "signed-push"},
                    stamp=[start, run_id])
     _push(stack, start, body, "application/data", run_id)
 
@@ -425,10 +359,10 @@ def test_a_signed_body_is_not_accepted_as_another_task_or_id(
     start, watch = TASK_NAMES["start_run"], TASK_NAMES["watch_run"]
     original = str(uuid.uuid4())
     pushed: dict[str, tuple[str, str]] = {}
-    copied = _signed(serializer, ["sig_copied"], {}, stamp=[start, original])
+    copied = signed(serializer, ["sig_copied"], {}, stamp=[start, original])
     for task in (watch, start):  # another name; the same name under a new id
         pushed[_push(stack, task, copied, "application/data")] = (task, "stamped for")
-    unstamped = _signed(serializer, ["sig_copied"], {})
+    unstamped = signed(serializer, ["sig_copied"], {})
     pushed[_push(stack, start, unstamped, "application/data")] = (start, "stamped for None")
     _wait_refused(stack, pushed)
     time.sleep(1)
