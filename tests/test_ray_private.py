@@ -36,7 +36,7 @@ from celeray.ray_private import (
     remove_private_temp_dir,
     worker_environ,
 )
-from tests._stack import VENV_BIN, RayHead, ray_auth_env
+from tests._stack import VENV_BIN, RayHead, ray_auth_env, signing_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,7 +174,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RayHead, 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERAY_", "RAY_"))}
         env.update({"CELERAY_HOME": str(root / "home"), "CELERAY_RAY_ADDRESS": head.address,
                     "PYTHONPATH": str(root / "mods"), **ray_auth_env(root),
-                    **head.driver_env()})
+                    **head.driver_env(), **signing_env()})  # the driver imports tasks
         driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, cwd=REPO,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=(root / "driver.log").open("wb"), text=True)
