@@ -113,7 +113,7 @@ def _ids(sink: Path) -> list[int]:
 
 
 def _quarantine(sink: Path) -> dict[str, dict]:
-    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("[!.]*.json")]
     return {Path(r["url"]).name: r for r in records}
 
 

@@ -104,7 +104,7 @@ def test_corrupt_files_are_quarantined_and_the_rest_committed(
     assert set(reasons) == {"broken-000.csv.zst", "broken-001.csv.gz"}
     assert all(q["error"] for q in reasons.values())
     assert "quarantined" in run.stdout
-    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("[!.]*.json")]
     assert {Path(r["url"]).name for r in records} == set(reasons)
 
     again = stack.celeray("run", "corrupt", "--wait")
@@ -193,7 +193,7 @@ def test_ten_concurrent_triggers_start_one_run(stack: Stack, flights_df, tmp_pat
     results = [stack.wait_run(i) for i in ids]
     assert all(r.state == "SUCCESS" for r in results)
     _assert_sink_matches(sink, files)
-    entries = list((sink / "_celeray/ledger").glob("*.json"))
+    entries = list((sink / "_celeray/ledger").glob("[!.]*.json"))
     assert sum(len(json.loads(e.read_text())["inputs"]) for e in entries) == 8
 
 

@@ -91,7 +91,7 @@ def scale_stack(
 
 
 def _entries(sink: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("*.json")]
+    return [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("[!.]*.json")]
 
 
 def test_tasks_run_on_both_ray_nodes_and_batches_on_both_hosts(

@@ -104,7 +104,7 @@ def test_a_batch_past_the_time_limit_is_stopped_and_never_runs_twice_at_once(
     time.sleep(VISIBILITY - min(took, VISIBILITY) + 1)
     assert not any(line.startswith("OVERLAP") for line in starts.read_text().split("\n"))
     assert not (sink / "_celeray" / "ledger").exists() or \
-        not list((sink / "_celeray" / "ledger").glob("*.json"))
+        not list((sink / "_celeray" / "ledger").glob("[!.]*.json"))
 
     fault_stack.add_pipeline("slow", landing, sink, batch_bytes='"64MiB"')  # fixed
     fault_stack.settle("slow")
@@ -140,7 +140,7 @@ def test_a_full_sink_disk_fails_cleanly_and_the_run_resumes_with_space(
     assert any("No space left on device" in e["error"] for e in run["errors"]), run["errors"]
     # No partial batch visible: every Parquet file outside _celeray belongs to a committed
     # entry, and the visible rows are exactly those of the committed files.
-    entries = [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("*.json")] \
+    entries = [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("[!.]*.json")] \
         if (sink / "_celeray/ledger").exists() else []
     listed = {o["path"] for e in entries for o in e["outputs"]}
     visible = {str(p.relative_to(sink)) for p in sink.rglob("*.parquet")
@@ -195,12 +195,12 @@ def test_an_input_that_kills_its_celery_worker_every_time_is_quarantined(
     fault_stack.settle("driverpoison", timeout=300)  # every listed file committed or not
     took = time.monotonic() - started
 
-    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in (sink / "_celeray/quarantine").glob("[!.]*.json")]
     assert len(records) == 1, records
     [q] = records
     assert q["url"].endswith("zz-poison.csv") and q["kind"] == "poison", q
     assert "died 3 times" in q["error"], q
-    entries = [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("*.json")]
+    entries = [json.loads(p.read_text()) for p in (sink / "_celeray/ledger").glob("[!.]*.json")]
     assert [e["inputs"] for e in entries] == [[]]  # one entry, committing no file
 
     # The queue moves on: the next pipeline's run goes through the restarted worker.

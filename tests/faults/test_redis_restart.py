@@ -25,7 +25,7 @@ RECONNECT_BOUND = 60  # s: workers must be consuming again within this after Red
 
 def _entries(sink: Path) -> dict[str, dict]:
     folder = sink / "_celeray" / "ledger"
-    return {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")} \
+    return {p.name: json.loads(p.read_text()) for p in folder.glob("[!.]*.json")} \
         if folder.exists() else {}
 
 

@@ -73,7 +73,7 @@ def test_sigkill_at_a_random_moment(
     run_id = fault_stack.trigger(name)
     ledger = sink / "_celeray" / "ledger"
     with contextlib.suppress(TimeoutError):  # a slow run is killed all the same, later on
-        wait_for(lambda: commits == 0 or len(list(ledger.glob("*.json"))) >= commits, 90,
+        wait_for(lambda: commits == 0 or len(list(ledger.glob("[!.]*.json"))) >= commits, 90,
                  f"{commits} commits", interval=0.02)
     wait_seconds(delay)
     state = (fault_stack.store.get(run_id) or {}).get("state")
