@@ -44,6 +44,9 @@ __all__ = [
 # The five cron fields in order, with celery's crontab_parser (max_, min_) bounds.
 _CRON = (("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1), ("month", 12, 1),
          ("day-of-week", 7, 0))  # fmt: skip
+# What a field's values repeat with: a step past a field's end fires once per this.
+_CRON_WRAP = {"minute": "hour", "hour": "day", "day-of-month": "month", "month": "year",
+              "day-of-week": "week"}  # fmt: skip
 GLOB_CHARS = "*?["  # what fsspec's glob expands (the same set celeray.storage uses)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SAME_FS = {"local": "file", "s3a": "s3", "gcs": "gs", "az": "abfs", "abfss": "abfs"}
@@ -176,6 +179,14 @@ def _parse_cron(spec: str) -> str:
             if reason.startswith("Invalid weekday literal") and label != "day-of-week":
                 reason = "not a number, range, list or step"
             raise ValueError(f"bad cron {spec!r}: {label} field {part!r}: {reason}") from None
+        for piece in part.split(","):
+            step = piece.partition("/")[2]
+            if step.isdigit() and int(step) > max_:  # cron cannot step over a field's end
+                raise ValueError(
+                    f"bad cron {spec!r}: {label} field {part!r}: a step of {step} is more than "
+                    f"the field's {max_} values, so it would fire only once per "
+                    f"{_CRON_WRAP[label]}; for a period that long write a number of seconds"
+                )
     return " ".join(parts)
 
 
