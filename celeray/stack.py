@@ -27,7 +27,9 @@ from celeray.settings import Settings
 
 __all__ = ["StackError", "StackInfo", "down", "program_states", "status", "up"]
 
-CONF = Path(__file__).resolve().parent.parent / "supervisor" / "supervisord.conf"
+# The repository's supervisor/supervisord.conf, shipped in the wheel as package data
+# (celeray/supervisord.conf links to it in a checkout), so `celeray up` works installed too.
+CONF = Path(__file__).resolve().parent / "supervisord.conf"
 FLOWER_CONF = "flower_auth.py"  # in the home; supervisord.conf's flower program reads it
 # supervisord splits each command like a shell: these would cut a path into several words.
 _SPLITS = frozenset(" \t\n\r\"'\\")
