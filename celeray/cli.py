@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -162,6 +164,14 @@ def _follow(client: Any, store: Any, run_id: str, timeout: float | None) -> int:
     return EXIT_FAILED
 
 
+def _kept(s: dict[str, Any]) -> str:
+    """Why fewer rows went out than came in, when nothing was quarantined: the pipeline."""
+    dropped = int(s.get("rows_in", 0)) - int(s.get("rows_out", 0))
+    if dropped > 0 and not s.get("files_quarantined"):
+        return f" ({dropped:,} left out by the pipeline's sql or transform)"
+    return ""
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     table = Table(title=f"run {s.get('run_id')} of {s.get('pipeline')}", show_header=False)
     table.add_column(style="bold")
@@ -170,7 +180,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("files", f"{s.get('files_listed', 0)} listed, {s.get('files_skipped', 0)} already "
                   f"done, {s.get('files_committed', 0)} committed, "
                   f"{s.get('files_quarantined', 0)} quarantined"),
-        ("rows", f"{s.get('rows_in', 0):,} in, {s.get('rows_out', 0):,} out"),
+        ("rows", f"{s.get('rows_in', 0):,} in, {s.get('rows_out', 0):,} out" + _kept(s)),
         ("bytes", f"{format_size(s.get('bytes_in', 0))} in, "
                   f"{format_size(s.get('bytes_out', 0))} out"),
         ("time", f"{s.get('seconds', 0):.1f} s, {s.get('mb_per_s', 0)} MB/s"),
@@ -279,15 +289,26 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED
     _print_summary(doc["result"])
     lake = workdir / "lake" / "flights"
-    console.print(f"Parquet (zstd) is in {lake}; read it with DuckDB:")
-    console.print(f"  SELECT count(*) FROM read_parquet('{lake}/*/*/*.parquet', "
-                  "hive_partitioning=true);", highlight=False, markup=False)
-    console.print(f"Flower:    http://127.0.0.1:{settings.flower_port}  user "
-                  f"{settings.flower_user}, password {credentials.flower_password(settings)}")
-    console.print(f"API:       http://127.0.0.1:{settings.api_port}/api/v1  token "
-                  f"{credentials.api_token(settings)}")
-    console.print("The stack stays up: `celeray status`, `celeray down` to stop it.")
+    # soft_wrap: paths, passwords, tokens and SQL are never cut by a narrow terminal or a pipe
+    say = functools.partial(console.print, soft_wrap=True, highlight=False, markup=False)
+    say(f"Parquet (zstd) is in {lake}; read it with DuckDB:")
+    say(f"  SELECT count(*) FROM read_parquet('{lake}/*/*/*.parquet', hive_partitioning=true);")
+    say(f"Flower:    http://127.0.0.1:{settings.flower_port}  user {settings.flower_user}, "
+        f"password {credentials.flower_password(settings)}")
+    say(f"API:       http://127.0.0.1:{settings.api_port}/api/v1  token "
+        f"{credentials.api_token(settings)}")
+    exe = _command()
+    say("The stack stays up. From this folder:")
+    say(f"  export CELERAY_PIPELINES={workdir / 'pipelines.toml'}")
+    say(f"  {exe} status;  {exe} runs flights;  {exe} down")
     return 0
+
+
+def _command() -> str:
+    """How the user calls this command: ``celeray`` when that is it on PATH, else its path."""
+    this = Path(sys.argv[0]).resolve()
+    found = shutil.which("celeray")
+    return "celeray" if found and Path(found).resolve() == this else str(this)
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:

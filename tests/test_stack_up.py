@@ -117,8 +117,14 @@ def test_demo_on_a_clean_home_prints_the_summary(demo) -> None:
     up, result = demo
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for expected in ("336,776 in", "MB/s", "read_parquet(", "Flower", up.token, "committed"):
+    for expected in ("336,776 in", "MB/s", "read_parquet(", "Flower", up.token, "committed",
+                     "left out by the pipeline's sql", "export CELERAY_PIPELINES="):
         assert expected in out, out
+    # whole on one line each, however narrow the terminal: the query and the commands
+    assert any("read_parquet(" in line and "hive_partitioning=true);" in line
+               for line in out.splitlines()), out
+    assert any(line.strip().endswith(" down") and " runs flights" in line
+               for line in out.splitlines()), out
 
 
 def test_api_runs_auth_and_conflicts(demo, flights_df) -> None:
