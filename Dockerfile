@@ -11,7 +11,8 @@ RUN apt-get update \
 RUN useradd --create-home --uid 1000 celeray
 WORKDIR /opt/celeray
 
-# Dependencies first, so code changes do not reinstall them.
+# What the wheel is built from: the packages, and supervisor/ (the wheel ships its
+# supervisord.conf through the link celeray/supervisord.conf).
 COPY pyproject.toml README.md ./
 COPY celeray/ celeray/
 COPY tasks/ tasks/
