@@ -41,6 +41,7 @@ __all__ = [
     "STAGED_MANIFEST",
     "ResolvedBatch",
     "in_source",
+    "is_parquet",
     "ray_plan",
     "resolve",
     "with_staged",
@@ -50,7 +51,7 @@ __all__ = [
 # stage (over the size cap while copying). Read by the transform from the folder the worker
 # derives, never from a message.
 STAGED_MANIFEST = "_staged.json"
-GLOB_CHARS = "*?["
+PARQUET_NAMES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _matcher(source: str) -> Callable[[str], bool] | None:
     except StorageError:
         return None
     glob = (re.compile(glob_translate(src_path))
-            if any(c in src_path for c in GLOB_CHARS) else None)  # fmt: skip
+            if any(c in src_path for c in storage.GLOB_CHARS) else None)  # fmt: skip
     folder = src_path.rstrip("/")
 
     def named(url: str) -> bool:
@@ -135,12 +136,23 @@ def _matcher(source: str) -> Callable[[str], bool] | None:
     return named
 
 
+def is_parquet(url: str, fmt: str | None) -> bool:
+    """Whether ``url`` is read as Parquet: the pipeline's format, else the file's name."""
+    if fmt is not None:
+        return fmt == "parquet"
+    name = url.split("?", 1)[0].lower()
+    for suffix in (".zst", ".zstd", ".gz", ".gzip"):
+        name = name.removesuffix(suffix)
+    return name.endswith(PARQUET_NAMES)
+
+
 _PINNED_LOCK = threading.Lock()
 # sink -> the reference schema its ledger pinned: once pinned it never changes
 _PINNED: dict[str, dict[str, Any]] = {}
 
 
-def _reference(sink: str, reference_files: list[str]) -> dict[str, Any]:
+def _pinned(sink: str) -> dict[str, Any] | None:
+    """The Parquet reference schema the sink's ledger pinned, kept once found."""
     with _PINNED_LOCK:
         pinned = _PINNED.get(sink)
     if pinned is None:
@@ -148,6 +160,18 @@ def _reference(sink: str, reference_files: list[str]) -> dict[str, Any]:
         if pinned is not None:
             with _PINNED_LOCK:
                 _PINNED[sink] = pinned
+    return pinned
+
+
+def _reference(message: BatchMessage, pipeline: Pipeline) -> dict[str, Any]:
+    """Where the batch's Parquet inputs take their reference schema from (plan keys).
+
+    Only a batch with Parquet inputs reads the ledger for a pinned schema (a listing of
+    its entries): CSV and JSON lines batches never use one.
+    """
+    reference_files = message.get("reference_files", [])
+    has_parquet = any(is_parquet(f["url"], pipeline.format) for f in message["files"])
+    pinned = _pinned(pipeline.sink) if has_parquet else None
     if pinned is not None:
         return {"reference": pinned, "reference_files": []}
     return {"reference": None, "reference_files": reference_files}
@@ -232,7 +256,7 @@ def resolve(raw: Any, settings: Settings) -> ResolvedBatch:
         files.append({**f, "read_url": read_url})
     plan = {
         **ray_plan(pipeline, settings),
-        **_reference(pipeline.sink, message.get("reference_files", [])),
+        **_reference(message, pipeline),
     }
     return ResolvedBatch(
         message=message,

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from celeray import storage
-from celeray.batch import ResolvedBatch
+from celeray.batch import ResolvedBatch, is_parquet
 from celeray.errors import LedgerError, LockLostError, RunActiveError
 from celeray.ledger import Ledger
 from celeray.messages import BatchMessage, InputFile
@@ -82,7 +82,6 @@ def trigger_run(pipeline: str, store: RunStore, client: Any, *, trigger: str) ->
 
 
 REFERENCE_CANDIDATES = 8  # Parquet files tried, in URL order, for the run's reference schema
-_PARQUET_NAMES = (".parquet", ".pq")
 
 
 def _reference_files(batches: list[Any], pipeline: Pipeline) -> list[str]:
@@ -96,18 +95,9 @@ def _reference_files(batches: list[Any], pipeline: Pipeline) -> list[str]:
         f["url"]
         for b in batches
         for f in b.files
-        if not needs_staging(f["url"]) and _is_parquet(f["url"], pipeline.format)
+        if not needs_staging(f["url"]) and is_parquet(f["url"], pipeline.format)
     )
     return urls[:REFERENCE_CANDIDATES]
-
-
-def _is_parquet(url: str, fmt: str | None) -> bool:
-    if fmt is not None:
-        return fmt == "parquet"
-    name = url.split("?", 1)[0].lower()
-    for suffix in (".zst", ".zstd", ".gz", ".gzip"):
-        name = name.removesuffix(suffix)
-    return name.endswith(_PARQUET_NAMES)
 
 
 def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from celeray.errors import (
 )
 from celeray.ledger import Ledger
 from celeray.messages import BatchMessage, parse_batch, parse_run_id, parse_start
-from celeray.pipelines import current_pipelines, get_pipeline
+from celeray.pipelines import Pipeline, current_pipelines, get_pipeline
+from celeray.planner import needs_staging
 from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings
 from celeray.staging import load_staged, stage_files
@@ -218,37 +219,34 @@ def start_run(
     # dies while sending the batches leaves a watchdog to resend them (the jobs are saved).
     watch_run.apply_async((run_id,), countdown=watch_interval())
     for job in jobs:
-        dispatch(job, settings)
+        dispatch(job, spec)
     return {**out, "batches": len(jobs)}
 
 
-def commits_here(batch: ResolvedBatch) -> bool:
-    """Whether ``transform_batch`` commits the batch itself rather than ``commit_batch``.
+def commits_here(sink: str) -> bool:
+    """Whether ``transform_batch`` commits a batch of ``sink`` itself, not ``commit_batch``.
 
     A batch whose sink is a local disk is committed by the transform: its commit is a few
     fsyncs and renames, ~2 ms, less than the queue hop and the task around it. Object
     stores keep ``commit_batch`` on the io queue, whose copies may take seconds that would
     hold a thread driving Ray.
     """
-    return storage.is_local_url(batch.sink)
+    return storage.is_local_url(sink)
 
 
-def dispatch(message: BatchMessage | dict[str, Any], settings: Settings) -> None:
-    """Send the chain of one batch: stage (only if something must be copied), transform,
-    commit (only for sinks :func:`commits_here` leaves to ``commit_batch``).
+def dispatch(message: BatchMessage | dict[str, Any], pipeline: Pipeline) -> None:
+    """Send the chain of one batch of ``pipeline``: stage (only if something must be
+    copied), transform, commit (only for sinks :func:`commits_here` leaves to
+    ``commit_batch``).
 
-    The message is checked here as a worker checks it (a resent one comes from Redis).
+    The chain's shape is all that is decided here; each task checks the message itself
+    when it arrives (a resent one comes from Redis), so it is not resolved here too.
     """
-    try:
-        batch = resolve(message, settings)
-    except MessageRefusedError as exc:
-        refused("dispatch", None, exc)
-        return
-    tail = [] if commits_here(batch) else [commit_batch.s()]
-    if batch.needs_staging:
-        chain(stage_batch.si(batch.message), transform_batch.s(), *tail).apply_async()
+    tail = [] if commits_here(pipeline.sink) else [commit_batch.s()]
+    if any(needs_staging(str(f.get("url"))) for f in message.get("files") or []):
+        chain(stage_batch.si(message), transform_batch.s(), *tail).apply_async()
     else:
-        chain(transform_batch.si(batch.message), *tail).apply_async()
+        chain(transform_batch.si(message), *tail).apply_async()
 
 
 def watch_interval() -> int:
@@ -301,12 +299,23 @@ def watch_run(self: Task, run_id: str) -> None:
         jobs = store.load_jobs(run_id)
         log.warning("run %s: silent for %.0fs; resending %d batch(es)", run_id, silent,
                     len(pending))
-        settings = get_settings()
+        pipeline = _pipeline_of(str(record.get("pipeline")))
         for batch_id in sorted(pending):
-            if batch_id in jobs:
-                dispatch(jobs[batch_id], settings)
+            if batch_id in jobs and pipeline is not None:
+                dispatch(jobs[batch_id], pipeline)
         store.touch_progress(run_id)
     watch_run.apply_async((run_id,), countdown=watch_interval())
+
+
+def _pipeline_of(name: str) -> Pipeline | None:
+    """The pipeline called ``name`` in this worker's file; None (logged) when it is gone."""
+    settings = get_settings()
+    try:
+        return get_pipeline(current_pipelines(settings.pipelines, **settings.pipeline_rules()),
+                            name)  # fmt: skip
+    except UnknownPipelineError as exc:
+        log.error("cannot resend batches: %s (in %s)", exc, settings.pipelines)
+        return None
 
 
 @app.task(name="tasks.stage_batch", bind=True, base=BatchTask, throws=REFUSALS, **RETRY)
@@ -345,7 +354,7 @@ def transform_batch(self: Task, message: Any) -> dict[str, Any]:
     handed_on = False  # to commit_batch, which gives the lease back after its commit
     try:
         result = _transform_claimed(self, batch, settings, store)
-        if not commits_here(batch):
+        if not commits_here(batch.sink):
             # until the commit, another start of the batch must not clear the staged files
             Ledger(batch.sink).save_result(batch.batch_id, result)
             handed_on = True
