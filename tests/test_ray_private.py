@@ -63,7 +63,7 @@ NEEDED = {
 # Sockets of the head's process tree that may listen on a non-loopback address, with why.
 # Empty: with --node-ip-address 127.0.0.1, celeray ray-head puts Ray in its one-machine mode
 # and every port (GCS, raylet, object manager, agents, metrics, Ray Client, workers) binds
-# to 127.0.0.1. A head that other hosts join listens on the network: see the README.
+# to 127.0.0.1. A head that other hosts join listens on the network: see docs/security.md.
 NON_LOOPBACK_ALLOWED: dict[str, str] = {}
 
 DRIVER = r"""
