@@ -2,8 +2,8 @@
 
 Parquet files carry their own schema, so a batch can mix files that lost a column, gained
 one, or changed a type. The reference is chosen by :func:`celeray.runs.begin_run` and
-reaches every unit in the plan (see the README, "Hostile input"). A file is compared to
-it before any of its data is read:
+reaches every unit in the plan (see docs/reliability.md, "Hostile input"). A file is
+compared to it before any of its data is read:
 
 - the same columns in another order: read, columns put in the reference's order;
 - a column whose type widens to the reference's (pyarrow's permissive promotion gives the
