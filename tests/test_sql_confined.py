@@ -104,7 +104,7 @@ def test_validate_names_pipeline_and_key(tmp_path: Path) -> None:
     assert "read_text() is not allowed: it reads files" in str(issue)
 
 
-def test_find_transform_runs_nothing(tmp_path: Path) -> None:
+def test_transform_find_runs_nothing(tmp_path: Path) -> None:
     pkg = tmp_path / "trap_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
@@ -150,6 +150,13 @@ def test_cli_validate_imports_transforms_and_no_import_runs_nothing(tmp_path: Pa
     out = subprocess.run([celeray, "validate", str(path)], env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0 and "ok, 1 pipeline(s): ok" in out.stdout, out.stderr
+    # Beside the pipeline file, but not on PYTHONPATH: the workers would not find it.
+    (tmp_path / "beside_xyz.py").write_text("def fn(t): return t\n")
+    path.write_text("[pipelines.beside]\n" + base.format("beside", "beside_xyz:fn"))
+    out = subprocess.run([celeray, "validate", str(path)], env={**env, "PYTHONPATH": ""},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1 and f"{tmp_path / 'beside_xyz.py'} is there, but the stack's " \
+        "workers do not search that folder" in out.stderr  # fmt: skip
 
 
 # --- run time: real DuckDB -------------------------------------------------------------
