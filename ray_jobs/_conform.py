@@ -87,6 +87,7 @@ class Conformer:
     rejects: list[dict[str, Any]] = field(default_factory=list)  # rows skipped
     malformed: int = 0  # rows the parser could not split into columns (skipped)
     rescued_rows: int = 0  # rows with a value in _rescued_data
+    bad_rows: int = 0  # rows with a value that did not fit, rescued (skipped ones: rejects)
     first_bad: str = ""  # the first bad value, for the max_bad_rows message
 
     def conform(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -113,7 +114,7 @@ class Conformer:
 
     def check_bad_share(self) -> None:
         """Quarantine the file when its bad rows are over ``max_bad_rows`` of its rows."""
-        bad = len(self.rejects) + self.rescued_rows
+        bad = len(self.rejects) + self.bad_rows
         total = self.rows_seen + self.malformed
         if bad and total and bad / total > self.options.max_bad_rows:
             raise SchemaError(
@@ -131,6 +132,7 @@ class Conformer:
         columns: dict[str, pa.Array] = {}
         rescued: dict[int, dict[str, str]] = {}
         skip: set[int] = set()
+        bad_rescued: set[int] = set()  # rows whose value did not fit (not a new column's)
         errors: dict[int, str] = {}
         for name, array in zip(batch.schema.names, batch.columns, strict=True):
             if name == RESCUED_COLUMN or name in self.metadata:
@@ -156,6 +158,7 @@ class Conformer:
                     self.dropped[name] = self.dropped.get(name, 0) + values
                 continue
             columns[name] = self._fit(name, array, target, rows_before, rescued, skip, errors)
+            bad_rescued.update(i for i in rescued if name in rescued[i])
         for name, kind in opts.declared.items():  # JSON lines leave out keys of nulls
             if name not in columns:
                 columns[name] = pa.nulls(batch.num_rows, kind)
@@ -163,6 +166,7 @@ class Conformer:
         if opts.rescues:
             own[RESCUED_COLUMN] = self._rescued_array(batch.num_rows, rescued)
             self.rescued_rows += len(rescued)
+            self.bad_rows += len(bad_rescued)
         for name, value in self.metadata.items():
             own[name] = pa.repeat(value, batch.num_rows)
         if pinned is not None:  # the table's columns first, in its order; missing as nulls
@@ -200,7 +204,7 @@ class Conformer:
             return array
         if widens(array.type, target):
             return pc.cast(array, target)
-        if opts.mode == "add_columns":
+        if opts.mode == "add_columns" and name not in opts.declared:  # a declared type wins
             if widens(target, array.type):
                 return array  # the table widens to it at the commit
             wider = widening_of_text(array, target)

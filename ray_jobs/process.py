@@ -146,7 +146,7 @@ class _UnitRun:
         self.group_bytes = 0
         self.groups_written = 0
         self.split: dict[str, Any] | None = None
-        self.table = TablePlan.of(plan)
+        self.table: TablePlan  # once the plan is checked (run)
         self.input_schemas: list[pa.Schema] = []
         self.table_schemas: list[pa.Schema] = []
         self.rejects: list[dict[str, Any]] = []
@@ -156,6 +156,7 @@ class _UnitRun:
 
     def run(self) -> None:
         _check_plan(self.plan)
+        self.table = TablePlan.of(self.plan)
         roots = self.plan.get("local_roots")
         if roots is not None and (resolved := outside(self.out_url, roots)) is not None:
             raise StorageError(
