@@ -106,6 +106,28 @@ class SchemaLog:
         )
         return [self._load(u) for u in urls]
 
+    def describe(self) -> dict[str, Any]:
+        """The JSON the API and ``celeray schema --json`` give: the current columns (as
+        written, and as read), and each version's changes."""
+        history = self.history()
+        current = history[-1] if history else None
+        return {
+            "sink": self.sink,
+            "version": current.version if current else None,
+            "columns": _columns(current.table) if current else [],
+            "input_columns": _columns(current.input) if current else [],
+            "history": [
+                {
+                    "version": v.version,
+                    "at": v.at,
+                    "batch_id": v.batch_id,
+                    "run_id": v.run_id,
+                    "changes": {k: [str(c) for c in cs] for k, cs in v.changes.items() if cs},
+                }
+                for v in history
+            ],
+        }
+
     def current(self) -> TableSchema | None:
         """The newest version; None before the first batch committed."""
         versions = self.history()
@@ -163,3 +185,7 @@ class SchemaLog:
         with _CACHE_LOCK:
             _CACHE[url] = found
         return found
+
+
+def _columns(schema: pa.Schema) -> list[dict[str, str]]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
