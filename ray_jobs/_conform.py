@@ -129,6 +129,9 @@ class Conformer:
         self.rows_seen += batch.num_rows
         opts = self.options
         pinned = opts.pinned
+        if self._as_is(batch):
+            self.rows_kept += batch.num_rows
+            return batch
         columns: dict[str, pa.Array] = {}
         rescued: dict[int, dict[str, str]] = {}
         skip: set[int] = set()
@@ -158,7 +161,8 @@ class Conformer:
                     self.dropped[name] = self.dropped.get(name, 0) + values
                 continue
             columns[name] = self._fit(name, array, target, rows_before, rescued, skip, errors)
-            bad_rescued.update(i for i in rescued if name in rescued[i])
+            if opts.mode != "rescue":  # in rescue mode a value that does not fit is drift
+                bad_rescued.update(i for i in rescued if name in rescued[i])
         for name, kind in opts.declared.items():  # JSON lines leave out keys of nulls
             if name not in columns:
                 columns[name] = pa.nulls(batch.num_rows, kind)
@@ -187,6 +191,15 @@ class Conformer:
             out = out.filter(keep)
         self.rows_kept += out.num_rows
         return out
+
+    def _as_is(self, batch: pa.RecordBatch) -> bool:
+        """Whether ``batch`` is already in the table's shape (the common case: no work)."""
+        opts = self.options
+        if self.metadata or opts.rescues or opts.declared:
+            return False
+        if opts.pinned is None:
+            return True
+        return batch.schema.equals(opts.pinned, check_metadata=False)
 
     def _fit(
         self,

@@ -257,6 +257,8 @@ def _header(
             reader = pacsv.open_csv(
                 stream,
                 read_options=pacsv.ReadOptions(block_size=max_row_bytes, use_threads=False),
+                # a malformed row in the first block must not hide the header's names
+                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
             )
             return list(reader.schema.names)
     except (InputError, pa.ArrowException):
