@@ -84,7 +84,7 @@ def resolve_transform(spec: str) -> Callable[..., Any]:
 
 
 class Pipeline(BaseModel):
-    """One ``[pipelines.NAME]`` table, validated and normalised; see DESIGN.md section 3.
+    """One ``[pipelines.NAME]`` table, validated and normalised; docs/pipelines.md says each key.
 
     Build it with ``Pipeline.model_validate(table | {"name": key}, context=...)``; the context
     may hold ``base_dir`` (for relative paths), ``allow_chained_urls``, ``check_imports`` and

@@ -78,96 +78,199 @@ DEFAULT_MONITOR_ONLY = False  # only Flower is a monitor: every other process si
 
 
 class Settings(BaseSettings):
-    """celeray's configuration; see the README's settings table for each variable."""
+    """celeray's configuration, one ``CELERAY_*`` variable per field.
+
+    Each field's description is what ``docs/settings.md`` shows: the table there is made from
+    this model by ``python -m celeray.settings_doc`` and a test keeps the two equal. The
+    description of a field that may be unset (``None``) ends with what unset means.
+    """
 
     model_config = SettingsConfigDict(env_prefix="CELERAY_", extra="ignore", populate_by_name=True)
 
-    home: Path = Field(default=DEFAULT_HOME, description="supervisor files, logs, staging")
+    home: Path = Field(
+        default=DEFAULT_HOME,
+        description="supervisor's files, logs, pids, generated credentials, beat's state, "
+        "local staging",
+    )
     pipelines: Path = Field(default=DEFAULT_PIPELINES, description="the pipeline file")
-    broker_url: str = DEFAULT_BROKER_URL
-    result_backend: str = DEFAULT_RESULT_BACKEND
+    broker_url: str = Field(
+        default=DEFAULT_BROKER_URL,
+        description="Celery's broker: `redis://` (a password inside the URL) or `rediss://` "
+        "(TLS)",
+    )
+    result_backend: str = Field(
+        default=DEFAULT_RESULT_BACKEND,
+        description="Celery's result backend; run records and locks too, unless "
+        "`CELERAY_STATE_URL` is set",
+    )
     state_url: str | None = Field(
         default=None,
-        description="Redis for run locks and run records; default: the result backend",
+        description="Redis for run locks and run records; unset: the result backend",
     )
     ray_address: str | None = Field(
         default=None,
         validation_alias=AliasChoices("CELERAY_RAY_ADDRESS", "RAY_ADDRESS"),
-        description="host:port of the Ray head; default: the head on 127.0.0.1:ray_port",
+        description="host:port of the Ray head; unset: 127.0.0.1:`CELERAY_RAY_PORT`",
     )
-    ray_port: int = DEFAULT_RAY_PORT
-    api_token: SecretStr | None = None
-    api_port: int = DEFAULT_API_PORT
-    flower_port: int = DEFAULT_FLOWER_PORT
-    flower_user: str = DEFAULT_FLOWER_USER
-    flower_password: SecretStr | None = None
-    staging_url: str | None = Field(default=None, description="default: file://$HOME/staging")
+    ray_port: int = Field(
+        default=DEFAULT_RAY_PORT,
+        description="port of the Ray head `celeray up` starts (Ray's own default, 6379, is "
+        "Redis's)",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the HTTP API; unset: generated into "
+        "`$CELERAY_HOME/api_token` (mode 0600)",
+    )
+    api_port: int = Field(
+        default=DEFAULT_API_PORT,
+        description="the HTTP API's port (on 127.0.0.1 under `celeray up`)",
+    )
+    flower_port: int = Field(
+        default=DEFAULT_FLOWER_PORT, description="Flower's port (on 127.0.0.1)"
+    )
+    flower_user: str = Field(default=DEFAULT_FLOWER_USER, description="Flower's basic-auth user")
+    flower_password: SecretStr | None = Field(
+        default=None,
+        description="Flower's basic-auth password; unset: generated into "
+        "`$CELERAY_HOME/flower_password`",
+    )
+    staging_url: str | None = Field(
+        default=None,
+        description="where io workers copy inputs Ray cannot read in place (http, sftp...); "
+        "unset: `file://$CELERAY_HOME/staging`",
+    )
     # S3: only where and which region; credentials stay in botocore's own chain (AWS_*).
     # celeray.fsoptions reads these two variables itself on Ray nodes (no pydantic-settings).
     s3_endpoint_url: str | None = Field(
         default=None,
-        description="S3-compatible endpoint (http(s)://host:port); default: AWS's own",
+        description="S3-compatible endpoint, http(s)://host:port, for every process and Ray "
+        "node; unset: AWS's own",
     )
     s3_region: str | None = Field(
-        default=None, description="S3 region; default: botocore's (AWS_DEFAULT_REGION, profile)"
+        default=None,
+        description="S3 region; credentials come only from botocore's chain (`AWS_*`, "
+        "profile, instance role); unset: botocore's (`AWS_DEFAULT_REGION`, profile)",
     )
     local_roots: PathList = Field(
         default=DEFAULT_LOCAL_ROOTS,
-        description="folders local sources and sinks must stay in; default: the pipeline "
+        description="folders local sources and sinks must stay in; unset: the pipeline "
         "file's folder",
     )
-    allow_chained_urls: bool = DEFAULT_ALLOW_CHAINED_URLS
+    allow_chained_urls: bool = Field(
+        default=DEFAULT_ALLOW_CHAINED_URLS,
+        description="allow chained fsspec URLs (`simplecache::s3://...`) in the pipeline file",
+    )
     allow_hard_links: bool = Field(
         default=DEFAULT_ALLOW_HARD_LINKS,
-        description="read local inputs with more than one hard link (trusted landing writers)",
+        description="read local inputs that have more than one hard link (when the landing "
+        "folder's writers are trusted)",
     )
-    api_rate_limit: int = Field(default=DEFAULT_API_RATE_LIMIT, ge=0, description="0: off")
+    api_rate_limit: int = Field(
+        default=DEFAULT_API_RATE_LIMIT, ge=0,
+        description="the API's requests a minute per client (its token, or its address "
+        "without one); 0 turns the limit off",
+    )
     signing_key: Path | None = Field(
         default=None,
         description="PEM private key that signs task messages (workers, beat, API, CLI; "
-        "never Flower); default: $CELERAY_HOME/signing_key.pem",
+        "never Flower); unset: `$CELERAY_HOME/signing_key.pem`",
     )
     signing_certificate: Path | None = Field(
-        default=None, description="the key's certificate; default: $CELERAY_HOME/signing_cert.pem"
+        default=None,
+        description="the key's certificate; unset: `$CELERAY_HOME/signing_cert.pem`",
     )
     signing_cert_store: Path | None = Field(
         default=None,
         description="certificate file, or folder of them, whose signatures workers accept; "
-        "default: the signing certificate",
+        "unset: the signing certificate",
     )
-    signing_digest: str = DEFAULT_SIGNING_DIGEST
+    signing_digest: str = Field(
+        default=DEFAULT_SIGNING_DIGEST,
+        description="digest of the task messages' RSA-PSS signature",
+    )
     monitor_only: bool = Field(
         default=DEFAULT_MONITOR_ONLY,
         description="a process without the key (Flower): it sends only unsigned messages, "
         "which workers refuse",
     )
     redis_tls_ca_file: Path | None = Field(
-        default=None, description="CA bundle for rediss:// URLs; default: the system's"
+        default=None, description="CA bundle verifying `rediss://` servers; unset: the system's"
     )
-    redis_tls_cert_file: Path | None = None  # client certificate, when Redis asks for one
-    redis_tls_key_file: Path | None = None
+    redis_tls_cert_file: Path | None = Field(
+        default=None,
+        description="client certificate for `rediss://`, when Redis asks for one; unset: none",
+    )
+    redis_tls_key_file: Path | None = Field(
+        default=None,
+        description="the client certificate's private key; unset: in the certificate file",
+    )
 
-    task_time_limit: int = Field(default=DEFAULT_TASK_TIME_LIMIT, gt=0)
-    visibility_timeout: int | None = Field(
-        default=None, description="default: task_time_limit + 600 s; must exceed it"
+    task_time_limit: int = Field(
+        default=DEFAULT_TASK_TIME_LIMIT, gt=0,
+        description="hard limit of one task, seconds; the dispatcher ends a batch's Ray tasks "
+        "at 95% of it",
     )
-    run_lock_ttl: int = Field(default=DEFAULT_RUN_LOCK_TTL, gt=0)
-    result_expires: int = Field(default=DEFAULT_RESULT_EXPIRES, gt=0)
-    max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1)
+    visibility_timeout: int | None = Field(
+        default=None,
+        description="seconds before Redis gives an unacknowledged message to another worker; "
+        "must exceed the time limit by more than Ray's wait for a lost head "
+        "(`RAY_gcs_rpc_server_reconnect_timeout_s`, 60 s); unset: the time limit + 600",
+    )
+    run_lock_ttl: int = Field(
+        default=DEFAULT_RUN_LOCK_TTL, gt=0,
+        description="seconds a dead run's lock lingers (a live run renews it)",
+    )
+    result_expires: int = Field(
+        default=DEFAULT_RESULT_EXPIRES, gt=0,
+        description="seconds results and run records are kept (a week)",
+    )
+    max_deliveries: int = Field(
+        default=DEFAULT_MAX_DELIVERIES, ge=1,
+        description="a batch delivered more often (its worker died each time) is quarantined "
+        "as poison",
+    )
     reconcile_interval: int = Field(
         default=DEFAULT_RECONCILE_INTERVAL, ge=0,
         description="seconds between beat's reconciliation passes; 0 turns them off",
     )
 
-    max_file_bytes: Size = DEFAULT_MAX_FILE_BYTES
-    max_decompressed_bytes: Size = DEFAULT_MAX_DECOMPRESSED_BYTES
-    max_row_bytes: Size = DEFAULT_MAX_ROW_BYTES
-    zstd_max_window_bytes: Size = DEFAULT_ZSTD_MAX_WINDOW
-    max_columns: int = Field(default=DEFAULT_MAX_COLUMNS, ge=1)
-    unit_bytes: Size = DEFAULT_UNIT_BYTES
+    max_file_bytes: Size = Field(
+        default=DEFAULT_MAX_FILE_BYTES, description="larger inputs are quarantined"
+    )
+    max_decompressed_bytes: Size = Field(
+        default=DEFAULT_MAX_DECOMPRESSED_BYTES,
+        description="decompression stops past this, and the file is quarantined",
+    )
+    max_row_bytes: Size = Field(
+        default=DEFAULT_MAX_ROW_BYTES,
+        description="the longest CSV or JSON line accepted; also pyarrow's block size (its "
+        "read-ahead holds up to 32 blocks)",
+    )
+    zstd_max_window_bytes: Size = Field(
+        default=DEFAULT_ZSTD_MAX_WINDOW,
+        description="zstd frames asking for a larger window are quarantined (zstd's own "
+        "default limit)",
+    )
+    max_columns: int = Field(
+        default=DEFAULT_MAX_COLUMNS, ge=1,
+        description="wider CSV headers, JSON objects and Parquet files are quarantined, "
+        "counted before parsing",
+    )
+    unit_bytes: Size = Field(
+        default=DEFAULT_UNIT_BYTES,
+        description="small files are grouped into one Ray task up to this; plain CSV and JSON "
+        "lines files of twice this or more are split into ranges of about this",
+    )
 
-    ray_max_in_flight: int = Field(default=DEFAULT_RAY_MAX_IN_FLIGHT, ge=0)
-    min_free_memory: float = Field(default=DEFAULT_MIN_FREE_MEMORY, ge=0.0, lt=1.0)
+    ray_max_in_flight: int = Field(
+        default=DEFAULT_RAY_MAX_IN_FLIGHT, ge=0,
+        description="Ray tasks in flight per batch; 0: twice the cluster's CPUs",
+    )
+    min_free_memory: float = Field(
+        default=DEFAULT_MIN_FREE_MEMORY, ge=0.0, lt=1.0,
+        description="below this fraction of free memory the dispatcher waits before submitting",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -384,7 +384,9 @@ def flush_test_dbs(dbs: tuple[int, int] = (BROKER_DB, BACKEND_DB)) -> None:
 
 
 class Stack:
-    """Ray head + an io worker (prefork) + a ray worker (threads), as the README runs them.
+    """Ray head + an io worker (prefork) + a ray worker (threads), as they run by hand.
+
+    The commands are those of docs/deployment.md, "Running the parts by hand".
 
     Scale-out variant: ``ray_cpus`` for the head, ``node_bins`` (one virtualenv ``bin`` per
     extra Ray node, each of 1 CPU, joined before the workers start), ``hosts`` (one io and
