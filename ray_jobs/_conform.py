@@ -138,7 +138,7 @@ class Conformer:
         bad_rescued: set[int] = set()  # rows whose value did not fit (not a new column's)
         errors: dict[int, str] = {}
         for name, array in zip(batch.schema.names, batch.columns, strict=True):
-            if name == RESCUED_COLUMN or name in self.metadata:
+            if (name == RESCUED_COLUMN and opts.rescues) or name in self.metadata:
                 raise SchemaError(
                     f"the file has a column named {name!r}, which celeray fills itself "
                     "(rescued data or a metadata column); rename it in the file",
