@@ -9,7 +9,7 @@ RUN apt-get update \
 
 # An unprivileged user: Celery warns against root, and nothing here needs it.
 RUN useradd --create-home --uid 1000 celeray
-WORKDIR /opt/celeray
+WORKDIR /tmp/celeray-src
 
 # What the wheel is built from: the packages, and supervisor/ (the wheel ships its
 # supervisord.conf through the link celeray/supervisord.conf).
@@ -20,9 +20,12 @@ COPY ray_jobs/ ray_jobs/
 COPY beat_schedule.py ./
 COPY supervisor/ supervisor/
 # With the s3 extra (s3fs): sources, staging and sinks on S3 or an S3-compatible store.
-RUN pip install --no-cache-dir ".[s3]"
+# The sources go once installed: `celery -A tasks` searches its working folder first, where
+# a copy of tasks/ would be imported instead of the installed one (celeray/toplevel.py).
+RUN pip install --no-cache-dir ".[s3]" && rm -rf /tmp/celeray-src
 
 USER celeray
+WORKDIR /home/celeray
 # State (beat schedule, staging, generated credentials) on a volume of its own.
 ENV CELERAY_HOME=/var/lib/celeray \
     CELERAY_PIPELINES=/etc/celeray/pipelines.toml \

@@ -5,7 +5,7 @@ One entry per pipeline with a ``schedule``; on-demand pipelines get none. Each e
 ``tasks`` package (which imports it). Cron schedules run in the Celery app's timezone.
 Beat reads the schedule when it starts: edit the file, then restart beat.
 
-Beat has no lock, so two beats schedule twice (PITFALLS). Every send therefore carries its
+Beat has no lock, so two beats schedule twice. Every send therefore carries its
 *slot*: the start of the schedule period it is for. Intervals are aligned to the epoch
 (every 300 s fires at :00, :05, ...) and cron fires on whole minutes, so two beats compute
 the same slot, and ``start_run`` runs only the first message of each slot.

@@ -1,20 +1,17 @@
 """Private checks of single fields of a pipeline table, for :mod:`celeray.pipeline_spec`.
 
 URLs (plain paths to ``file://``, chains, local roots, glob roots), cron and interval
-schedules, the form of a transform spec (and where its module is, without running it) and
-column type names; SQL has its own module, :mod:`celeray.sql_policy`. Each raises
-``ValueError`` with the message users see; the model adds the pipeline and key. Celery is
-imported only by the check that uses it: Ray nodes import this module without Celery.
+schedules and column type names; SQL has its own module, :mod:`celeray.sql_policy`, a
+transform's spec :mod:`celeray.transform_ref`. Each raises ``ValueError`` with the message
+users see; the model adds the pipeline and key. Celery is imported only by the check that
+uses it.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import math
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,6 @@ __all__ = [
     "canonical_type",
     "check_roots",
     "context_of",
-    "find_transform",
     "glob_start",
     "root_of",
     "schedule_value",
@@ -37,7 +33,6 @@ __all__ = [
     "split_url",
     "strip_slash",
     "to_url",
-    "transform_parts",
 ]
 
 
@@ -207,51 +202,6 @@ def schedule_value(value: Any) -> str | float | None:
 def canonical_type(name: str) -> str:
     """Column type ``name`` as pyarrow spells it; ``ValueError`` for an unknown one."""
     return str(arrow_type(name))
-
-
-def transform_parts(spec: str) -> tuple[str, str]:
-    """``(module, attribute path)`` of ``"module.path:attr"``; nothing is imported."""
-    module_name, sep, attr = spec.partition(":")
-    parts = [*module_name.split("."), *attr.split(".")]
-    if not sep or not all(p.isidentifier() for p in parts):
-        raise ValueError(
-            f"transform {spec!r} must look like 'module.path:function' "
-            "(a (pyarrow.Table) -> pyarrow.Table callable)"
-        )
-    return module_name, attr
-
-
-def find_transform(spec: str, path: list[str] | None = None) -> None:
-    """Raise ``ValueError`` when the module of ``spec`` cannot be found; nothing is run.
-
-    ``importlib.util.find_spec("a.b.c")`` would import (run) ``a`` and ``a.b`` to find
-    ``a.b.c``; this looks each part up with the path finders instead, in the packages'
-    search locations, so no module's code runs. Whether the module has the attribute
-    cannot be told without running it (``check_imports`` does that). ``path`` replaces
-    ``sys.path`` for the top-level package (tests).
-    """
-    module_name, _ = transform_parts(spec)
-    parts = module_name.split(".")
-    locations: Any = path
-    for depth in range(len(parts)):
-        name = ".".join(parts[: depth + 1])
-        found: Any
-        if name in sys.modules and path is None:
-            found = getattr(sys.modules[name], "__spec__", None)
-        elif depth == 0 and path is None:
-            found = importlib.util.find_spec(name)  # a top-level name has no parent to run
-        elif depth and locations is None:
-            parent = ".".join(parts[:depth])
-            raise ValueError(f"transform {spec!r}: {parent!r} is a module, not a package")
-        else:
-            found = importlib.machinery.PathFinder.find_spec(name, locations)
-        if found is None:
-            where = f"package {'.'.join(parts[:depth])!r}" if depth else "the Python path"
-            raise ValueError(
-                f"transform {spec!r}: module {name!r} is not found in {where} of this "
-                "interpreter (is its package installed here?)"
-            )
-        locations = found.submodule_search_locations
 
 
 def show_value(value: Any) -> str:

@@ -42,37 +42,52 @@ def _store(settings: Settings) -> RunStore:
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Check the pipeline file and print every problem with its pipeline and key.
 
-    Each ``transform``'s module is looked up without running it (see
-    :func:`celeray._pipeline_checks.find_transform`); ``--import`` imports it instead, which
-    runs its code and also finds a missing attribute. A module missing here is only a
-    warning for a pipeline whose ``ray_env.pip`` may install it on the Ray nodes.
+    Each ``transform`` is imported as a Ray worker would, in a child process with a time
+    limit (:mod:`celeray.transform_probe`): its module's code runs there, and a missing
+    module, an import that raises, a missing attribute or a non-callable is named.
+    ``--no-import`` only finds the module, running nothing
+    (:func:`celeray.transform_ref.find`). A module missing here (the transform's or one it
+    imports) is only a warning for a pipeline whose ``ray_env.pip`` may install it on the
+    Ray nodes.
     """
-    from celeray._pipeline_checks import find_transform
     from celeray.errors import PipelineIssue
     from celeray.pipelines import format_issues, load_pipelines
+    from celeray.transform_probe import Probe, key, probe_all
+    from celeray.transform_ref import TransformLoadError, find
 
     path = Path(args.file) if args.file else settings.pipelines
     try:
-        pipelines = load_pipelines(
-            path, check_imports=bool(args.imports), **settings.pipeline_rules(path)
-        )
+        pipelines = load_pipelines(path, **settings.pipeline_rules(path))
     except PipelineFileError as exc:
         err.print(f"[red]{path}: {len(exc.issues)} problem(s)[/red]", highlight=False)
         err.print(format_issues(exc.issues), highlight=False, markup=False)
         return EXIT_FAILED
+    with_transform = {n: p for n, p in pipelines.items() if p.transform is not None}
+    probes: dict[Any, Probe] = {}
+    if with_transform and not args.no_import:
+        with console.status(f"importing {len(with_transform)} transform(s)..."):
+            probes = probe_all((p.transform or "", p.ray_env.env_vars)
+                               for p in with_transform.values())  # fmt: skip
     issues: list[PipelineIssue] = []
     warnings: list[PipelineIssue] = []
-    for name, pipeline in pipelines.items():
-        if pipeline.transform is None or args.imports:
+    for name, pipeline in with_transform.items():
+        spec = pipeline.transform or ""
+        if args.no_import:
+            try:
+                find(spec)
+                continue
+            except TransformLoadError as exc:
+                found = Probe(spec, exc.kind, str(exc), exc.missing)
+        else:
+            found = probes[key(spec, pipeline.ray_env.env_vars)]
+        if found.ok:
             continue
-        try:
-            find_transform(pipeline.transform)
-        except ValueError as exc:
-            if pipeline.ray_env.pip:  # a warning: the Ray nodes may install it
-                warnings.append(PipelineIssue(name, "transform", f"{exc}; ray_env.pip may "
-                                              "install it on the Ray nodes"))  # fmt: skip
-            else:
-                issues.append(PipelineIssue(name, "transform", str(exc)))
+        message = found.message + _not_searched(spec, found, path)
+        if found.missing and pipeline.ray_env.pip:  # a warning: the Ray nodes may install it
+            warnings.append(PipelineIssue(name, "transform", f"{message}; ray_env.pip may "
+                                          "install it on the Ray nodes"))  # fmt: skip
+        else:
+            issues.append(PipelineIssue(name, "transform", message))
     if warnings:
         err.print(f"[yellow]{path}: {len(warnings)} warning(s)[/yellow]", highlight=False)
         err.print(format_issues(warnings), highlight=False, markup=False)
@@ -82,6 +97,19 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED
     console.print(f"{path}: ok, {len(pipelines)} pipeline(s): {', '.join(sorted(pipelines))}")
     return 0
+
+
+def _not_searched(spec: str, found: Any, pipeline_file: Path) -> str:
+    """A hint when a missing transform module sits in a folder the workers do not search."""
+    if found.kind != "not_found":
+        return ""
+    top = spec.partition(":")[0].split(".")[0]
+    for folder in dict.fromkeys((Path.cwd(), pipeline_file.absolute().parent)):
+        there = [p for p in (folder / top, folder / f"{top}.py") if p.exists()]
+        if there:
+            return (f"; {there[0]} is there, but the stack's workers do not search that folder: "
+                    "add it to PYTHONPATH before `celeray up`, or install the package")
+    return ""
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -371,8 +399,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a pipeline file")
     v.add_argument("file", nargs="?", help="default: $CELERAY_PIPELINES (./pipelines.toml)")
     v.add_argument(
-        "--import", dest="imports", action="store_true",
-        help="import each transform's module (runs its code) instead of only finding it",
+        "--no-import", dest="no_import", action="store_true",
+        help="only find each transform's module instead of importing it (runs none of its code)",
     )  # fmt: skip
     v.set_defaults(func=cmd_validate)
     r = sub.add_parser("run", help="trigger a run of one pipeline")

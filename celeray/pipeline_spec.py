@@ -2,8 +2,8 @@
 
 Validation never touches the data: URLs are checked by their syntax, SQL by DuckDB's parser
 only (nothing is bound or read; :mod:`celeray.sql_policy` says what it may do) and
-transforms by their form (imported only with ``check_imports=True``; ``celeray validate``
-finds their modules without running them). Plain paths in ``source``/``sink`` become
+transforms by their form (``celeray validate`` imports them in a child process,
+:mod:`celeray.transform_probe`). Plain paths in ``source``/``sink`` become
 ``file://`` URLs of absolute paths, resolved against the pipeline file's folder. The
 checks of single fields live in :mod:`celeray._pipeline_checks`; column type names are read
 by :mod:`celeray.arrow_types`, which the Ray side shares. Import these names from
@@ -12,9 +12,7 @@ by :mod:`celeray.arrow_types`, which the Ray side shares. Import these names fro
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,19 +30,18 @@ from pydantic import (
 from celeray._pipeline_checks import (
     canonical_type,
     check_roots,
-    context_of,
     glob_start,
     root_of,
     schedule_value,
     split_url,
     strip_slash,
     to_url,
-    transform_parts,
 )
 from celeray.ray_env import RayEnv
 from celeray.sizes import parse_size
 from celeray.sql_policy import check_sql
 from celeray.table_schema import METADATA_COLUMNS
+from celeray.transform_ref import TransformLoadError, parts
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -52,7 +49,6 @@ __all__ = [
     "Format",
     "Pipeline",
     "ScheduleSpec",
-    "resolve_transform",
 ]
 
 Format = Literal["csv", "jsonl", "parquet"]
@@ -65,29 +61,11 @@ DEFAULT_BATCH_BYTES = 256 * 1024**2  # one Ray task's worth of input: seconds of
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-def resolve_transform(spec: str) -> Callable[..., Any]:
-    """Import ``"module.path:attr"`` and return the callable it names.
-
-    Raises ``ValueError`` when the form is wrong, the import fails or the object cannot be
-    called; the original import error is chained.
-    """
-    module_name, attr = transform_parts(spec)
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"transform {spec!r} cannot be imported: {exc}") from exc
-    if not callable(obj):
-        raise ValueError(f"transform {spec!r} names a {type(obj).__name__}, not a callable")
-    return obj
-
-
 class Pipeline(BaseModel):
     """One ``[pipelines.NAME]`` table, validated and normalised; docs/pipelines.md says each key.
 
     Build it with ``Pipeline.model_validate(table | {"name": key}, context=...)``; the context
-    may hold ``base_dir`` (for relative paths), ``allow_chained_urls``, ``check_imports`` and
+    may hold ``base_dir`` (for relative paths), ``allow_chained_urls`` and
     ``local_roots`` (resolved folders local sources and sinks must stay in; absent: any).
     """
 
@@ -183,9 +161,10 @@ class Pipeline(BaseModel):
     def _check_transform(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        if context_of(info).get("check_imports"):
-            resolve_transform(value)
-        transform_parts(value)
+        try:
+            parts(value)
+        except TransformLoadError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("partition_by")

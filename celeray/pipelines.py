@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from celeray._pipeline_checks import show_value
 from celeray.errors import PipelineFileError, PipelineIssue, UnknownPipelineError
-from celeray.pipeline_spec import Pipeline, ScheduleSpec, resolve_transform
+from celeray.pipeline_spec import Pipeline, ScheduleSpec
 
 __all__ = [
     "Pipeline",
@@ -29,8 +29,6 @@ __all__ = [
     "format_issues",
     "get_pipeline",
     "load_pipelines",
-    "resolve_transform",
-    "validate_file",
 ]
 
 _KEYS = sorted((f.alias or n) for n, f in Pipeline.model_fields.items() if n != "name")
@@ -128,15 +126,13 @@ def load_pipelines(
     path: str | Path,
     *,
     allow_chained_urls: bool = False,
-    check_imports: bool = False,
     local_roots: Sequence[str] | None = None,
 ) -> dict[str, Pipeline]:
     """Every pipeline in the file, by name, in file order.
 
     Raises :class:`PipelineFileError` listing every issue of every pipeline. A file without
     pipelines is valid (nothing scheduled). ``allow_chained_urls`` permits ``a::b`` fsspec
-    URLs; ``check_imports`` imports each ``transform`` to check that it exists;
-    ``local_roots`` (resolved folders, see :meth:`Settings.pipeline_rules`) confines local
+    URLs; ``local_roots`` (resolved folders, see :meth:`Settings.pipeline_rules`) confines local
     sources and sinks, None leaves them unchecked. The service always passes settings'.
     """
     path = Path(path)
@@ -148,7 +144,7 @@ def load_pipelines(
         issues.append(PipelineIssue(None, None, "'pipelines' must be a table of tables"))
         tables = {}
     context = {"base_dir": path.absolute().parent, "allow_chained_urls": allow_chained_urls,
-               "check_imports": check_imports, "local_roots": local_roots}  # fmt: skip
+               "local_roots": local_roots}  # fmt: skip
     pipelines: dict[str, Pipeline] = {}
     for name, table in tables.items():
         if not isinstance(table, dict):
@@ -164,22 +160,6 @@ def load_pipelines(
     if issues:
         raise PipelineFileError(str(path), issues)
     return pipelines
-
-
-def validate_file(
-    path: str | Path,
-    *,
-    allow_chained_urls: bool = False,
-    check_imports: bool = False,
-    local_roots: Sequence[str] | None = None,
-) -> list[PipelineIssue]:
-    """Every issue in the pipeline file, as :func:`load_pipelines` finds them; empty = valid."""
-    try:
-        load_pipelines(path, allow_chained_urls=allow_chained_urls, check_imports=check_imports,
-                       local_roots=local_roots)  # fmt: skip
-    except PipelineFileError as exc:
-        return list(exc.issues)
-    return []
 
 
 def get_pipeline(pipelines: Mapping[str, Pipeline], name: str) -> Pipeline:

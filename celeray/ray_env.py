@@ -5,8 +5,9 @@ A Ray node needs Ray, pyarrow and the data libraries ``ray_jobs`` imports
 
 - job level (``ray.init(runtime_env=job_runtime_env())`` in the ``ray`` worker):
   ``py_modules`` with the ``ray_jobs`` and ``celeray`` packages. ``ray_jobs`` imports only
-  ``celeray.errors``, ``celeray.sizes`` and ``celeray.arrow_types`` from the core, and
-  ``celeray/__init__.py`` imports nothing, so no Celery, Flask or Redis client is needed.
+  the core's bottom layer, and ``celeray/__init__.py`` imports nothing, so no Celery, Flask
+  or Redis client is needed (import-linter's contracts in ``pyproject.toml`` and
+  ``tests/test_layers.py`` keep it so).
 - task level (:func:`pipeline_extras`, applied per Ray task by ``ray_jobs.dispatcher``):
   the top-level package of the pipeline's ``transform`` when it is not an installed
   distribution, and the pipeline's ``[ray_env]`` ``pip`` and ``env_vars``.
@@ -25,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from celeray import toplevel
 from celeray.errors import CelerayError
 
 __all__ = [
@@ -143,7 +145,12 @@ def _package_dir(name: str) -> str | None:
 
 
 def code_paths() -> list[str]:
-    """Local folders of :data:`CODE_PACKAGES`, as this process imports them."""
+    """Local folders of :data:`CODE_PACKAGES`, as this process imports them.
+
+    Only celeray's own: a ``ray_jobs`` from elsewhere on the path raises
+    :class:`celeray.toplevel.ShadowedModuleError` rather than being shipped to every node.
+    """
+    toplevel.check(CODE_PACKAGES)
     paths = []
     for name in CODE_PACKAGES:
         path = _package_dir(name)

@@ -1,6 +1,6 @@
 """Reconciliation: restart the work that runs set out to do and did not commit.
 
-Redis restarted without persistence forgets every queued message (PITFALLS), and with them
+Redis restarted without persistence forgets every queued message, and with them
 the batches of the runs that were going; only the sink still knows what is done. Each run
 records the inputs it planned in its sink's ledger before it sends a batch, and drops the
 record when every batch committed (:class:`celeray.ledger.Ledger`). This pass reads those

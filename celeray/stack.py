@@ -108,6 +108,22 @@ def _check_paths(home: Path) -> None:
             )
 
 
+def _check_own_modules(home: Path) -> None:
+    """Refuse to start when a program would import someone else's ``tasks``, ``ray_jobs``...
+
+    The programs run in ``home`` from the virtualenv's ``bin``: Celery searches the first
+    for the ``-A`` app, Ray's workers search both before their shipped code
+    (:mod:`celeray.toplevel`). A user's ``tasks.py`` there or on ``PYTHONPATH`` would run
+    instead of celeray's, and none of celeray's own checks with it.
+    """
+    from celeray import toplevel
+
+    try:
+        toplevel.check(toplevel.ALL, first=[home, _bin()])
+    except toplevel.ShadowedModuleError as exc:
+        raise StackError(f"the stack would not run celeray's own code: {exc}") from None
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by the owner only, whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -245,6 +261,7 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
     """Start the stack for ``settings.home`` and wait until it is healthy."""
     home = settings.home.resolve()
     _check_paths(home)
+    _check_own_modules(home)
     (home / "logs").mkdir(parents=True, exist_ok=True)
     if _pid(home) is not None:
         raise StackError(f"a stack is already running for {home} (celeray status / down)")

@@ -55,11 +55,6 @@ class FileInfo:
     mtime: float | None = None
     etag: str | None = None
 
-    @property
-    def fingerprint(self) -> str:
-        """A string that changes whenever the file's content may have changed."""
-        return f"{self.size}:{self.etag or self.mtime}"
-
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for messages and ledger entries."""
         return asdict(self)
@@ -136,7 +131,7 @@ def list_source(url: str, storage_options: dict[str, Any] | None = None) -> list
     writers keep partial files. The listing cache is dropped first so new files are seen.
     A local symlink to a file is listed like a file (fsspec calls it "other"), with its
     target's size and mtime, so that it is processed or, pointing outside the local roots,
-    quarantined (see :func:`celeray.runs.outside_roots`) rather than silently ignored.
+    quarantined (see :func:`celeray.roots.outside_roots`) rather than silently ignored.
     """
     fs, path = open_fs(url, storage_options)
     fs.invalidate_cache()

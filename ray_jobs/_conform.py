@@ -217,6 +217,10 @@ class Conformer:
             return array
         if widens(array.type, target):
             return pc.cast(array, target)
+        try:  # values that fit the table's type keep it (JSON's int64 in an int32 column)
+            return pc.cast(array, target)
+        except _CAST_ERRORS:
+            pass
         if opts.mode == "add_columns" and name not in opts.declared:  # a declared type wins
             if widens(target, array.type):
                 return array  # the table widens to it at the commit

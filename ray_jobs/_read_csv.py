@@ -56,8 +56,8 @@ def csv_batches(
 
     The types come from the first block, as pyarrow's streaming reader takes them, but
     the rest of the file is read by a second reader told those types: pyarrow (26)
-    converts every later block twice while it infers (``InferringColumnDecoder``), which
-    cost ~30% of the parse of a 10 MB file. The first block is cut where pyarrow cuts it
+    converts every later block twice while it infers (``InferringColumnDecoder``). The
+    first block is cut where pyarrow cuts it
     (after its last line break), so the types and the errors are the same.
     """
     first = stream.read(max_row_bytes)

@@ -14,9 +14,6 @@ from celeray.errors import CelerayError, EmptyInputError
 
 __all__ = ["merge_unit_results"]
 
-_TOTALS = ("rows_in", "rows_out", "bytes_in", "bytes_out")
-
-
 def merge_unit_results(
     results: list[dict[str, Any]], prequarantined: list[dict[str, Any]]
 ) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
 
-from celeray.arrow_types import arrow_type, arrow_types
+from celeray.arrow_types import arrow_types
 from celeray.errors import EmptyInputError, InputError, ParseError, StorageError
 from celeray.sizes import DEFAULT_MAX_COLUMNS, format_size
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
@@ -35,7 +35,6 @@ __all__ = [
     "SAMPLE_BYTES",
     "SPLITTABLE_FORMATS",
     "detect_format",
-    "parse_type",
     "read_batches",
 ]
 
@@ -69,15 +68,6 @@ def detect_format(url: str) -> str:
             url=url,
         )
     return fmt
-
-
-def parse_type(name: str) -> pa.DataType:
-    """The pyarrow type a schema entry names (``"int32"``, ``"decimal128(10,2)"``...).
-
-    The rules are :func:`celeray.arrow_types.arrow_type`'s, the ones the pipeline file is
-    validated with; an unknown name raises ``ValueError`` listing examples.
-    """
-    return arrow_type(name)
 
 
 def read_batches(

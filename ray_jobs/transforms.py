@@ -15,7 +15,6 @@ is registered afterwards, which DuckDB allows with external access off.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any
@@ -25,6 +24,7 @@ import pyarrow as pa
 
 from celeray.errors import TransformError
 from celeray.sql_policy import TABLE_NAME, sql_problems
+from celeray.transform_ref import load
 from ray_jobs._tap import ErrorTap
 
 __all__ = ["CONFINED", "SQL_BATCH_ROWS", "TABLE_NAME", "apply", "connect", "load_callable"]
@@ -47,26 +47,11 @@ TableFn = Callable[[pa.Table], pa.Table]
 def load_callable(spec: str) -> TableFn:
     """Import ``"package.module:attr"`` (``attr`` may be dotted) and return the callable.
 
-    Raises ``TransformError`` when the spec is malformed, the module or attribute is
-    missing, or the object is not callable.
+    Loaded by :func:`celeray.transform_ref.load`, as ``celeray validate`` checks it: raises
+    its ``TransformLoadError`` (a ``TransformError``) when the spec is malformed, the module
+    is missing or raises on import, the attribute is missing, or it is not a callable.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise TransformError(f"transform {spec!r} must look like 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TransformError(f"transform {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise TransformError(
-                f"transform {spec!r}: module {module_name!r} has no attribute {attr!r}"
-            ) from None
-    if not callable(obj):
-        raise TransformError(f"transform {spec!r} is a {type(obj).__name__}, not a callable")
-    fn: TableFn = obj
+    fn: TableFn = load(spec)
     return fn
 
 

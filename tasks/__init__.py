@@ -2,12 +2,17 @@
 
 Importing this package registers the tasks and connects to nothing. A worker that consumes
 the ``ray`` queue connects to Ray once it is ready and warms Ray's workers (tasks._ray).
+First it checks that the ``ray_jobs`` and ``beat_schedule`` it will import are celeray's
+own, not a module of the same name earlier on the path (:mod:`celeray.toplevel`).
 """
 
-from tasks import _ray  # noqa: F401  (hooks the Ray warm-up to worker_ready)
-from tasks import health as _health  # noqa: F401  (registers tasks.ray_status)
-from tasks import reconcile as _reconcile  # noqa: F401  (registers tasks.reconcile)
-from tasks import run as _run  # noqa: F401  (registers the tasks)
-from tasks.app import app
+from celeray import toplevel as _toplevel
+
+_toplevel.check()
+
+# Importing them registers the tasks (run, health: tasks.ray_status, reconcile) and hooks
+# the Ray warm-up to worker_ready (_ray).
+from tasks import _ray, health, reconcile, run  # noqa: E402, F401
+from tasks.app import app  # noqa: E402
 
 __all__ = ["app"]

@@ -40,8 +40,8 @@ def ensure_ray() -> None:
     pool. Connects to the explicit ``host:port`` from settings, never ``auto``, so a second
     Ray on the same machine cannot be picked by mistake. Token auth follows Ray's own
     variables (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``),
-    which must match the head's. The job's ``runtime_env`` ships ``ray_jobs`` and the core
-    modules it imports (:func:`celeray.ray_env.job_runtime_env`), so Ray nodes need no
+    which must match the head's. The job's ``runtime_env`` ships the ``ray_jobs`` and
+    ``celeray`` packages (:func:`celeray.ray_env.job_runtime_env`), so Ray nodes need no
     celeray installed; Ray uploads them once per content hash. It carries no ``env_vars``:
     Ray workers get their environment from their raylet, scrubbed by ``celeray ray-head``.
 

@@ -17,7 +17,7 @@ __all__ = ["reconcile"]
 
 @app.task(
     name="tasks.reconcile",
-    ignore_result=False,  # `celeray reconcile` and the tests read the report
+    ignore_result=False,  # Flower and the tests read the report
     acks_late=False,  # a lost pass is made up by the next one
     expires=60,  # a pass nobody ran within a minute is dropped, not run late
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from celeray.arrow_types import arrow_type
@@ -14,9 +15,8 @@ from celeray.pipelines import (
     format_issues,
     get_pipeline,
     load_pipelines,
-    resolve_transform,
-    validate_file,
 )
+from tests._pipeline_file import validate_file
 
 GOOD = """
 [pipelines.flights]
@@ -294,16 +294,11 @@ def test_sql_is_parsed_not_run(tmp_path: Path) -> None:
         assert validate_file(write(tmp_path, f'[pipelines.p]\n{MINIMAL}sql = "{ok}"\n')) == []
 
 
-def test_transforms_import_only_when_asked(tmp_path: Path) -> None:
+def test_transforms_are_checked_by_form_only(tmp_path: Path) -> None:
     path = write(tmp_path, f'[pipelines.p]\n{MINIMAL}transform = "no_such_module_xyz:f"\n')
-    assert validate_file(path) == []
-    (issue,) = validate_file(path, check_imports=True)
-    assert issue.key == "transform" and "cannot be imported" in issue.message
-    path = write(tmp_path, f'[pipelines.p]\n{MINIMAL}transform = "json:dumps"\n')
-    assert validate_file(path, check_imports=True) == []
-    assert resolve_transform("json:dumps") is json.dumps
-    with pytest.raises(ValueError, match="not a callable"):
-        resolve_transform("json:__name__")
+    assert validate_file(path) == []  # celeray validate imports it (celeray.transform_probe)
+    (issue,) = validate_file(write(tmp_path, f'[pipelines.p]\n{MINIMAL}transform = "a.b"\n'))
+    assert issue.key == "transform" and "must look like 'module.path:function'" in issue.message
 
 
 def test_get_pipeline(tmp_path: Path) -> None:
@@ -343,6 +338,21 @@ def test_direct_construction_uses_the_schema_alias() -> None:
 def test_arrow_type_names_read_back(name: str) -> None:
     assert str(arrow_type(name)) == name
     assert arrow_type(str(arrow_type(name))) == arrow_type(name)
+
+
+def test_arrow_type_names() -> None:
+    assert arrow_type("int32") == pa.int32()
+    assert arrow_type("float64") == pa.float64()
+    assert arrow_type("string") == pa.string()
+    assert arrow_type("timestamp[s]") == pa.timestamp("s")
+    assert arrow_type("timestamp[ms, tz=UTC]") == pa.timestamp("ms", tz="UTC")
+    assert arrow_type("date32") == pa.date32()
+    assert arrow_type("bool") == pa.bool_()
+    assert arrow_type("decimal128(10,2)") == pa.decimal128(10, 2)
+    assert arrow_type("decimal256(50, 4)") == pa.decimal256(50, 4)
+    for bad in ("int", "varchar", "decimal128(99,2)", "timestamp[s, tz=Nowhere/Land]"):
+        with pytest.raises(ValueError, match=r"unknown column type"):
+            arrow_type(bad)
 
 
 @pytest.mark.parametrize(

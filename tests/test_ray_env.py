@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from celeray.pipelines import load_pipelines, validate_file
+from celeray.pipelines import load_pipelines
 from celeray.ray_env import (
     RayEnv,
     RayEnvError,
@@ -21,6 +21,7 @@ from celeray.ray_env import (
     pipeline_extras,
     transform_package,
 )
+from tests._pipeline_file import validate_file
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = '[pipelines.p]\nsource = "file:///land/*.csv"\nsink = "file:///lake/x"\n'

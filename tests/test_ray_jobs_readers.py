@@ -21,7 +21,7 @@ from celeray.errors import (
     SchemaError,
 )
 from ray_jobs._read_jsonl import _check_line_lengths
-from ray_jobs.readers import detect_format, parse_type, read_batches
+from ray_jobs.readers import detect_format, read_batches
 from tests._plans import limits
 
 LIMITS = limits()
@@ -106,21 +106,6 @@ def test_detect_format_unknown() -> None:
 def test_explicit_format_beats_the_name(tmp_path: Path) -> None:
     url = put(tmp_path, "export.txt", csv_bytes())
     assert read(url, fmt="csv").num_rows == N
-
-
-def test_parse_type() -> None:
-    assert parse_type("int32") == pa.int32()
-    assert parse_type("float64") == pa.float64()
-    assert parse_type("string") == pa.string()
-    assert parse_type("timestamp[s]") == pa.timestamp("s")
-    assert parse_type("timestamp[ms, tz=UTC]") == pa.timestamp("ms", tz="UTC")
-    assert parse_type("date32") == pa.date32()
-    assert parse_type("bool") == pa.bool_()
-    assert parse_type("decimal128(10,2)") == pa.decimal128(10, 2)
-    assert parse_type("decimal256(50, 4)") == pa.decimal256(50, 4)
-    for bad in ("int", "varchar", "decimal128(99,2)", "timestamp[s, tz=Nowhere/Land]"):
-        with pytest.raises(ValueError, match=r"unknown column type"):
-            parse_type(bad)
 
 
 def test_unknown_declared_type_is_a_value_error(tmp_path: Path) -> None:

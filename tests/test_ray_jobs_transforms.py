@@ -129,7 +129,7 @@ def test_input_error_midstream_under_transform_comes_out_as_itself() -> None:
     ("spec", "message"),
     [
         ("no_colon", "must look like"),
-        ("_no_such_module_here:fn", "cannot import"),
+        ("_no_such_module_here:fn", "module '_no_such_module_here' is not found"),
         ("tests._sample_transforms:missing", "has no attribute"),
         ("tests._sample_transforms:NOT_CALLABLE", "not a callable"),
     ],

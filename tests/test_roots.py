@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from celeray.errors import OutsideRootsError
-from celeray.pipelines import load_pipelines, validate_file
+from celeray.pipelines import load_pipelines
 from celeray.roots import check_read, inside, local_path, outside, outside_roots, resolve_roots
 from celeray.settings import Settings
 from celeray.storage import list_source
 from ray_jobs.process import process_unit
 from tests._data import write_landing
+from tests._pipeline_file import validate_file
 from tests._plans import limits, pipeline_file, plan
 from tests._stack import Stack
 

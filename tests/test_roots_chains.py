@@ -12,9 +12,10 @@ import fsspec
 import pytest
 
 from celeray.errors import OutsideRootsError, UncheckableURLError
-from celeray.pipelines import load_pipelines, validate_file
+from celeray.pipelines import load_pipelines
 from celeray.roots import check_read, local_target, outside_roots, refusal, resolve_roots
 from celeray.storage import list_source
+from tests._pipeline_file import validate_file
 from tests._plans import pipeline_file
 
 ROWS = b"a,b\n1,2\n"

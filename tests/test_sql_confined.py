@@ -19,11 +19,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from celeray._pipeline_checks import find_transform
 from celeray.errors import TransformError
-from celeray.pipelines import validate_file
 from celeray.sql_policy import check_sql
+from celeray.transform_ref import TransformLoadError, find
 from ray_jobs.transforms import apply, connect
+from tests._pipeline_file import validate_file
 
 SECRET = "TOP-SECRET-7f3a9c"
 
@@ -104,23 +104,23 @@ def test_validate_names_pipeline_and_key(tmp_path: Path) -> None:
     assert "read_text() is not allowed: it reads files" in str(issue)
 
 
-def test_find_transform_runs_nothing(tmp_path: Path) -> None:
+def test_transform_find_runs_nothing(tmp_path: Path) -> None:
     pkg = tmp_path / "trap_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
     (pkg / "mod.py").write_text("def fn(t): return t\n")
-    find_transform("trap_pkg.mod:fn", path=[str(tmp_path)])
+    find("trap_pkg.mod:fn", path=[str(tmp_path)])
     assert not (tmp_path / "ran").exists()  # the package's __init__ never ran
-    with pytest.raises(ValueError, match=r"'trap_pkg\.nope' is not found in package 'trap_pkg'"):
-        find_transform("trap_pkg.nope:fn", path=[str(tmp_path)])
-    with pytest.raises(ValueError, match="'nosuchpkg' is not found in the Python path"):
-        find_transform("nosuchpkg.mod:fn")
-    with pytest.raises(ValueError, match=r"'json\.decoder' is a module, not a package"):
-        find_transform("json.decoder.x:fn")
-    find_transform("tests._sample_transforms:double_v")
+    with pytest.raises(TransformLoadError, match=r"'trap_pkg\.nope' is not found in package"):
+        find("trap_pkg.nope:fn", path=[str(tmp_path)])
+    with pytest.raises(TransformLoadError, match="'nosuchpkg' is not found in the Python path"):
+        find("nosuchpkg.mod:fn")
+    with pytest.raises(TransformLoadError, match=r"'json\.decoder' is a module, not a package"):
+        find("json.decoder.x:fn")
+    find("tests._sample_transforms:double_v")
 
 
-def test_cli_validate_finds_transform_modules_without_running_them(tmp_path: Path) -> None:
+def test_cli_validate_imports_transforms_and_no_import_runs_nothing(tmp_path: Path) -> None:
     pkg = tmp_path / "trap_pkg"
     pkg.mkdir()
     marker = tmp_path / "ran"
@@ -136,19 +136,27 @@ def test_cli_validate_finds_transform_modules_without_running_them(tmp_path: Pat
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "300"}
     celeray = str(Path(sys.executable).parent / "celeray")
+    for argv, ran in (["validate", "--no-import"], False), (["validate"], True):
+        out = subprocess.run([celeray, *argv, str(path)], env=env, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        text = out.stdout + out.stderr
+        assert out.returncode == 1, text
+        assert "pipelines.missing.transform: transform 'nosuchpkg.mod:fn': module 'nosuchpkg' " \
+            "is not found" in text  # fmt: skip
+        assert "1 warning(s)" in text and "pipelines.viapip.transform" in text
+        assert "ray_env.pip may install it" in text and "pipelines.ok" not in text
+        assert marker.exists() is ran  # --no-import finds it; validate imports it
+    path.write_text("[pipelines.ok]\n" + base.format("ok", "trap_pkg.mod:fn"))
     out = subprocess.run([celeray, "validate", str(path)], env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
-    text = out.stdout + out.stderr
-    assert out.returncode == 1, text
-    assert "pipelines.missing.transform: transform 'nosuchpkg.mod:fn': module 'nosuchpkg' is " \
-        "not found" in text  # fmt: skip
-    assert "1 warning(s)" in text and "pipelines.viapip.transform" in text
-    assert "ray_env.pip may install it" in text and "pipelines.ok" not in text
-    assert not marker.exists()  # found, not run
-    path.write_text("[pipelines.ok]\n" + base.format("ok", "trap_pkg.mod:fn"))
-    out = subprocess.run([celeray, "validate", "--import", str(path)], env=env,
+    assert out.returncode == 0 and "ok, 1 pipeline(s): ok" in out.stdout, out.stderr
+    # Beside the pipeline file, but not on PYTHONPATH: the workers would not find it.
+    (tmp_path / "beside_xyz.py").write_text("def fn(t): return t\n")
+    path.write_text("[pipelines.beside]\n" + base.format("beside", "beside_xyz:fn"))
+    out = subprocess.run([celeray, "validate", str(path)], env={**env, "PYTHONPATH": ""},
                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 0 and marker.exists()  # --import runs the module, as it says
+    assert out.returncode == 1 and f"{tmp_path / 'beside_xyz.py'} is there, but the stack's " \
+        "workers do not search that folder" in out.stderr  # fmt: skip
 
 
 # --- run time: real DuckDB -------------------------------------------------------------
