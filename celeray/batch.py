@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -146,37 +145,6 @@ def is_parquet(url: str, fmt: str | None) -> bool:
     return name.endswith(PARQUET_NAMES)
 
 
-_PINNED_LOCK = threading.Lock()
-# sink -> the reference schema its ledger pinned: once pinned it never changes
-_PINNED: dict[str, dict[str, Any]] = {}
-
-
-def _pinned(sink: str) -> dict[str, Any] | None:
-    """The Parquet reference schema the sink's ledger pinned, kept once found."""
-    with _PINNED_LOCK:
-        pinned = _PINNED.get(sink)
-    if pinned is None:
-        pinned = Ledger(sink).pinned_schema()
-        if pinned is not None:
-            with _PINNED_LOCK:
-                _PINNED[sink] = pinned
-    return pinned
-
-
-def _reference(message: BatchMessage, pipeline: Pipeline) -> dict[str, Any]:
-    """Where the batch's Parquet inputs take their reference schema from (plan keys).
-
-    Only a batch with Parquet inputs reads the ledger for a pinned schema (a listing of
-    its entries): CSV and JSON lines batches never use one.
-    """
-    reference_files = message.get("reference_files", [])
-    has_parquet = any(is_parquet(f["url"], pipeline.format) for f in message["files"])
-    pinned = _pinned(pipeline.sink) if has_parquet else None
-    if pinned is not None:
-        return {"reference": pinned, "reference_files": []}
-    return {"reference": None, "reference_files": reference_files}
-
-
 def ray_plan(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
     """What every Ray task of ``pipeline``'s batches gets, from the pipeline and settings."""
     return {
@@ -235,12 +203,6 @@ def resolve(raw: Any, settings: Settings) -> ResolvedBatch:
                 f"files[{i}].url: {f['url'][:200]!r} is not named by pipeline "
                 f"{pipeline.name!r}'s source {pipeline.source!r}"
             )
-    for i, url in enumerate(message.get("reference_files", [])):
-        if not in_source(pipeline.source, url):
-            raise MessageRefusedError(
-                f"reference_files[{i}]: {url[:200]!r} is not named by pipeline "
-                f"{pipeline.name!r}'s source {pipeline.source!r}"
-            )
     expected = batch_id_for(pipeline.name, [dict(f) for f in message["files"]])
     if message["batch_id"] != expected:
         raise MessageRefusedError(
@@ -254,10 +216,7 @@ def resolve(raw: Any, settings: Settings) -> ResolvedBatch:
             name = f["url"].rstrip("/").rsplit("/", 1)[-1]
             read_url = storage.join(staging_url, f"{i:05d}-{name}")
         files.append({**f, "read_url": read_url})
-    plan = {
-        **ray_plan(pipeline, settings),
-        **_reference(message, pipeline),
-    }
+    plan = ray_plan(pipeline, settings)
     return ResolvedBatch(
         message=message,
         pipeline=pipeline,

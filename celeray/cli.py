@@ -223,8 +223,30 @@ def _print_summary(s: dict[str, Any]) -> None:
                       highlight=False)
     for e in s.get("errors", []):
         err.print(f"[red]batch {e['batch_id']} failed[/red]: {e['error']}", highlight=False)
+    _print_schema(s)
     for url in s.get("changed_after_commit", []):
         console.print(f"[yellow]changed after commit, skipped[/yellow] {url}", highlight=False)
+
+
+def _print_schema(s: dict[str, Any]) -> None:
+    """What the run did to the table schema and to rows that did not fit it."""
+    schema = s.get("schema") or {}
+    changes = (schema.get("changes") or {}).get("table") or []
+    pinned = [c for c in changes if c.endswith("(pinned)")]
+    if pinned:
+        console.print(f"schema pinned: {len(pinned)} column(s)", highlight=False)
+    for c in changes:
+        if not c.endswith("(pinned)"):
+            console.print(f"[cyan]schema[/cyan] {c}", highlight=False)
+    for column, values in sorted((schema.get("dropped_columns") or {}).items()):
+        console.print(f"[yellow]column not taken[/yellow] {column}: {values:,} value(s) dropped "
+                      '(schema_evolution = "none")', highlight=False)  # fmt: skip
+    if s.get("rows_rescued"):
+        console.print(f"{s['rows_rescued']:,} row(s) kept a value in _rescued_data "
+                      f"({s.get('values_rescued', 0):,} value(s))", highlight=False)  # fmt: skip
+    if s.get("rows_skipped"):
+        console.print(f"[yellow]{s['rows_skipped']:,} bad row(s) skipped[/yellow] into "
+                      f"{s.get('sink')}/_celeray/rejects/", highlight=False)  # fmt: skip
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
@@ -360,6 +382,17 @@ def cmd_ray_head(args: argparse.Namespace, settings: Settings) -> int:
     return run_head(list(args.ray_args))
 
 
+def _lazy(module: str, name: str) -> Any:
+    """A command whose module is imported only when it runs."""
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args, settings))
+
+    return run
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="celeray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -379,6 +412,10 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("name", nargs="?")
     ls.add_argument("--limit", type=int, default=10)
     ls.set_defaults(func=cmd_runs)
+    sc = sub.add_parser("schema", help="a pipeline's table schema and its history")
+    sc.add_argument("name")
+    sc.add_argument("--json", action="store_true", help="print it as JSON")
+    sc.set_defaults(func=_lazy("celeray.cli_schema", "cmd_schema"))
     d = sub.add_parser("demo", help="lay out a demo, start the stack, run it over HTTP")
     d.add_argument("--dir", default="celeray-demo", help="demo workspace (default ./celeray-demo)")
     d.set_defaults(func=cmd_demo)

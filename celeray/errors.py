@@ -31,6 +31,7 @@ __all__ = [
     "RayUnavailableError",
     "RunActiveError",
     "RunFailedError",
+    "SchemaConflictError",
     "SchemaError",
     "StorageError",
     "TimeLimitError",
@@ -149,6 +150,19 @@ class TimeLimitError(CelerayError):
     """
 
 
+class SchemaConflictError(CelerayError):
+    """A batch's columns do not fit the table schema as it is now.
+
+    Raised when another batch changed the schema after this one was read (the batch is
+    read again against the current schema), or when the files of a first batch disagree
+    in a way no common type settles. ``column`` names the column.
+    """
+
+    def __init__(self, message: str, *, column: str | None = None) -> None:
+        self.column = column
+        super().__init__(message)
+
+
 class TransformError(CelerayError):
     """The pipeline's SQL or Python transform failed: a pipeline bug, not bad input.
 
@@ -220,9 +234,27 @@ class ParseError(InputError):
 
 
 class SchemaError(InputError):
-    """A value does not cast to the declared type, or the columns do not fit."""
+    """A value does not cast to the declared type, or the columns do not fit.
+
+    ``column`` names the column where one is to blame; ``converting`` says the parser
+    failed to convert one of its values (the file may be read again with it as text).
+    """
 
     kind = "schema"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        converting: bool = False,
+    ) -> None:
+        super().__init__(message, url=url, line=line, row=row)
+        self.column = column
+        self.converting = converting
 
 
 class EmptyInputError(InputError):

@@ -6,6 +6,8 @@ Layout::
     <sink>/_celeray/staging/<batch_id>/...      a batch's Parquet before its commit
     <sink>/_celeray/staging/<batch_id>/_result.json  its transform's result, for commit_batch
     <sink>/_celeray/quarantine/<key>.json       one reason record per quarantined input
+    <sink>/_celeray/rejects/part-<batch>-...    rows skipped as bad (``on_bad_rows = "skip"``)
+    <sink>/_celeray/schema/v<version>.json      the table schema's versions (celeray.schema_log)
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
 
 A batch's Parquet is written under ``staging/``, which pyarrow.dataset skips (leading ``_``)
@@ -163,21 +165,6 @@ class Ledger:
                 done[q["url"]] = q
         return done
 
-    def pinned_schema(self) -> dict[str, Any] | None:
-        """The Parquet reference schema the first committed batch that read Parquet pinned.
-
-        As the JSON of :class:`ray_jobs._schema_ref.Reference` (``input_schema`` of the
-        oldest entry holding one), its ``source`` saying so; ``None`` before such a batch.
-        """
-        for entry in self.entries():
-            pinned = entry.get("input_schema")
-            if pinned:
-                return {
-                    **pinned,
-                    "source": f"pinned in the sink's ledger by batch {entry['batch_id']}",
-                }
-        return None
-
     def is_committed(self, batch_id: str) -> bool:
         """Whether the entry of ``batch_id`` exists."""
         return storage.exists(self.entry_url(batch_id), self.storage_options)
@@ -212,7 +199,7 @@ class Ledger:
         staging = self.staging_url(entry["batch_id"])
         if not storage.exists(staging, self.storage_options):
             return
-        for out in entry.get("outputs", []):
+        for out in [*entry.get("outputs", []), *entry.get("rejects", [])]:
             src = storage.join(staging, out["path"])
             dst = storage.join(self.sink, out["path"])
             if not storage.exists(src, self.storage_options):

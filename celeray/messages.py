@@ -61,18 +61,15 @@ class InputFile(TypedDict):
 class BatchMessage(TypedDict):
     """The message of ``stage_batch``, ``transform_batch`` and ``commit_batch``.
 
-    ``reference_files`` are the run's Parquet inputs that every batch of the run tries, in
-    this order, for the reference schema (the same for every batch, so they agree); they
-    are checked against the pipeline's source like ``files``. ``lease`` is the transform's
-    hold on the batch, given back by ``commit_batch`` after the commit; ``finished_before``
-    says the transform found the batch finished by another start of it.
+    ``lease`` is the transform's hold on the batch, given back by ``commit_batch`` after the
+    commit; ``finished_before`` says the transform found the batch finished by another
+    start of it.
     """
 
     pipeline: str
     run_id: str
     batch_id: str
     files: list[InputFile]
-    reference_files: NotRequired[list[str]]
     lease: NotRequired[str]
     finished_before: NotRequired[bool]
 
@@ -165,13 +162,6 @@ def parse_batch(value: Any) -> BatchMessage:
     urls = [f["url"] for f in msg["files"]]
     if len(set(urls)) != len(urls):
         raise _refuse("files", "names an input twice")
-    if "reference_files" in value:
-        refs = value["reference_files"]
-        if not isinstance(refs, list) or len(refs) > MAX_FILES_PER_MESSAGE or not all(
-            isinstance(u, str) and 0 < len(u) <= MAX_URL_LENGTH and "\0" not in u for u in refs
-        ):
-            raise _refuse("reference_files", "expected a list of URL strings")
-        msg["reference_files"] = list(refs)
     if "lease" in value:
         lease = value["lease"]
         if not isinstance(lease, str) or len(lease) > 64:

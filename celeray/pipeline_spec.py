@@ -40,6 +40,7 @@ from celeray._pipeline_checks import (
 from celeray.ray_env import RayEnv
 from celeray.sizes import parse_size
 from celeray.sql_policy import check_sql
+from celeray.table_schema import METADATA_COLUMNS
 from celeray.transform_ref import TransformLoadError, parts
 
 __all__ = [
@@ -52,6 +53,9 @@ __all__ = [
 
 Format = Literal["csv", "jsonl", "parquet"]
 Compression = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
+SchemaEvolution = Literal["add_columns", "rescue", "fail", "none"]  # celeray.table_schema.MODES
+BadRows = Literal["quarantine_file", "rescue", "skip"]  # celeray.table_schema.BAD_ROW_POLICIES
+DEFAULT_MAX_BAD_ROWS = 0.1  # a file with more bad rows than this share is likely the wrong file
 ScheduleSpec = tuple[Literal["cron"], str] | tuple[Literal["interval"], float]
 DEFAULT_BATCH_BYTES = 256 * 1024**2  # one Ray task's worth of input: seconds of real work
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -86,6 +90,11 @@ class Pipeline(BaseModel):
     )
     # [pipelines.NAME.ray_env]: pip requirements and env_vars (never secrets) of its Ray tasks.
     ray_env: RayEnv = Field(default_factory=RayEnv)
+    # What a column the table lacks, or a value that does not fit, does (ray_jobs._conform).
+    schema_evolution: SchemaEvolution = "add_columns"
+    on_bad_rows: BadRows = "quarantine_file"
+    max_bad_rows: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_MAX_BAD_ROWS
+    metadata_columns: tuple[str, ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -186,6 +195,19 @@ class Pipeline(BaseModel):
             raise ValueError(f"{codec} compression_level {value} is outside {low}..{high}")
         return value
 
+    @field_validator("metadata_columns")
+    @classmethod
+    def _check_metadata_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in value if c not in METADATA_COLUMNS]
+        if unknown:
+            raise ValueError(
+                f"metadata_columns: unknown {', '.join(map(repr, unknown))}; choose from "
+                f"{', '.join(METADATA_COLUMNS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("metadata_columns names a column more than once")
+        return value
+
     @field_validator("columns")
     @classmethod
     def _check_columns(cls, value: dict[str, str] | None, info: ValidationInfo) -> Any:
@@ -227,4 +249,8 @@ class Pipeline(BaseModel):
             "compression_level": self.compression_level,
             "split_large_files": self.split_large_files,
             "ray_env": self.ray_env.to_plan(),
+            "schema_evolution": self.schema_evolution,
+            "on_bad_rows": self.on_bad_rows,
+            "max_bad_rows": self.max_bad_rows,
+            "metadata_columns": list(self.metadata_columns),
         }

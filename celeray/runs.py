@@ -15,13 +15,15 @@ import uuid
 from typing import Any
 
 from celeray import storage
-from celeray.batch import ResolvedBatch, is_parquet
+from celeray.batch import ResolvedBatch
 from celeray.errors import LedgerError, LockLostError, RunActiveError
 from celeray.ledger import Ledger
 from celeray.messages import BatchMessage, InputFile
 from celeray.pipelines import Pipeline
-from celeray.planner import needs_staging, plan_batches
+from celeray.planner import plan_batches
 from celeray.runstate import COUNTERS, RunStore
+from celeray.schema_log import SchemaLog
+from celeray.table_schema import schema_from_json
 
 __all__ = [
     "FINAL_STATES",
@@ -81,25 +83,6 @@ def trigger_run(pipeline: str, store: RunStore, client: Any, *, trigger: str) ->
     return run_id
 
 
-REFERENCE_CANDIDATES = 8  # Parquet files tried, in URL order, for the run's reference schema
-
-
-def _reference_files(batches: list[Any], pipeline: Pipeline) -> list[str]:
-    """The run's Parquet inputs each batch tries for the reference schema, in URL order.
-
-    Used until the sink's ledger pins one (then the pinned schema wins, see
-    :mod:`celeray.batch`). Every batch of the run gets the same candidates, so they agree;
-    files that must be staged first are left out.
-    """
-    urls = sorted(
-        f["url"]
-        for b in batches
-        for f in b.files
-        if not needs_staging(f["url"]) and is_parquet(f["url"], pipeline.format)
-    )
-    return urls[:REFERENCE_CANDIDATES]
-
-
 def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str) -> dict[str, Any]:
     """Lock, repair the ledger, list the source, plan batches; return the jobs to send.
 
@@ -124,7 +107,6 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
     repaired = ledger.recover()
     listed = storage.list_source(pipeline.source)
     plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
-    references = _reference_files(plan.batches, pipeline)
     jobs = []
     for b in plan.batches:
         message = BatchMessage(
@@ -136,8 +118,6 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
                 for f in b.files
             ],
         )
-        if references:
-            message["reference_files"] = references
         jobs.append(message)
     if jobs:  # durable before any batch is sent: what reconciliation may restart
         planned = [f["url"] for b in plan.batches for f in b.files]
@@ -187,6 +167,14 @@ def commit_result(
     ledger = Ledger(batch.sink)
     listed = {f["url"]: f for f in batch.message["files"]}
     _check_result(batch, result)
+    # The schema first: a crash before the entry leaves a column no row has yet, never a
+    # row with a column the schema lacks. SchemaConflictError: read the batch again.
+    schemas = result.get("schemas") or {}
+    version, changes = SchemaLog(batch.sink).record(
+        _schema(schemas.get("input")), _schema(schemas.get("table")),
+        batch_id=batch.batch_id, run_id=batch.run_id,
+    )
+    counts = result.get("schema_counts") or {}
     entry = {
         "batch_id": batch.batch_id,
         "pipeline": batch.name,
@@ -197,6 +185,10 @@ def commit_result(
         ],
         "quarantined": result["quarantined"],
         "outputs": result["outputs"],
+        "rejects": result.get("rejects") or [],
+        "schema_version": version.version if version is not None else None,
+        "schema_changes": {k: [c.to_json() for c in v] for k, v in changes.items() if v},
+        "schema_counts": counts,
         **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
         "timings": result.get("timings"),
         "workers": {
@@ -204,8 +196,6 @@ def commit_result(
             "commit": committed_by,
         },
     }
-    if result.get("reference"):  # the first batch that reads Parquet pins its schema
-        entry["input_schema"] = result["reference"]
     fresh = ledger.commit(entry)
     remaining = store.finish_batch(
         batch.run_id,
@@ -215,12 +205,24 @@ def commit_result(
             "files_committed": len(result["files"]),
             "files_quarantined": len(result["quarantined"]),
             **{k: result[k] for k in ("rows_in", "rows_out", "bytes_in", "bytes_out")},
+            **{k: int(counts.get(k) or 0) for k in ("rows_rescued", "rows_skipped",
+                                                    "values_rescued")},
+            **{f"{DROPPED}{c}": int(n) for c, n in (counts.get("dropped") or {}).items()},
+            **{f"{SCHEMA_CHANGE}{k}:{c}": 1 for k, v in changes.items() for c in v},
         },
         quarantined=result["quarantined"],
     )
     if batch.needs_staging:
         storage.remove_tree(batch.staging_url)
     return fresh, remaining
+
+
+DROPPED = "dropped:"  # run record fields: values of a column the table does not take
+SCHEMA_CHANGE = "schema:"  # run record fields: a change the run's batches made to the schema
+
+
+def _schema(doc: dict[str, Any] | None) -> Any:
+    return schema_from_json(doc) if doc else None
 
 
 def _check_result(batch: ResolvedBatch, result: dict[str, Any]) -> None:
@@ -235,7 +237,7 @@ def _check_result(batch: ResolvedBatch, result: dict[str, Any]) -> None:
     if strange:
         raise LedgerError(f"batch {batch.batch_id}: its result names inputs not in the "
                           f"batch: {strange[:3]}")  # fmt: skip
-    for out in result["outputs"]:
+    for out in [*result["outputs"], *(result.get("rejects") or [])]:
         parts = str(out.get("path", "")).split("/")
         if not out.get("path") or out["path"].startswith("/") or ".." in parts:
             raise LedgerError(f"batch {batch.batch_id}: output path {out.get('path')!r} "
@@ -269,11 +271,27 @@ def summary_of(record: dict[str, Any]) -> dict[str, Any]:
         "changed_after_commit": record.get("changed_after_commit") or [],
         "quarantined": record.get("quarantined", []),
         "errors": record.get("errors", []),
+        "schema": schema_summary(record),
         "source": record.get("source"),
         "sink": record.get("sink"),
         "seconds": round(seconds, 3),
         "mb_per_s": round(int(record.get("bytes_in") or 0) / 1e6 / seconds, 2) if seconds else 0,
     }
+
+
+def schema_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the run's batches did to the table schema: the changes they made (``input``
+    and ``table`` lists of "column type (added)" / "column: a -> b"), and the columns the
+    table did not take (``schema_evolution = "none"``) with how many values each had."""
+    changes: dict[str, list[str]] = {"input": [], "table": []}
+    dropped: dict[str, int] = {}
+    for key, value in record.items():
+        if key.startswith(SCHEMA_CHANGE):
+            which, _, change = key[len(SCHEMA_CHANGE):].partition(":")
+            changes.setdefault(which, []).append(change)
+        elif key.startswith(DROPPED):
+            dropped[key[len(DROPPED):]] = int(value or 0)
+    return {"changes": {k: sorted(v) for k, v in changes.items()}, "dropped_columns": dropped}
 
 
 def abort_run(run_id: str, pipeline: str, error: str, store: RunStore) -> None:

@@ -35,6 +35,9 @@ COUNTERS = (  # the summed fields of a run record
     "batches_total",
     "batches_done",
     "batches_failed",
+    "rows_rescued",  # rows with a value kept in _rescued_data
+    "rows_skipped",  # rows dropped into the rejects (on_bad_rows = "skip")
+    "values_rescued",
 )
 
 # Keep the lock if it is ours; take it if it is free and no newer run ever took it (the

@@ -222,14 +222,13 @@ def create_json(url: str, doc: Any, storage_options: dict[str, Any] | None = Non
     implement the condition (501) gets a plain PUT instead, logged once per process: there
     the last writer wins, which is harmless for documents that two writers make alike.
     A concurrent conditional write that S3 refuses with 409 raises ``TransientIOError``, to
-    be retried. Local disks keep :func:`atomic_write_json`'s temporary file, fsync and
-    ``os.replace``, and always return True: the caller looks for the document first.
+    be retried. Local disks write a temporary file, fsync it and hard-link it to the name
+    (``link`` fails when the name exists, so there too exactly one writer wins).
     """
     data = _dumps(doc)
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
-        _replace_local(path, data)
-        return True
+        return _replace_local(path, data, exclusive=True)
     try:
         fs.pipe_file(path, data, mode="create")
     except FileExistsError:
@@ -273,9 +272,10 @@ def _s3_error(exc: BaseException) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _replace_local(path: str, data: bytes) -> None:
+def _replace_local(path: str, data: bytes, *, exclusive: bool = False) -> bool:
     """Temporary file in the same folder, fsync, ``os.replace``, fsync of the folder (and
-    of the parent of each folder made for it)."""
+    of the parent of each folder made for it). ``exclusive``: ``os.link`` instead of the
+    replace, and False (nothing written) when ``path`` exists."""
     folder = os.path.dirname(path)
     durable.make_dirs(folder)  # a new ledger folder must survive a crash as the entry does
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
@@ -284,12 +284,21 @@ def _replace_local(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     durable.fsync_path(folder)
+    return True
 
 
 def move(src_url: str, dst_url: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -19,9 +19,10 @@ import pyarrow.csv as pacsv
 
 from celeray.errors import EmptyInputError, InputError, InputTooLargeError, ParseError, SchemaError
 from celeray.sizes import format_size
-from ray_jobs._casting import missing_declared
 
-__all__ = ["csv_batches", "csv_range_batches", "csv_sample"]
+__all__ = ["SkipRow", "csv_batches", "csv_range_batches", "csv_sample"]
+
+SkipRow = Callable[[int | None, str, str], None]  # (line, text, error) of a skipped row
 
 # pyarrow's messages, as of pyarrow 26 with use_threads=False (which makes it count rows).
 _CONVERSION = re.compile(
@@ -38,8 +39,13 @@ def csv_batches(
     types: dict[str, pa.DataType],
     max_row_bytes: int,
     reopen: Callable[[], AbstractContextManager[BinaryIO]] | None = None,
+    skip_row: SkipRow | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Record batches of the CSV in ``stream``, declared columns already typed.
+    """Record batches of the CSV in ``stream``, the columns ``types`` names already typed
+    (a column it names that the file lacks is no error: the conformer fills it).
+
+    With ``skip_row``, a malformed row (the wrong number of columns) is skipped and passed
+    to it (its line, its text, the error) instead of failing the file.
 
     Reads with ``block_size=max_row_bytes`` (a row must fit in a block) and
     ``use_threads=False``: that is what makes pyarrow count rows, so errors carry
@@ -59,13 +65,15 @@ def csv_batches(
     if len(first) < max_row_bytes or cut == 0:  # one block, or a first row beyond a block
         whole = len(first) < max_row_bytes
         source = pa.BufferReader(first) if whole else _Prefixed(first, stream)
-        yield from _blocks(_Read(url, types, max_row_bytes), source, reopen=reopen)
+        read = _Read(url, types, max_row_bytes, skip_row=skip_row)
+        yield from _blocks(read, source, reopen=reopen)
         return
-    head = _Read(url, types, max_row_bytes)
+    head = _Read(url, types, max_row_bytes, skip_row=skip_row)
     block = pa.BufferReader(pa.py_buffer(first).slice(0, cut))  # no copy of the 4 MiB
     yield from _blocks(head, block, reopen=reopen)
     found = dict(zip(head.names, head.types, strict=True)) if head.rows else types
-    rest = _Read(url, found, max_row_bytes, names=head.names, rows_before=head.rows)
+    rest = _Read(url, found, max_row_bytes, names=head.names, rows_before=head.rows + head.skipped,
+                 skip_row=skip_row)  # fmt: skip
     yield from _blocks(rest, _Prefixed(first[cut:], stream))
 
 
@@ -80,12 +88,15 @@ class _Read:
         *,
         names: list[str] | None = None,
         rows_before: int = 0,
+        skip_row: SkipRow | None = None,
     ) -> None:
         self.url, self.declared, self.block_size = url, types, block_size
         self.given_names, self.rows_before = names, rows_before
         self.names: list[str] = list(names or [])
         self.types: list[pa.DataType] = []
         self.rows = 0
+        self.skipped = 0  # malformed rows handed to skip_row
+        self.skip_row = skip_row
 
     def number(self, local: int) -> int:
         """A record number of the whole file (the header is 1) from this reader's own."""
@@ -101,6 +112,13 @@ def _blocks(
     bad_rows: list[Any] = []
 
     def on_invalid(row: Any) -> str:
+        if read.skip_row is not None:
+            read.skipped += 1
+            number = read.number(row.number) if row.number is not None and row.number > 0 \
+                else None  # fmt: skip
+            read.skip_row(number, row.text, f"malformed row: expected {row.expected_columns} "
+                          f"columns, got {row.actual_columns}")  # fmt: skip
+            return "skip"
         bad_rows.append(row)
         return "error"
 
@@ -115,8 +133,6 @@ def _blocks(
             convert_options=pacsv.ConvertOptions(column_types=read.declared),
         )
         read.names, read.types = reader.schema.names, reader.schema.types
-        if read.given_names is None:
-            missing_declared(read.names, read.declared, url=read.url)
         while True:
             try:
                 batch = reader.read_next_batch()
@@ -168,10 +184,10 @@ def csv_sample(
 ) -> tuple[pa.Schema, bool]:
     """The schema pyarrow infers from ``sample`` (the file's first lines, header included).
 
-    ``sample`` must end with a line break. Declared ``types`` win over inferred ones, as in
+    ``sample`` must end with a line break. The given ``types`` win over inferred ones, as in
     :func:`csv_batches`. The flag says whether a quoted value (or name) in the sample holds
     a line break: such a file is not split. Raises ``InputError`` when the sample does not
-    parse, convert or hold the declared columns.
+    parse or convert.
     """
     try:
         reader = pacsv.open_csv(
@@ -180,7 +196,6 @@ def csv_sample(
             convert_options=pacsv.ConvertOptions(column_types=types),
         )
         schema = reader.schema
-        missing_declared(schema.names, types, url=url)
         multiline = b'"' in sample and (
             any("\n" in n or "\r" in n for n in schema.names)
             or _has_line_break(pa.Table.from_batches(list(reader), schema=schema))
@@ -242,6 +257,8 @@ def _header(
             reader = pacsv.open_csv(
                 stream,
                 read_options=pacsv.ReadOptions(block_size=max_row_bytes, use_threads=False),
+                # a malformed row in the first block must not hide the header's names
+                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
             )
             return list(reader.schema.names)
     except (InputError, pa.ArrowException):
@@ -283,6 +300,8 @@ def _input_error(
             url=url,
             line=number,
             row=None if number is None else number - 1,
+            column=column if index < len(names) else None,
+            converting=True,
         )
     m = _ROW.search(text)
     number = int(m.group(1)) if m else None

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 
 from celeray.errors import InputTooLargeError, ParseError
 from ray_jobs._casting import cast_declared, missing_declared
-from ray_jobs._schema_ref import Reference, check_schema, conform_batch, with_declared
 
 __all__ = ["parquet_batches", "parquet_schema"]
 
@@ -29,7 +28,6 @@ def parquet_batches(
     types: dict[str, pa.DataType],
     threads: int,
     max_columns: int,
-    reference: Reference | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of the Parquet data in ``stream``, declared columns cast.
 
@@ -38,9 +36,8 @@ def parquet_batches(
     content raises ``ParseError``; declared columns that are missing or do not cast raise
     ``SchemaError`` (with the row, found by bisecting the failing batch). A file with
     more than ``max_columns`` leaf columns raises ``InputTooLargeError`` from its footer,
-    before any column is read. With a ``reference``, the file must fit it (see
-    :mod:`ray_jobs._schema_ref`): its batches come widened and in the reference's column
-    order, or ``SchemaError`` is raised before any data is read.
+    before any column is read. The table's schema is laid over the batches by the caller
+    (:mod:`ray_jobs._conform`).
     """
     with _parquet_file(stream, url=url) as pf:
         width = pf.metadata.num_columns
@@ -51,9 +48,6 @@ def parquet_batches(
                 url=url,
             )
         missing_declared(pf.schema_arrow.names, types, url=url)
-        casts: dict[str, pa.DataType] = {}
-        if reference is not None:
-            casts = check_schema(with_declared(pf.schema_arrow, types), reference, url=url)
         batches = pf.iter_batches(batch_size=BATCH_ROWS, use_threads=threads > 1)
         rows = 0
         while True:
@@ -64,8 +58,6 @@ def parquet_batches(
             except pa.ArrowException as exc:
                 raise ParseError(f"corrupt Parquet data after row {rows}: {exc}", url=url) from None
             batch = cast_declared(batch, types, url=url, rows_before=rows, fill_missing=False)
-            if reference is not None:
-                batch = conform_batch(batch, reference, casts, url=url, rows_before=rows)
             rows += batch.num_rows
             yield batch
 

@@ -39,14 +39,17 @@ from typing import Any
 import pyarrow as pa
 
 from celeray.arrow_types import arrow_types
-from celeray.errors import InputError, StorageError, TransformError
+from celeray.errors import InputError, SchemaError, StorageError, TransformError
 from celeray.roots import check_read, outside
+from celeray.table_schema import schema_to_json, widens
+from ray_jobs._conform import Conformer
 from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
-from ray_jobs._schema_ref import Reference
+from ray_jobs._rejects import write_rejects
+from ray_jobs._table_plan import TablePlan
 from ray_jobs._take import take
 from ray_jobs._tap import ErrorTap
-from ray_jobs.readers import FORMATS, detect_format, read_batches, reference_from_files
+from ray_jobs.readers import FORMATS, detect_format, read_batches
 from ray_jobs.transforms import apply, load_callable
 from ray_jobs.writer import remove_outputs, write_parquet
 
@@ -92,9 +95,8 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     which carry no secrets), ``threads``, optionally ``local_roots`` (resolved folders: a
     local input outside them is quarantined unread, a local output folder outside them
     fails the unit; ``limits["allow_hard_links"]`` 1 reads hard-linked inputs, see
-    :mod:`ray_jobs._open_local`) and, for Parquet inputs, ``reference`` (a pinned
-    :class:`~ray_jobs._schema_ref.Reference` as JSON) or else ``reference_files`` (URLs,
-    the first readable one gives it);
+    :mod:`ray_jobs._open_local`), and the table-schema keys :class:`TablePlan` reads
+    (every file is read into the pinned schema, see :mod:`ray_jobs._conform`);
     ``unit`` holds ``batch_id``, ``unit``, ``out_url`` and ``files``, each with ``url``,
     ``read_url`` (where to read it, e.g. a staged copy), ``size`` and ``mtime`` (as listed:
     a local file read in place that no longer has them is quarantined unread). The format is told
@@ -104,9 +106,12 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     ``bytes_in``), ``quarantined`` (``InputError.record()`` dicts, ``url`` being the file's
     ``url``), ``outputs`` (``path`` relative to ``out_url``, ``rows``, ``bytes``), the
     totals ``rows_in``, ``rows_out``, ``bytes_in`` (compressed bytes of the good files),
-    ``bytes_out``, ``files_done`` (files this unit finished, for progress), ``seconds``
-    and ``reference`` (the reference schema as JSON when a Parquet file was committed
-    against it, else ``None``).
+    ``bytes_out``, ``files_done`` (files this unit finished, for progress), ``seconds``,
+    ``input_schemas`` and ``table_schemas`` (the distinct schemas of the good files as read
+    and of the rows as written, as JSON: the commit evolves the table by them),
+    ``rejects`` (outputs of skipped rows, under ``_celeray/rejects/``) and ``schema_counts``
+    (``rows_rescued``, ``rows_skipped``, ``values_rescued`` and ``dropped``: column ->
+    values of columns the table does not take).
     A unit whose file has a ``range`` [start, end] (and the file's listed ``size``) also
     returns ``split``: ``url``, ``range``, ``size``, ``mode`` (``"range"``: just the range
     was read, ``bytes_in`` being its nominal length; ``"whole"``: the whole file was read
@@ -136,16 +141,22 @@ class _UnitRun:
         self.good: dict[int, dict[str, Any]] = {}
         self.quarantined: list[dict[str, Any]] = []
         self.outputs: list[dict[str, Any]] = []
-        self.group: list[tuple[int, dict[str, Any], pa.Table]] = []
+        self.group: list[tuple[int, dict[str, Any], pa.Table, Conformer]] = []
         self.group_schema: pa.Schema | None = None
         self.group_bytes = 0
         self.groups_written = 0
         self.split: dict[str, Any] | None = None
-        self.parquet: set[int] = set()  # indexes of the files read as Parquet
-        self._reference: tuple[Reference | None] | None = None  # resolved once, lazily
+        self.table: TablePlan  # once the plan is checked (run)
+        self.input_schemas: list[pa.Schema] = []
+        self.table_schemas: list[pa.Schema] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.counts: dict[str, Any] = {"rows_rescued": 0, "rows_skipped": 0,
+                                       "values_rescued": 0, "dropped": {}}  # fmt: skip
+        self.reject_outputs: list[dict[str, Any]] = []
 
     def run(self) -> None:
         _check_plan(self.plan)
+        self.table = TablePlan.of(self.plan)
         roots = self.plan.get("local_roots")
         if roots is not None and (resolved := outside(self.out_url, roots)) is not None:
             raise StorageError(
@@ -163,6 +174,13 @@ class _UnitRun:
             else:
                 self._range(index, file)
         self._flush_group()
+        self.reject_outputs = write_rejects(
+            self.rejects,
+            out_url=self.out_url,
+            basename=self.prefix,
+            batch_id=str(self.unit["batch_id"]),
+            storage_options=self.storage_options,
+        )
 
     def result(self, seconds: float) -> dict[str, Any]:
         files = [self.good[i] for i in sorted(self.good)]
@@ -179,11 +197,11 @@ class _UnitRun:
             "bytes_out": sum(int(o["bytes"]) for o in outputs),
             "files_done": len(files) + len(self.quarantined),
             "seconds": round(seconds, 4),
-            "reference": None,
+            "input_schemas": [schema_to_json(s) for s in self.input_schemas],
+            "table_schemas": [schema_to_json(s) for s in self.table_schemas],
+            "rejects": self.reject_outputs,
+            "schema_counts": self.counts,
         }
-        reference = self._reference[0] if self._reference else None
-        if reference is not None and self.parquet & set(self.good):
-            result["reference"] = reference.to_json()
         if self.split is not None:
             last = self.split["range"][1] == self.split["size"]
             result["split"] = self.split
@@ -191,7 +209,13 @@ class _UnitRun:
         return result
 
     def _whole_file(self, index: int, file: dict[str, Any]) -> None:
-        error = self._one_file(index, file, None)
+        text: set[str] = set()
+        while True:
+            error = self._one_file(index, file, None, text)
+            column = _text_fallback(error, self.table, text)
+            if column is None:
+                break
+            text.add(column)  # read again with it as text; the conformer finds what fits
         if error is not None:
             self._quarantine(file, error)
 
@@ -200,7 +224,7 @@ class _UnitRun:
         start, end = (int(x) for x in file["range"])
         span = ByteRange(start, end, int(file["size"]))
         self.split = {"url": file["url"], "range": [start, end], "size": span.size}
-        error = self._one_file(index, file, span)
+        error = self._one_file(index, file, span, set())
         if error is None:
             self.split.update(mode="range", reason=None)
             return
@@ -213,58 +237,48 @@ class _UnitRun:
         self._whole_file(index, {k: v for k, v in file.items() if k != "range"})
 
     def _one_file(
-        self, index: int, file: dict[str, Any], span: ByteRange | None
+        self, index: int, file: dict[str, Any], span: ByteRange | None, text: set[str]
     ) -> InputError | SplitRefused | None:
-        """Read, transform and write a file or a range of it; return what stopped it."""
+        """Read, transform and write a file or a range of it; return what stopped it.
+
+        ``text`` names CSV columns to parse as text instead of their pinned type (a value
+        did not convert): the conformer then sorts what fits from what does not.
+        """
         try:
             check_read(file.get("read_url") or file["url"], self.plan.get("local_roots"))
             fmt = self.plan.get("format") or detect_format(file["url"])
-            reference = None
-            if fmt == "parquet":
-                self.parquet.add(index)
-                reference = self.reference()
+            conformer = self.table.conformer(
+                file, fmt=fmt, batch_id=str(self.unit["batch_id"]), exact_lines=span is None
+            )
             batches = read_batches(
                 file.get("read_url") or file["url"],
                 fmt=fmt,
                 schema=self.plan.get("schema"),
+                types=self.table.read_types(fmt, text),
                 limits=self.plan["limits"],
                 storage_options=self.storage_options,
                 threads=self.threads,
                 byte_range=span,
-                reference=reference,
                 check=LocalCheck.of(self.plan, file),
+                # a range's lines are not known: a malformed row there reads the whole file
+                skip_row=conformer.skipped_row if conformer.skips_rows and span is None
+                else None,
             )
-            head, rest = take(batches, SMALL_FILE_BYTES, size=lambda b: b.nbytes)
+            head, rest = take(conformer.conform(batches), SMALL_FILE_BYTES,
+                              size=lambda b: b.nbytes)  # fmt: skip
         except (InputError, SplitRefused) as exc:
             return exc
         if not head:  # a byte range without rows
-            self._mark_good(index, file, 0)
+            self._mark_good(index, file, 0, conformer)
         elif rest is None:
-            self._add_small(index, file, pa.Table.from_batches(head))
+            self._add_small(index, file, pa.Table.from_batches(head), conformer)
         else:
-            return self._stream_large(index, file, chain(head, rest))
+            return self._stream_large(index, file, chain(head, rest), conformer)
         return None
 
-    def reference(self) -> Reference | None:
-        """The schema Parquet files must fit: the plan's pinned one, or the first file's."""
-        if self._reference is None:
-            pinned = self.plan.get("reference")
-            if pinned:
-                self._reference = (Reference.from_json(pinned),)
-            else:
-                found, skipped = reference_from_files(
-                    list(self.plan.get("reference_files") or []),
-                    schema=self.plan.get("schema"),
-                    limits=self.plan["limits"],
-                    storage_options=self.storage_options,
-                    check=LocalCheck.of(self.plan),
-                )
-                for reason in skipped:
-                    log.warning("not a reference schema: %s", reason)
-                self._reference = (found,)
-        return self._reference[0]
-
-    def _add_small(self, index: int, file: dict[str, Any], table: pa.Table) -> None:
+    def _add_small(
+        self, index: int, file: dict[str, Any], table: pa.Table, conformer: Conformer
+    ) -> None:
         if self.group:
             try:
                 unified = pa.unify_schemas(
@@ -277,7 +291,7 @@ class _UnitRun:
                 unified = table.schema
         else:
             unified = table.schema
-        self.group.append((index, file, table))
+        self.group.append((index, file, table, conformer))
         self.group_schema = unified
         self.group_bytes += table.nbytes
 
@@ -288,13 +302,14 @@ class _UnitRun:
         self.group_schema, self.group_bytes = None, 0
         basename = f"{self.prefix}-s{self.groups_written}"
         self.groups_written += 1
-        table = pa.concat_tables([t for _, _, t in members], promote_options="permissive")
+        table = pa.concat_tables([t for _, _, t, _ in members], promote_options="permissive")
         self.outputs += self._write(iter(table.to_batches(max_chunksize=OUT_ROWS)), basename)
-        for index, file, t in members:
-            self._mark_good(index, file, t.num_rows)
+        for index, file, t, conformer in members:
+            self._mark_good(index, file, t.num_rows, conformer)
 
     def _stream_large(
-        self, index: int, file: dict[str, Any], batches: Iterator[pa.RecordBatch]
+        self, index: int, file: dict[str, Any], batches: Iterator[pa.RecordBatch],
+        conformer: Conformer,
     ) -> InputError | SplitRefused | None:
         basename = f"{self.prefix}-f{index:04d}"
         counted = _Counted(batches)
@@ -312,11 +327,12 @@ class _UnitRun:
             )
             return error
         self.outputs += outputs
-        self._mark_good(index, file, counted.rows)
+        self._mark_good(index, file, counted.rows, conformer)
         return None
 
     def _write(self, batches: Iterator[pa.RecordBatch], basename: str) -> list[dict[str, Any]]:
         plan = self.plan
+        batches = self._noting_input(batches)
         transformed = apply(
             batches,
             sql=plan.get("sql"),
@@ -325,7 +341,7 @@ class _UnitRun:
             pipeline=str(plan.get("pipeline") or ""),
         )
         return write_parquet(
-            transformed,
+            self._to_table(transformed),
             out_url=self.out_url,
             basename=basename,
             partition_by=list(plan.get("partition_by") or []),
@@ -336,10 +352,36 @@ class _UnitRun:
             remove_stale=False,
         )
 
-    def _mark_good(self, index: int, file: dict[str, Any], rows: int) -> None:
+    def _mark_good(
+        self, index: int, file: dict[str, Any], rows: int, conformer: Conformer
+    ) -> None:
         span = file.get("range")
         size = int(span[1]) - int(span[0]) if span is not None else int(file["size"])
-        self.good[index] = {"url": file["url"], "rows_in": rows, "bytes_in": size}
+        # rows_in: every data row of the file, the skipped ones included
+        rows_in = rows + len(conformer.rejects)
+        self.good[index] = {"url": file["url"], "rows_in": rows_in, "bytes_in": size}
+        self.rejects += conformer.rejects
+        self.counts["rows_skipped"] += len(conformer.rejects)
+        self.counts["rows_rescued"] += conformer.rescued_rows
+        self.counts["values_rescued"] += conformer.rescued
+        for column, values in conformer.dropped.items():
+            self.counts["dropped"][column] = self.counts["dropped"].get(column, 0) + values
+
+    def _noting_input(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Pass a stream through, noting its schema among those the unit read."""
+        for batch in batches:
+            _note(self.input_schemas, batch.schema)
+            yield batch
+
+    def _to_table(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The rows to write, each column cast to its pinned table type where it widens to
+        it (the files of a table then agree), the schema noted among those the unit wrote."""
+        pinned = self.table.table
+        for batch in batches:
+            if pinned is not None:
+                batch = _cast_to(batch, pinned)
+            _note(self.table_schemas, batch.schema)
+            yield batch
 
     def _quarantine(self, file: dict[str, Any], error: InputError | SplitRefused) -> None:
         if isinstance(error, SplitRefused):  # cannot happen to a whole file
@@ -347,6 +389,37 @@ class _UnitRun:
         record = error.record()
         record["url"] = file["url"]
         self.quarantined.append(record)
+
+
+def _note(schemas: list[pa.Schema], schema: pa.Schema) -> None:
+    if not any(schema.equals(s, check_metadata=False) for s in schemas):
+        schemas.append(schema.remove_metadata())
+
+
+def _cast_to(batch: pa.RecordBatch, pinned: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with each column whose type widens to its pinned type cast to it."""
+    fields = list(batch.schema)
+    changed = False
+    for i, f in enumerate(fields):
+        if f.name in pinned.names:
+            target = pinned.field(f.name).type
+            if f.type != target and widens(f.type, target):
+                fields[i] = f.with_type(target)
+                changed = True
+    return batch.cast(pa.schema(fields)) if changed else batch
+
+
+def _text_fallback(
+    error: InputError | SplitRefused | None, table: TablePlan, text: set[str]
+) -> str | None:
+    """The CSV column to parse as text on the next read, when ``error`` is a pinned
+    column's value that did not convert; None when reading again would not help."""
+    if not isinstance(error, SchemaError) or error.column is None or not error.converting:
+        return None
+    pinned = table.options.pinned
+    if pinned is None or error.column not in pinned.names or error.column in text:
+        return None
+    return error.column
 
 
 def _check_plan(plan: dict[str, Any]) -> None:

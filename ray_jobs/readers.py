@@ -24,10 +24,9 @@ from celeray.errors import EmptyInputError, InputError, ParseError, StorageError
 from celeray.sizes import DEFAULT_MAX_COLUMNS, format_size
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
 from ray_jobs._open_local import LocalCheck
-from ray_jobs._read_csv import csv_batches, csv_range_batches, csv_sample
+from ray_jobs._read_csv import SkipRow, csv_batches, csv_range_batches, csv_sample
 from ray_jobs._read_jsonl import jsonl_batches, jsonl_range_batches, jsonl_sample
-from ray_jobs._read_parquet import parquet_batches, parquet_schema
-from ray_jobs._schema_ref import Reference, with_declared
+from ray_jobs._read_parquet import parquet_batches
 from ray_jobs._text_guard import TextGuard, count_line_breaks
 from ray_jobs.decompress import open_input, strip_codec_suffix
 
@@ -37,7 +36,6 @@ __all__ = [
     "SPLITTABLE_FORMATS",
     "detect_format",
     "read_batches",
-    "reference_from_files",
 ]
 
 # open_input of one file with its limits, storage options and check bound; byte_range free
@@ -81,20 +79,23 @@ def read_batches(
     storage_options: dict[str, Any] | None = None,
     threads: int = 1,
     byte_range: ByteRange | None = None,
-    reference: Reference | None = None,
     check: LocalCheck | None = None,
+    types: dict[str, pa.DataType] | None = None,
+    skip_row: SkipRow | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the record batches of the file at ``url``; none of them is empty.
 
     ``fmt`` ``None`` means :func:`detect_format`. ``schema`` maps column names to pyarrow
     type names; CSV converts those columns while parsing, JSON lines and Parquet cast them
-    after reading. Every problem with the file's content raises an ``InputError``
-    subclass carrying ``url`` and, where pyarrow tells, ``line``/``row``; a file with no
-    data rows raises ``EmptyInputError`` once the stream ends. A bad ``fmt`` or type name
-    raises ``ValueError`` right away (a pipeline bug, not bad input). CSV and JSON lines
-    must be UTF-8 (see :mod:`ray_jobs._text_guard`); a Parquet file must fit
-    ``reference`` when one is given (see :mod:`ray_jobs._schema_ref`). A local file is
-    checked by ``check`` each time it is opened (see :mod:`ray_jobs._open_local`).
+    after reading. ``types``, when given, replaces ``schema``'s types (the caller has laid
+    the table's pinned types and the declared ones together). With ``skip_row`` a
+    malformed CSV row is skipped and passed to it instead of failing the file. Every
+    problem with the file's content raises an ``InputError`` subclass carrying ``url``
+    and, where pyarrow tells, ``line``/``row``; a file with no data rows raises
+    ``EmptyInputError`` once the stream ends. A bad ``fmt`` or type name raises
+    ``ValueError`` right away (a pipeline bug, not bad input). CSV and JSON lines must be
+    UTF-8 (see :mod:`ray_jobs._text_guard`). A local file is checked by ``check`` each
+    time it is opened (see :mod:`ray_jobs._open_local`).
 
     With ``byte_range`` (CSV or JSON lines only) just the lines of that range are read;
     a range may have no rows. The stream then raises ``SplitRefused`` when the range
@@ -104,45 +105,14 @@ def read_batches(
     fmt = fmt or detect_format(url)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    types = arrow_types(schema)
+    types = arrow_types(schema) if types is None else dict(types)
     limits = dict(limits)
     opener = partial(open_input, url, limits=limits, storage_options=storage_options, check=check)
     if byte_range is not None:
         if fmt not in SPLITTABLE_FORMATS:
             raise ValueError(f"a {fmt} file cannot be read by byte ranges")
         return _read_range(url, fmt, types, limits, opener, byte_range)
-    return _read(url, fmt, types, limits, opener, max(1, int(threads)), reference)
-
-
-def reference_from_files(
-    urls: list[str],
-    *,
-    schema: dict[str, str] | None,
-    limits: dict[str, int],
-    storage_options: dict[str, Any] | None = None,
-    check: LocalCheck | None = None,
-) -> tuple[Reference | None, list[str]]:
-    """The schema of the first of the Parquet files ``urls`` whose footer reads.
-
-    Declared ``schema`` types are applied to it. Returns the reference (``None`` if no
-    file reads) and the reasons the files before it were passed over. Local files are
-    opened with ``check`` (its roots; these files have no listed fingerprint here).
-    """
-    types = arrow_types(schema)
-    skipped = []
-    for url in urls:
-        try:
-            opened = open_input(
-                url, limits=limits, storage_options=storage_options, check=check
-            )
-            with opened as stream:
-                found = parquet_schema(stream, url=url)
-        except (InputError, StorageError) as exc:
-            skipped.append(str(exc))
-            continue
-        source = f"the first readable Parquet file of the run, {url}"
-        return Reference(with_declared(found, types), source), skipped
-    return None, skipped
+    return _read(url, fmt, types, limits, opener, max(1, int(threads)), skip_row)
 
 
 def _read(
@@ -152,7 +122,7 @@ def _read(
     limits: dict[str, int],
     open_raw: Opener,
     threads: int,
-    reference: Reference | None,
+    skip_row: SkipRow | None,
 ) -> Iterator[pa.RecordBatch]:
     def opener() -> Any:
         return _open_text(url, fmt, limits, open_raw)
@@ -173,7 +143,8 @@ def _read(
     else:
         with opener() if fmt == "csv" else open_raw() as stream:
             batches = (
-                csv_batches(stream, url=url, types=types, max_row_bytes=max_row, reopen=opener)
+                csv_batches(stream, url=url, types=types, max_row_bytes=max_row,
+                            reopen=opener, skip_row=skip_row)
                 if fmt == "csv"
                 else parquet_batches(
                     stream,
@@ -181,7 +152,6 @@ def _read(
                     types=types,
                     threads=threads,
                     max_columns=_max_columns(limits),
-                    reference=reference,
                 )
             )
             for batch in batches:

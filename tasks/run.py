@@ -20,6 +20,7 @@ from celery import Task, chain, states
 
 from celeray import runs, storage
 from celeray.batch import ResolvedBatch, resolve
+from celeray.batch_schema import plan_with_schema, settle
 from celeray.errors import (
     BatchBusyError,
     LedgerError,
@@ -27,6 +28,7 @@ from celeray.errors import (
     MessageRefusedError,
     RayUnavailableError,
     RunFailedError,
+    SchemaConflictError,
     TimeLimitError,
     TransientIOError,
     UnknownPipelineError,
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 TRANSIENT = (
     TransientIOError,
     RayUnavailableError,  # the head restarting (supervisor brings it back)
+    # another batch changed the table schema meanwhile: the retry reads against the new one
+    SchemaConflictError,
     ConnectionError,
     TimeoutError,
     redis.exceptions.ConnectionError,
@@ -366,6 +370,9 @@ def transform_batch(self: Task, message: Any) -> dict[str, Any]:
 
 
 BUSY_RETRY_SECONDS = 5  # how often a second start of a batch looks whether the first ended
+# A batch whose files disagree on a column's type is read once more into one schema; a
+# second disagreement (SQL that gives a column different types per file) fails the batch.
+MAX_READS = 2
 
 
 def _finished(store: RunStore, batch: ResolvedBatch) -> bool:
@@ -407,7 +414,7 @@ def commit_here(
     """
     try:
         return _commit(batch, result, hostname)
-    except LockLostError:
+    except (LockLostError, SchemaConflictError):  # the batch fails, or is read again
         raise
     except Exception as exc:
         log.warning("batch %s: committing it here failed (%s: %s); commit_batch takes over",
@@ -429,6 +436,7 @@ def _transform(
     ensure_ray()
     readable = batch.readable
     cpus = cluster_cpus()
+    plan = plan_with_schema(batch.plan, batch.sink)
     unit_bytes = balanced_unit_bytes(readable, unit_bytes=settings.unit_bytes, cpus=cpus)
     units = [
         {"batch_id": batch.batch_id, "unit": i, "files": files, "out_url": batch.out_url}
@@ -454,27 +462,41 @@ def _transform(
     # before Redis could hand it to a second worker while it still runs.
     deadline = time.monotonic() + settings.task_time_limit * DEADLINE_SHARE
     with _heartbeat(batch) as lost:
-        try:
-            results = run_units(
-                batch.plan,
-                units,
-                # 0 means twice the CPUs: resolved here from the cached count, since
-                # run_units would ask Ray's GCS for it (~1 ms) on every batch
-                max_in_flight=settings.ray_max_in_flight or 2 * cpus,
-                min_free_memory=settings.min_free_memory,
-                on_result=report,
-                deadline=deadline,
-                runtime_env=pipeline_extras(batch.plan),
-            )
-        except TimeLimitError as exc:
-            raise TimeLimitError(
-                f"batch {batch.batch_id} exceeded the time limit of "
-                f"{settings.task_time_limit}s ({exc}); its files stay uncommitted for the "
-                "next run"
-            ) from exc
+        for reads in range(1, MAX_READS + 1):
+            try:
+                results = run_units(
+                    plan,
+                    units,
+                    # 0 means twice the CPUs: resolved here from the cached count, since
+                    # run_units would ask Ray's GCS for it (~1 ms) on every batch
+                    max_in_flight=settings.ray_max_in_flight or 2 * cpus,
+                    min_free_memory=settings.min_free_memory,
+                    on_result=report,
+                    deadline=deadline,
+                    runtime_env=pipeline_extras(plan),
+                )
+            except TimeLimitError as exc:
+                raise TimeLimitError(
+                    f"batch {batch.batch_id} exceeded the time limit of "
+                    f"{settings.task_time_limit}s ({exc}); its files stay uncommitted for "
+                    "the next run"
+                ) from exc
+            result = merge_unit_results(results, list(batch.prequarantined.values()))
+            settled = settle(plan, result)
+            if settled.reread_with is None:
+                break
+            if reads == MAX_READS:
+                raise SchemaConflictError(
+                    f"batch {batch.batch_id}: its files still disagree on column types after "
+                    f"{reads} reads; its files stay uncommitted for the next run"
+                )
+            log.info("batch %s: its files disagree on column types; reading it again into "
+                     "one schema", batch.batch_id)  # fmt: skip
+            plan = {**plan, "table_schema": settled.reread_with}
+            done.update(files_done=0, rows_in=0, rows_out=0, bytes_in=0, bytes_out=0)
     if lost.is_set():
         raise LockLostError(f"run {batch.run_id} lost its lock while transforming")
-    result = merge_unit_results(results, list(batch.prequarantined.values()))
+    result["schemas"] = settled.to_json()
     # Wall time of the fan-out against the Ray tasks' own time: the per-batch overhead.
     result["timings"] = {
         "transform_s": round(time.perf_counter() - started, 4),
@@ -513,7 +535,12 @@ def commit_batch(self: Task, message: Any) -> dict[str, Any]:
     if result is None:
         raise LedgerError(f"batch {batch.batch_id} has no saved result to commit and no "
                           "ledger entry; its files stay uncommitted for the next run")  # fmt: skip
-    out = _commit(batch, result, self.request.hostname)
+    try:
+        out = _commit(batch, result, self.request.hostname)
+    except SchemaConflictError as exc:  # read it again, against the schema as it is now
+        log.info("batch %s: %s; sending its transform again", batch.batch_id, exc)
+        out = {"batch_id": batch.batch_id, "committed": None, "read_again": str(exc)}
+        dispatch({k: v for k, v in batch.message.items() if k != "lease"}, batch.pipeline)
     if batch.message.get("lease"):
         run_store().release_batch(batch.name, batch.batch_id, batch.message["lease"])
     return out

@@ -7,7 +7,14 @@ from typing import Any
 
 from celeray.demo import write_landing
 
-__all__ = ["COMPARE_COLUMNS", "SQL", "assert_rows_match", "raw_relation_sql", "write_landing"]
+__all__ = [
+    "COMPARE_COLUMNS",
+    "SQL",
+    "assert_rows_match",
+    "raw_relation_sql",
+    "write_drifting_landing",
+    "write_landing",
+]
 
 SQL = "SELECT *, distance / air_time * 60 AS mph FROM input WHERE dep_delay IS NOT NULL"
 
@@ -16,6 +23,21 @@ COMPARE_COLUMNS = (
     "year, month, day, dep_time, sched_dep_time, dep_delay, arr_time, sched_arr_time, "
     "arr_delay, carrier, flight, tailnum, origin, dest, air_time, distance, hour, minute"
 )
+def write_drifting_landing(df: Any, folder: Path, parts: int) -> list[Path]:
+    """:func:`write_landing`'s files, whose columns drift: every third file lacks ``minute``
+    and every third after it brings a ``note`` column (the table adds it, nullable)."""
+    paths: list[Path] = []
+    n = len(df)
+    for i in range(parts):
+        chunk = df.iloc[i * n // parts : (i + 1) * n // parts]
+        if i % 3 == 1:
+            chunk = chunk.drop(columns=["minute"])
+        elif i % 3 == 2:
+            chunk = chunk.assign(note="late" if i % 2 else "early")
+        paths += write_landing(chunk, folder, 1, start=i)
+    return paths
+
+
 def raw_relation_sql(paths: list[Path]) -> str:
     """A DuckDB query over the raw landing files, one row per input row."""
     csv = [str(p) for p in paths if ".csv" in p.name]
@@ -29,7 +51,7 @@ def raw_relation_sql(paths: list[Path]) -> str:
     if jsonl:
         selects.append(
             f"SELECT {COMPARE_COLUMNS}, epoch(time_hour::TIMESTAMPTZ) AS th "
-            f"FROM read_json({jsonl!r}, format='newline_delimited')"
+            f"FROM read_json({jsonl!r}, format='newline_delimited', union_by_name=true)"
         )
     return " UNION ALL ".join(selects)
 

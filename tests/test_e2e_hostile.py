@@ -2,8 +2,9 @@
 
 Through the real stack (Redis, Celery io and ray workers, a Ray head): the run ends
 SUCCESS, the good rows are committed exactly once, every hostile file has a quarantine
-record of the expected kind, and no Celery worker process died on the way. A second run
-shows the Parquet reference schema pinned in the ledger by the first.
+record of the expected kind, and no Celery worker process died on the way. Parquet files
+that lack a column or bring one are read into the table schema the first run pins; a
+second run shows that schema holding a later file to its types.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from celeray.ledger import Ledger
+from celeray.schema_log import SchemaLog
 from tests._hostile import (
     GiB,
     forged_zstd,
@@ -66,8 +68,8 @@ def _good(landing: Path) -> list[str]:
         "a-good-1.csv": _csv(_table(0)),
         "a-good-2.csv.zst": zst(_csv(_table(10_000))),
         "a-good-3.jsonl.gz": gzip.compress(_jsonl(_table(20_000))),
-        "a-good-4.parquet": parquet_bytes(_table(30_000)),  # the first Parquet: the reference
-        "a-good-5.parquet": parquet_bytes(  # int32 ids widen to the reference's int64
+        "a-good-4.parquet": parquet_bytes(_table(30_000)),
+        "a-good-5.parquet": parquet_bytes(  # int32 ids widen to the table's int64
             _table(40_000).set_column(0, "id", _table(40_000)["id"].cast(pa.int32()))
         ),
     }
@@ -78,7 +80,6 @@ def _good(landing: Path) -> list[str]:
 
 def _hostile(landing: Path) -> dict[str, str]:
     """One file of each hostile kind; return name -> the quarantine kind expected."""
-    odd = _table(90_000, 100)
     files = {
         "h-bomb.csv.zst": (zstd_bomb(10 * GiB, head=b"id,name,v\n1,x,1.0\n"), "too_large"),
         "h-bomb.jsonl.gz": (gzip_bomb(1 * GiB, head=b'{"id": 1}\n'), "too_large"),
@@ -90,17 +91,19 @@ def _hostile(landing: Path) -> dict[str, str]:
         "h-random.csv": (random_bytes(4096), "encoding"),
         "h-latin1.csv": ("id,name,v\n1,José,1.0\n".encode("latin-1"), "encoding"),
         "h-utf16.jsonl": ('{"id": 1, "name": "x"}\n'.encode("utf-16"), "encoding"),
-        "p-missing.parquet": (parquet_bytes(odd.drop_columns(["v"])), "schema"),
-        "p-extra.parquet": (parquet_bytes(odd.append_column("w", odd["id"])), "schema"),
-        "p-badtype.parquet": (
-            parquet_bytes(odd.set_column(2, "v", odd["v"].cast(pa.string()))),
-            "schema",
-        ),
     }
     for name, (data, _) in files.items():
         (landing / name).write_bytes(data)
     long_line_zst(landing / "h-long-line.csv.zst", 1 * GiB, head=b"id,name,v\n1,")
     return {"h-long-line.csv.zst": "too_large", **{n: k for n, (_, k) in files.items()}}
+
+
+def _drifting(landing: Path) -> list[str]:
+    """Parquet files whose columns differ from the good ones': one lacks v, one brings w."""
+    odd = _table(90_000, 100)
+    (landing / "p-missing.parquet").write_bytes(parquet_bytes(odd.drop_columns(["v"])))
+    (landing / "p-extra.parquet").write_bytes(parquet_bytes(odd.append_column("w", odd["id"])))
+    return ["p-missing.parquet", "p-extra.parquet"]
 
 
 def _pids(stack: Stack) -> tuple[int, int, frozenset[int]]:
@@ -131,7 +134,7 @@ def test_hostile_landing_commits_the_good_and_quarantines_the_rest(
 ) -> None:
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     landing.mkdir()
-    good = _good(landing)
+    good = _good(landing) + _drifting(landing)
     hostile = _hostile(landing)
     stack.add_pipeline(
         "hostile",
@@ -142,8 +145,9 @@ def test_hostile_landing_commits_the_good_and_quarantines_the_rest(
 
     s = _run(stack, "hostile")
     assert (s["files_committed"], s["files_quarantined"]) == (len(good), len(hostile))
-    assert s["rows_in"] == 5 * PER_FILE
-    assert _ids(sink) == list(range(5 * PER_FILE))  # every good row, exactly once
+    assert s["rows_in"] == 5 * PER_FILE + 200
+    odd_ids = list(range(90_000, 90_100)) * 2
+    assert _ids(sink) == sorted(list(range(5 * PER_FILE)) + odd_ids)  # every row, once
     records = _quarantine(sink)
     assert {n: r["kind"] for n, r in records.items()} == hostile
     for name, r in records.items():
@@ -153,20 +157,24 @@ def test_hostile_landing_commits_the_good_and_quarantines_the_rest(
     assert "UTF-16" in records["h-utf16.jsonl"]["error"]
     assert "declares 100.0 GiB" in records["h-forged.csv.zst"]["error"]
     assert "max_row_bytes" in records["h-long-line.csv.zst"]["error"]
-    bad_type = records["p-badtype.parquet"]["error"]
-    assert "'v' is string here but double in the reference" in bad_type
-    assert "a-good-4.parquet" in bad_type  # the reference: the first readable Parquet file
     assert _pids(stack) == pids, "a Celery worker process died"
-    pinned = Ledger(sink.as_uri()).pinned_schema()
-    assert pinned is not None and pinned["columns"][0] == ["id", "int64"]
+    pinned = SchemaLog(sink.as_uri()).current()
+    assert pinned is not None
+    assert [(f.name, str(f.type)) for f in pinned.table] == [
+        ("id", "int64"), ("name", "string"), ("v", "double"), ("w", "int64"),
+    ]
+    table = ds.dataset(str(sink), schema=pinned.table).to_table()
+    assert table.filter(pc.field("id") >= 90_000)["v"].null_count == 100
 
-    # The pinned schema now wins over a new file that sorts first.
-    pq.write_table(_table(50_000).append_column("w", _table(50_000)["id"]), landing / "0.parquet")
+    # The pinned schema now holds a later file to its types, whatever its name's order.
+    bad = _table(50_000).set_column(2, "v", pa.array([f"v{i}" for i in range(PER_FILE)]))
+    pq.write_table(bad, landing / "0.parquet")
     pq.write_table(_table(60_000), landing / "a-good-6.parquet")
     s2 = _run(stack, "hostile")
     assert (s2["files_committed"], s2["files_quarantined"]) == (1, 1)
     first = _quarantine(sink)["0.parquet"]
-    assert first["kind"] == "schema" and "pinned in the sink's ledger" in first["error"]
-    assert _ids(sink) == list(range(5 * PER_FILE)) + list(range(60_000, 70_000))
+    assert first["kind"] == "schema" and first["row"] == 1
+    assert "column 'v': value 'v0' does not convert to double" in first["error"]
+    assert _ids(sink) == sorted(list(range(5 * PER_FILE)) + odd_ids + list(range(60_000, 70_000)))
     assert _pids(stack) == pids
     assert time.monotonic() - started < 60

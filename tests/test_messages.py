@@ -132,12 +132,6 @@ def test_malformed_inputs_are_refused_by_field(
                      "files": [f]})  # fmt: skip
 
 
-def test_reference_files_are_held_to_the_source_too(tree: Path, settings: Settings) -> None:
-    files = [_file(tree / "in" / "a.csv")]
-    with pytest.raises(MessageRefusedError, match=r"reference_files\[0\]"):
-        resolve(_message(files, reference_files=[f"file://{tree}/secret/s.csv"]), settings)
-
-
 def test_a_symlink_out_of_the_roots_is_quarantined_not_refused(
     tree: Path, settings: Settings
 ) -> None:

@@ -157,6 +157,10 @@ def test_plan_is_json_and_complete(tmp_path: Path) -> None:
         "compression_level": 3,
         "split_large_files": True,
         "ray_env": None,
+        "schema_evolution": "add_columns",
+        "on_bad_rows": "quarantine_file",
+        "max_bad_rows": 0.1,
+        "metadata_columns": [],
     }
     bare = load_pipelines(write(tmp_path, GOOD))["weather"].to_plan()
     assert bare["schema"] is None and bare["sql"] is None and bare["partition_by"] == []

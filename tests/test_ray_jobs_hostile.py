@@ -27,9 +27,8 @@ from celeray.errors import (
     InputTooLargeError,
     ParseError,
 )
-from celeray.ledger import Ledger
 from celeray.sizes import format_size
-from ray_jobs._schema_ref import Reference
+from celeray.table_schema import schema_from_json, schema_to_json, unify_first
 from ray_jobs._text_guard import TextGuard
 from ray_jobs.merge import merge_unit_results
 from ray_jobs.process import process_unit
@@ -350,14 +349,12 @@ GOOD = pa.table(
 ODD = {
     "b-int32.parquet": (GOOD.set_column(0, "id", GOOD["id"].cast(pa.int32())), None),
     "c-reordered.parquet": (GOOD.select(["v", "name", "id"]), None),
-    "d-missing.parquet": (GOOD.drop_columns(["v"]), "column 'v' is missing (double in the ref"),
-    "e-extra.parquet": (
-        GOOD.append_column("w", pa.array(range(N))),
-        "extra column 'w' (int64) is not in the reference",
-    ),
+    "d-missing.parquet": (GOOD.drop_columns(["v"]), None),  # v reads as nulls
+    "e-extra.parquet": (GOOD.append_column("w", pa.array(range(N))), None),  # w is added
     "f-string-id.parquet": (
-        GOOD.set_column(0, "id", GOOD["id"].cast(pa.string())),
-        "column 'id' is string here but int64 in the reference, and string does not widen",
+        GOOD.set_column(0, "id", pa.array([f"id-{i}" for i in range(N)])),
+        "column 'id': value 'id-0' does not convert to int64 (the table's type; the file's "
+        "is string)",
     ),
 }
 
@@ -379,84 +376,74 @@ class Unit:
         return process_unit(plan(LIMITS, **plan_keys), unit)
 
 
-def test_parquet_schema_drift_against_the_first_file(tmp_path: Path) -> None:
+def pinned(schema: pa.Schema) -> dict[str, Any]:
+    """A plan's table_schema holding ``schema`` as both the input and the table schema."""
+    return {"version": 0, "input": schema_to_json(schema), "table": schema_to_json(schema)}
+
+
+def test_parquet_schema_drift_against_the_pinned_schema(tmp_path: Path) -> None:
     unit = Unit(tmp_path)
     files = [unit.file("a-good.parquet", parquet_bytes(GOOD))]
     files += [unit.file(name, parquet_bytes(t)) for name, (t, _) in ODD.items()]
-    result = unit.run(files, reference_files=[f["url"] for f in files])
+    result = unit.run(files, table_schema=pinned(GOOD.schema))
     assert [Path(f["url"]).name for f in result["files"]] == [
-        "a-good.parquet", "b-int32.parquet", "c-reordered.parquet",
+        "a-good.parquet", "b-int32.parquet", "c-reordered.parquet", "d-missing.parquet",
+        "e-extra.parquet",
     ]
-    assert result["rows_out"] == 3 * N
-    reasons = {Path(q["url"]).name: q for q in result["quarantined"]}
-    for name, (_, expected) in ODD.items():
-        if expected is None:
-            continue
-        assert reasons[name]["kind"] == "schema", reasons[name]
-        assert expected in reasons[name]["error"]
-        assert "a-good.parquet" in reasons[name]["error"]  # where the reference came from
-    assert result["reference"]["columns"] == [["id", "int64"], ["name", "string"], ["v", "double"]]
+    assert result["rows_out"] == 5 * N
+    (q,) = result["quarantined"]
+    assert Path(q["url"]).name == "f-string-id.parquet" and q["kind"] == "schema"
+    assert ODD["f-string-id.parquet"][1] in q["error"] and q["row"] == 1
+    # what the batch brings to the table: w, added; every file read into the table's types
+    seen = [schema_from_json(s) for s in result["input_schemas"]]
+    assert {str(s.field("id").type) for s in seen} == {"int64"}
+    assert any("w" in s.names for s in seen)
     import pyarrow.dataset as ds
 
-    out = ds.dataset(tmp_path / "out").to_table()
-    assert out.schema.names == ["id", "name", "v"] and out["id"].type == pa.int64()
-    assert sorted(out["id"].to_pylist()) == sorted(list(range(N)) * 3)
+    out = ds.dataset(tmp_path / "out", schema=unify_first(seen)).to_table()
+    assert out["id"].type == pa.int64()
+    assert sorted(out["id"].to_pylist()) == sorted(list(range(N)) * 5)
+    assert out["v"].null_count == N and out["w"].null_count == 4 * N
 
 
-def test_unreadable_first_file_is_passed_over(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "kept", "reason"),
+    [
+        ("fail", ["a-good.parquet"], "column 'w' (int64) is not in the table schema"),
+        ("none", ["a-good.parquet", "e-extra.parquet"], None),
+        ("rescue", ["a-good.parquet", "e-extra.parquet"], None),
+    ],
+)
+def test_parquet_extra_column_by_mode(
+    tmp_path: Path, mode: str, kept: list[str], reason: str | None
+) -> None:
     unit = Unit(tmp_path)
     files = [
-        unit.file("a-broken.parquet", truncated(parquet_bytes(GOOD))),
-        unit.file("b-missing.parquet", parquet_bytes(GOOD.drop_columns(["v"]))),
-        unit.file("c-good.parquet", parquet_bytes(GOOD)),
+        unit.file("a-good.parquet", parquet_bytes(GOOD)),
+        unit.file("e-extra.parquet", parquet_bytes(ODD["e-extra.parquet"][0])),
     ]
-    result = unit.run(files, reference_files=[f["url"] for f in files])
-    # b is the first readable file, so it is the reference and c (with v) is the odd one.
-    assert [Path(f["url"]).name for f in result["files"]] == ["b-missing.parquet"]
-    kinds = {Path(q["url"]).name: q["kind"] for q in result["quarantined"]}
-    assert kinds == {"a-broken.parquet": "parse", "c-good.parquet": "schema"}
+    result = unit.run(files, table_schema=pinned(GOOD.schema), schema_evolution=mode)
+    assert [Path(f["url"]).name for f in result["files"]] == kept
+    if reason:
+        (q,) = result["quarantined"]
+        assert reason in q["error"] and 'schema_evolution = "fail"' in q["error"]
+    counts = result["schema_counts"]
+    assert counts["dropped"] == ({"w": N} if mode == "none" else {})
+    assert counts["values_rescued"] == (N if mode == "rescue" else 0)
 
 
-def test_pinned_reference_wins_over_the_first_file(tmp_path: Path) -> None:
-    unit = Unit(tmp_path)
-    files = [
-        unit.file("a-extra.parquet", parquet_bytes(ODD["e-extra.parquet"][0])),
-        unit.file("b-good.parquet.zst", zstandard.ZstdCompressor().compress(parquet_bytes(GOOD))),
-    ]
-    pinned = Reference(GOOD.schema, "pinned in the sink's ledger by batch x").to_json()
-    result = unit.run(files, reference=pinned, reference_files=[files[0]["url"]])
-    assert [Path(f["url"]).name for f in result["files"]] == ["b-good.parquet.zst"]
-    (q,) = result["quarantined"]
-    assert "pinned in the sink's ledger" in q["error"] and "extra column 'w'" in q["error"]
-
-
-def test_declared_types_apply_to_file_and_reference(tmp_path: Path) -> None:
+def test_declared_types_win_over_the_files(tmp_path: Path) -> None:
     unit = Unit(tmp_path)
     small = pa.int16()
     files = [
-        unit.file("a.parquet", parquet_bytes(GOOD)),
-        unit.file("b.parquet", parquet_bytes(GOOD.set_column(0, "id", GOOD["id"].cast(small)))),
+        unit.file("a.jsonl", b'{"id": 1, "name": "x"}\n'),
+        unit.file("b.jsonl", b'{"id": 2}\n'),
     ]
-    result = unit.run(files, schema={"id": "int32"}, reference_files=[files[0]["url"]])
+    result = unit.run(files, schema={"id": "int32", "name": "string"})
     assert len(result["files"]) == 2 and not result["quarantined"]
-    assert ["id", "int32"] in result["reference"]["columns"]
-
-
-def test_ledger_pins_the_first_committed_reference(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path.as_uri())
-    assert ledger.pinned_schema() is None
-    first = Reference(GOOD.schema, "the first readable Parquet file of the run, x").to_json()
-    other = Reference(GOOD.drop_columns(["v"]).schema, "y").to_json()
-    for i, schema in enumerate([None, first, other]):
-        entry: dict[str, Any] = {"batch_id": f"b{i}", "inputs": [], "outputs": []}
-        if schema:
-            entry["input_schema"] = schema
-        ledger.commit(entry)
-        time.sleep(0.01)  # committed_at orders the entries
-    pinned = ledger.pinned_schema()
-    assert pinned is not None and pinned["columns"] == first["columns"]
-    assert pinned["source"] == "pinned in the sink's ledger by batch b1"
-    assert Reference.from_json(pinned).schema.equals(GOOD.schema)
+    (seen,) = [schema_from_json(s) for s in result["input_schemas"]]
+    assert seen.field("id").type == pa.int32() and seen.field("name").type == pa.string()
+    assert small != seen.field("id").type
 
 
 # -- one unit holding a good file and one of each hostile kind ----------------------------

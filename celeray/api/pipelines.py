@@ -1,14 +1,18 @@
-"""``GET /api/v1/pipelines``: each pipeline of the file, its schedule and its last run."""
+"""``GET /api/v1/pipelines``: each pipeline of the file, its schedule and its last run;
+``GET /api/v1/pipelines/<name>/schema``: its sink's table schema and the schema's history."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from werkzeug.exceptions import NotFound
 
 from celeray.api._connections import conns
 from celeray.api._runview import load_run
-from celeray.pipelines import Pipeline
+from celeray.api.runs import PIPELINE_NAME
+from celeray.pipelines import Pipeline, get_pipeline
+from celeray.schema_log import SchemaLog
 
 __all__ = ["bp", "describe"]
 
@@ -44,3 +48,13 @@ def list_pipelines() -> Response:
                 last["rows_out"] = view["progress"]["rows_out"]
         found.append(describe(pipeline, last))
     return jsonify({"pipelines": found})
+
+
+@bp.get("/api/v1/pipelines/<name>/schema")
+def table_schema(name: str) -> Response:
+    """The table schema of ``name``'s sink (null version before its first commit) and the
+    history of its versions: which batch of which run added or widened what."""
+    if not PIPELINE_NAME.fullmatch(name):
+        raise NotFound("no such pipeline")
+    pipeline = get_pipeline(conns().pipelines(), name)
+    return jsonify(SchemaLog(pipeline.sink).describe())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._data import write_landing
+from tests._data import write_drifting_landing
 from tests._stack import wait_for
 from tests.faults._faultstack import FaultStack, exactly_once
 from tests.faults.conftest import record
@@ -31,7 +31,7 @@ def _entries(sink: Path) -> dict[str, dict]:
 
 def test_redis_restarted_empty_mid_run(fault_stack: FaultStack, flights_df, tmp_path: Path):
     landing, sink = tmp_path / "landing", tmp_path / "lake"
-    files = write_landing(flights_df.iloc[:160_000], landing, 32)
+    files = write_drifting_landing(flights_df.iloc[:160_000], landing, 32)
     fault_stack.add_pipeline("redis_lost", landing, sink)
     run_id = fault_stack.trigger("redis_lost")
 
@@ -46,7 +46,7 @@ def test_redis_restarted_empty_mid_run(fault_stack: FaultStack, flights_df, tmp_
     wait_for(lambda: len(fault_stack.client.control.ping(timeout=1.0)) >= 2, RECONNECT_BOUND,
              "both workers answering after the restart")
     probe_landing, probe_sink = tmp_path / "probe", tmp_path / "probe-lake"
-    probe_files = write_landing(flights_df.iloc[:5_000], probe_landing, 2)
+    probe_files = write_drifting_landing(flights_df.iloc[:5_000], probe_landing, 2)
     fault_stack.add_pipeline("after_restart", probe_landing, probe_sink)
     probe = fault_stack.client.AsyncResult(fault_stack.trigger("after_restart"))
     wait_for(lambda: probe.state == "SUCCESS", RECONNECT_BOUND, "a run after the restart")

@@ -1,6 +1,8 @@
 """SIGKILL, at seeded random moments, of each part of a running stack; nothing lost, nothing twice.
 
-Each trial lands its own files for a pipeline of its own, triggers a run, waits for a seeded
+Each trial lands its own files (whose columns drift: some lack one, some bring one, so the
+table schema evolves while batches commit at once) for a pipeline of its own, triggers a
+run, waits for a seeded
 moment (after 0-4 of the run's ~6 batches committed, plus 0-0.3 s) and kills one part
 with SIGKILL. supervisor restarts what died. The trial then waits until the pipeline has
 settled (every listed file committed or quarantined, no run holding its lock; triggering a
@@ -19,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests._data import write_landing
+from tests._data import write_drifting_landing
 from tests._stack import wait_for
 from tests.faults._faultstack import FaultStack, exactly_once, wait_seconds
 from tests.faults.conftest import record
@@ -62,7 +64,7 @@ def test_sigkill_at_a_random_moment(
     rng = random.Random(f"{target}/{trial}")
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     start = rng.randrange(0, len(flights_df) - 60_000)
-    files = write_landing(flights_df.iloc[start : start + 60_000], landing, 12)
+    files = write_drifting_landing(flights_df.iloc[start : start + 60_000], landing, 12)
     name = f"kill_{target.replace('-', '_')}_{trial}"
     fault_stack.add_pipeline(name, landing, sink)
 
