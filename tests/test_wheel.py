@@ -37,7 +37,7 @@ def test_the_wheel_holds_every_part_the_stack_runs(wheel: zipfile.ZipFile) -> No
         assert needed in names, needed
 
 
-def test_the_stack_reads_the_conf_beside_the_package() -> None:
-    from celeray.stack import CONF
+def test_the_stack_reads_the_conf_from_the_package() -> None:
+    from celeray.stack import conf_text
 
-    assert CONF.read_bytes() == (ROOT / "supervisor" / "supervisord.conf").read_bytes()
+    assert conf_text() == (ROOT / "supervisor" / "supervisord.conf").read_text()
