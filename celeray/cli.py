@@ -284,8 +284,8 @@ def _print_stack(settings: Settings, info: Any) -> None:
     table.add_row("Flower", f"{info.flower_url}  user {settings.flower_user}, password "
                   f"{credentials.flower_password(settings)}")
     table.add_row("Ray", info.ray_address)
-    table.add_row("Redis", "started under supervisor" if info.redis_supervised
-                  else "the one already running")
+    table.add_row("Redis", f"started under supervisor ({info.redis_server})"
+                  if info.redis_supervised else "the one already running")
     table.add_row("logs", str(info.logs))
     console.print(table)
 

@@ -23,6 +23,7 @@ __all__ = [
     "LedgerError",
     "LockLostError",
     "MessageRefusedError",
+    "NoRedisServerError",
     "OutsideRootsError",
     "ParseError",
     "PipelineFileError",
@@ -135,6 +136,11 @@ class BatchBusyError(CelerayError):
     watchdog resending it) must not run at once: they write the same output names, and one
     clearing its unit's earlier files could delete the other's before its commit.
     """
+
+
+class NoRedisServerError(CelerayError):
+    """A Redis must be started here and there is no ``redis-server`` to start: none on the
+    PATH and no ``local-redis`` extra installed (see :mod:`celeray.local_redis`)."""
 
 
 class RayUnavailableError(CelerayError):

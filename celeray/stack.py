@@ -2,9 +2,12 @@
 
 ``up`` fills the environment that ``supervisor/supervisord.conf`` expands, makes the
 secrets that are missing (API token, Flower password, the key pair that signs task
-messages), starts supervisord for ``$CELERAY_HOME``, and waits until every program runs and
-the API answers. Everything it starts lives under supervisord's pid, which ``down`` stops
-and waits for; so does an ``up`` that fails after starting it.
+messages), writes that conf into ``$CELERAY_HOME`` (read from the installed package with
+:mod:`importlib.resources`, so an installed wheel works from any folder), starts supervisord
+for the home, and waits until every program runs and the API answers. Everything it starts
+lives under supervisord's pid, which ``down`` stops and waits for; so does an ``up`` that
+fails after starting it. When it starts Redis too, :mod:`celeray.local_redis` says which
+``redis-server``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,11 +29,12 @@ from celeray.errors import CelerayError
 from celeray.ports import listen_port
 from celeray.settings import Settings
 
-__all__ = ["StackError", "StackInfo", "down", "program_states", "status", "up"]
+__all__ = ["StackError", "StackInfo", "conf_text", "down", "program_states", "status", "up"]
 
 # The repository's supervisor/supervisord.conf, shipped in the wheel as package data
-# (celeray/supervisord.conf links to it in a checkout), so `celeray up` works installed too.
-CONF = Path(__file__).resolve().parent / "supervisord.conf"
+# (celeray/supervisord.conf links to it in a checkout); `up` copies it into the home, where
+# supervisord and every later supervisorctl read it.
+CONF = "supervisord.conf"
 FLOWER_CONF = "flower_auth.py"  # in the home; supervisord.conf's flower program reads it
 # supervisord splits each command like a shell: these would cut a path into several words.
 _SPLITS = frozenset(" \t\n\r\"'\\")
@@ -54,6 +59,20 @@ class StackInfo:
     ray_address: str
     redis_supervised: bool
     logs: Path
+    redis_server: Path | None = None  # the binary supervisor runs, when it runs Redis
+
+
+def conf_text() -> str:
+    """The stack's supervisord.conf as the installed package ships it."""
+    return files("celeray").joinpath(CONF).read_text(encoding="utf-8")
+
+
+def _conf(home: Path) -> Path:
+    """The home's copy of the conf (written by ``up``; again here for an older home)."""
+    path = home / CONF
+    if home.is_dir() and not path.exists():
+        path.write_text(conf_text(), encoding="utf-8")
+    return path
 
 
 def _bin() -> Path:
@@ -98,9 +117,10 @@ def _stack_id(home: Path, api_port: int) -> str:
     return name.strip(".") + f"-{api_port}"
 
 
-def _check_paths(home: Path) -> None:
-    """Refuse a home or virtualenv path that supervisord would split into several words."""
-    for what, path in (("CELERAY_HOME", home), ("the virtualenv", _bin())):
+def _check_paths(*paths: tuple[str, Path]) -> None:
+    """Refuse a path (the home, the virtualenv, redis-server) that supervisord would split
+    into several words."""
+    for what, path in paths:
         if _SPLITS & set(str(path)):
             raise StackError(
                 f"{what} ({str(path)!r}) holds a space, quote or backslash: supervisord "
@@ -160,6 +180,11 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
             "only for a plain redis:// URL without a password: start yours (with its "
             "password / TLS) first"
         )
+    from celeray.local_redis import redis_server
+
+    server = redis_server() if supervise_redis else None
+    if server is not None:
+        _check_paths(("redis-server", server))
     from celeray.ray_private import ONE_MACHINE_ENV, private_temp_dir
 
     # /tmp/crXXXXXXXX/ray: Ray makes its folders 0777, the parent (0700) keeps others out
@@ -173,6 +198,8 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
             "CELERAY_STACK_ID": _stack_id(home, settings.api_port),
             "CELERAY_REDIS_PORT": str(redis_port or 6379),
             "CELERAY_SUPERVISE_REDIS": "true" if supervise_redis else "false",
+            # the conf expands it in every case; it runs only when supervised
+            "CELERAY_REDIS_SERVER": str(server or "redis-server"),
             "CELERAY_RAY_ADDRESS": settings.effective_ray_address,
             "CELERAY_RAY_TEMP_DIR": ray_temp,
             "CELERAY_IO_CONCURRENCY": str(max(2, os.cpu_count() or 2)),
@@ -202,13 +229,14 @@ def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackI
         ray_address=settings.effective_ray_address,
         redis_supervised=supervise_redis,
         logs=home / "logs",
+        redis_server=server,
     )
     return env, info
 
 
 def _ctl(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(_bin() / "supervisorctl"), "-c", str(CONF), *args],
+        [str(_bin() / "supervisorctl"), "-c", str(_conf(home)), *args],
         env={**os.environ, **_stack_env(home), "CELERAY_HOME": str(home)},
         capture_output=True,
         text=True,
@@ -260,7 +288,7 @@ def _health(api_url: str, token: str) -> tuple[int, dict[str, Any]]:
 def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
     """Start the stack for ``settings.home`` and wait until it is healthy."""
     home = settings.home.resolve()
-    _check_paths(home)
+    _check_paths(("CELERAY_HOME", home), ("the virtualenv", _bin()))
     _check_own_modules(home)
     (home / "logs").mkdir(parents=True, exist_ok=True)
     if _pid(home) is not None:
@@ -288,8 +316,9 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
     expanded = {k: v for k, v in env.items() if k.startswith(("CELERAY_", "RAY_"))}
     # It holds the broker URL (a password, maybe): only the owner may ever read it.
     _write_private(home / "stack-env.json", json.dumps(expanded))
+    (home / CONF).write_text(conf_text(), encoding="utf-8")  # this celeray's, not an older one
     started = subprocess.run(
-        [str(_bin() / "supervisord"), "-c", str(CONF)],
+        [str(_bin() / "supervisord"), "-c", str(home / CONF)],
         env=env, capture_output=True, text=True, timeout=30,
     )
     if started.returncode != 0:

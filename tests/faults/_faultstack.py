@@ -48,14 +48,20 @@ class RedisServer:
         self.proc = self._start()
 
     def _start(self) -> Proc:
+        import redis
+
+        from celeray.local_redis import redis_server
+
         self.starts += 1
-        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", str(self.root)]
+        argv = [str(redis_server()), "--bind", "127.0.0.1", "--port", str(self.port),
+                "--save", "", "--appendonly", "no", "--dir", str(self.root)]
         proc = Proc(argv, env=dict(os.environ), log=self.root / f"redis-{self.starts}.log",
                     cwd=self.root)
-        wait_for(lambda: b"PONG" in subprocess.run(
-            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, timeout=5
-        ).stdout, 30, f"redis-server on {self.port}")
+        client = redis.Redis(port=self.port, socket_connect_timeout=2)
+        try:
+            wait_for(client.ping, 30, f"redis-server on {self.port}")
+        finally:
+            client.close()
         return proc
 
     def restart_empty(self) -> None:
