@@ -442,6 +442,9 @@ def _transform(
         {"batch_id": batch.batch_id, "unit": i, "files": files, "out_url": batch.out_url}
         for i, files in enumerate(plan_units(readable, unit_bytes=unit_bytes, plan=batch.plan))
     ]
+    # A Delta batch's files go straight into the table: each read (attempt) names them
+    # anew, so no attempt rewrites a file a committed version references.
+    attempt = uuid.uuid4().hex[:8] if batch.is_delta else None
     done = {"files_done": 0, "rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0}
 
     def on_result(r: dict[str, Any]) -> None:
@@ -464,6 +467,8 @@ def _transform(
     with _heartbeat(batch) as lost:
         for reads in range(1, MAX_READS + 1):
             try:
+                if attempt is not None:
+                    units = [{**u, "attempt": f"{attempt}{reads}"} for u in units]
                 results = run_units(
                     plan,
                     units,
