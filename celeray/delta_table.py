@@ -73,6 +73,7 @@ __all__ = [
     "add_actions",
     "app_id",
     "check_schema",
+    "delta_schema",
     "delta_uri",
     "open_table",
     "partition_values",
@@ -166,6 +167,22 @@ def add_actions(outputs: list[dict[str, Any]], partition_by: list[str]) -> list[
     ]
 
 
+def delta_schema(schema: pa.Schema) -> Any:
+    """``schema`` as a Delta schema: every column nullable; timestamps of any unit as
+    microseconds (the files keep their own unit, which readers cast), a time zone as UTC
+    (Delta's ``timestamp`` is an instant in UTC, as Arrow's values with any zone are)."""
+    from deltalake import Schema as DeltaSchema
+
+    def fit(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_timestamp(t):
+            return pa.timestamp("us", tz="UTC" if t.tz else None)
+        if pa.types.is_date64(t):
+            return pa.date32()
+        return t
+
+    return DeltaSchema.from_arrow(pa.schema([pa.field(f.name, fit(f.type)) for f in schema]))
+
+
 def _unsupported(schema: pa.Schema) -> list[str]:
     """Columns whose Arrow type a Delta table cannot hold as it is."""
     bad = []
@@ -179,11 +196,9 @@ def _unsupported(schema: pa.Schema) -> list[str]:
 def type_changes(current: pa.Schema, seen: pa.Schema) -> list[str]:
     """Columns of ``seen`` whose Delta type differs from ``current``'s (both as Delta
     types: ``string`` and ``large_string`` are one type, as are timestamp units)."""
-    from deltalake import Schema as DeltaSchema
-
-    have = {f.name: f.type for f in DeltaSchema.from_arrow(current).fields}
+    have = {f.name: f.type for f in delta_schema(current).fields}
     changed = []
-    for f in DeltaSchema.from_arrow(seen).fields:
+    for f in delta_schema(seen).fields:
         before = have.get(f.name)
         if before is not None and str(before) != str(f.type):
             changed.append(f"{f.name}: {_type_name(before)} -> {_type_name(f.type)}")
@@ -215,6 +230,11 @@ def check_schema(sink: str, table_seen: pa.Schema | None) -> None:
     if table_seen is None:
         return
     bad = _unsupported(table_seen)
+    if not bad:
+        try:
+            delta_schema(table_seen)
+        except Exception as exc:  # deltalake's own refusal of a type, named
+            bad = [str(exc)]
     if bad:
         raise TableFormatError(
             f"Delta tables have no type for {', '.join(bad)}: cast the column in the "
@@ -311,13 +331,11 @@ def _find_version(sink: str, batch_id: str, start: int, stop: int) -> int | None
 
 def _add_columns(sink: str, table: Any, schema: pa.Schema) -> Any:
     """Add the columns of ``schema`` the table lacks (nullable); the table, reloaded."""
-    from deltalake import Schema as DeltaSchema
-
     missing = [f.with_nullable(True) for f in schema if f.name not in _columns(table)]
     if not missing:
         return table
     try:
-        table.alter.add_columns(DeltaSchema.from_arrow(pa.schema(missing)).fields)
+        table.alter.add_columns(delta_schema(pa.schema(missing)).fields)
     except Exception as exc:  # another batch added them first: fine if they are there now
         fresh = open_table(sink)
         if fresh is None or not {f.name for f in missing} <= _columns(fresh):
@@ -335,14 +353,11 @@ def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: l
             actions: list[Any]) -> bool:  # fmt: skip
     """Create the table with the batch's files as version 0; False when another batch
     created it first (the caller then appends)."""
-    from deltalake import Schema as DeltaSchema
     from deltalake.transaction import create_table_with_add_actions
 
     try:
         create_table_with_add_actions(
-            delta_uri(sink), DeltaSchema.from_arrow(pa.schema([f.with_nullable(True)
-                                                              for f in schema])),
-            actions, mode="error", partition_by=partition_by or None,
+            delta_uri(sink), delta_schema(schema), actions, mode="error", partition_by=partition_by or None,
             storage_options=storage_options(sink) or None,
             commit_properties=_commit_properties(entry),
         )  # fmt: skip

@@ -237,6 +237,20 @@ def test_new_columns_join_the_delta_schema(sink: str) -> None:
     assert table["note"].to_pylist() == [None, None, "x", "y"]
 
 
+def test_timestamps_of_any_unit_are_delta_timestamps(sink: str) -> None:
+    import datetime as dt
+
+    import polars as pl
+
+    when = [dt.datetime(2013, 1, 1, 5, tzinfo=dt.UTC), dt.datetime(2013, 1, 2, 6, tzinfo=dt.UTC)]
+    stamps = pa.array(when, pa.timestamp("s", tz="UTC"))
+    delta_table.check_schema(sink, pa.schema([("t", stamps.type)]))
+    delta_table.publish(Ledger(sink), _batch(sink, "b1", _rows(2, t=stamps)))
+    table = pa.table(delta_table.open_table(sink).to_pyarrow_table()).sort_by("id")
+    assert table["t"].to_pylist() == when
+    assert pl.read_delta(delta_table.delta_uri(sink)).sort("id")["t"].to_list() == when
+
+
 def test_a_missing_file_is_never_committed(sink: str, tmp_path: Path) -> None:
     ledger = Ledger(sink)
     entry = _batch(sink, "b1", _rows(2))
