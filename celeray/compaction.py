@@ -169,14 +169,18 @@ class CompactionLog:
     def commit(self, record: Mapping[str, Any]) -> bool:
         """Write ``record`` (the commit point), then roll it forward; True when this call
         wrote it, False when it was there before (the same compaction done twice)."""
-        doc = {**record, "version": COMPACTION_VERSION, "committed_at": time.time()}
-        fresh = storage.create_json(self.record_url(record["compaction_id"]), doc,
-                                    self.storage_options)  # fmt: skip
-        if not fresh:
-            doc = storage.read_json(self.record_url(record["compaction_id"]),
-                                    self.storage_options)  # fmt: skip
+        fresh, doc = self.write_record(record)
         self.roll_forward(doc)
         return fresh
+
+    def write_record(self, record: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """The commit point alone: create the record unless it exists; (whether this call
+        wrote it, the record as stored). Its new files must be staged and durable."""
+        url = self.record_url(record["compaction_id"])
+        doc = {**record, "version": COMPACTION_VERSION, "committed_at": time.time()}
+        if storage.create_json(url, doc, self.storage_options):
+            return True, doc
+        return False, storage.read_json(url, self.storage_options)
 
     def roll_forward(self, record: Mapping[str, Any]) -> None:
         """Move the record's new files into place, then delete the files they replace, then
