@@ -2,7 +2,9 @@
 
 One entry per pipeline with a ``schedule``; on-demand pipelines get none. Each entry sends
 ``tasks.start_run`` by name to the ``io`` queue, so this module imports nothing from the
-``tasks`` package (which imports it). Cron schedules run in the Celery app's timezone.
+``tasks`` package (which imports it). A pipeline with a ``maintenance`` schedule also gets
+an entry ``celeray:maint:NAME`` that sends ``tasks.maintain`` (compaction, then vacuum) to
+the ``ray`` queue. Cron schedules run in the Celery app's timezone.
 Beat reads the schedule when it starts: edit the file, then restart beat.
 
 Beat has no lock, so two beats schedule twice. Every send therefore carries its
@@ -25,6 +27,7 @@ from celeray.pipelines import Pipeline, load_pipelines
 
 __all__ = [
     "ENTRY_PREFIX",
+    "MAINTAIN_PREFIX",
     "RECONCILE_ENTRY",
     "START_RUN_QUEUE",
     "START_RUN_TASK",
@@ -37,6 +40,9 @@ __all__ = [
 ENTRY_PREFIX = "celeray:"  # beat entry names; keeps ours apart from any others in the app
 START_RUN_TASK = "tasks.start_run"
 START_RUN_QUEUE = "io"
+MAINTAIN_TASK = "tasks.maintain"
+MAINTAIN_QUEUE = "ray"  # its worker is the one connected to Ray
+MAINTAIN_PREFIX = ENTRY_PREFIX + "maint:"  # pipeline names have no ":", so never a clash
 
 
 MIN_SLOT_TTL = 60  # seconds a slot key lives at least: far beyond two beats' clock skew
@@ -97,18 +103,26 @@ def build_beat_schedule(pipelines: Mapping[str, Pipeline]) -> dict[str, dict[str
     schedule: dict[str, dict[str, Any]] = {}
     for name in sorted(pipelines):
         spec = pipelines[name].schedule_spec
-        if spec is None:
-            continue
-        when: crontab | AlignedInterval = (
-            _crontab(spec[1]) if spec[0] == "cron" else AlignedInterval(float(spec[1]))
-        )
-        schedule[f"{ENTRY_PREFIX}{name}"] = {
-            "task": START_RUN_TASK,
-            "schedule": when,
-            "args": (name,),
-            "options": {"queue": START_RUN_QUEUE},
-        }
+        if spec is not None:
+            schedule[f"{ENTRY_PREFIX}{name}"] = {
+                "task": START_RUN_TASK,
+                "schedule": _when(spec),
+                "args": (name,),
+                "options": {"queue": START_RUN_QUEUE},
+            }
+        maint = pipelines[name].maintenance.schedule_spec
+        if maint is not None:
+            schedule[f"{MAINTAIN_PREFIX}{name}"] = {
+                "task": MAINTAIN_TASK,
+                "schedule": _when(maint),
+                "args": (name,),
+                "options": {"queue": MAINTAIN_QUEUE},
+            }
     return schedule
+
+
+def _when(spec: tuple[str, Any]) -> crontab | AlignedInterval:
+    return _crontab(str(spec[1])) if spec[0] == "cron" else AlignedInterval(float(spec[1]))
 
 
 RECONCILE_ENTRY = "celeray-reconcile"

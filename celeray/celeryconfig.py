@@ -30,6 +30,9 @@ TASK_NAMES = {
     "watch_run": "tasks.watch_run",
     "ray_status": "tasks.ray_status",
     "reconcile": "tasks.reconcile",
+    "compact": "tasks.compact",  # table maintenance: on the ray queue (tasks.maintain)
+    "vacuum": "tasks.vacuum",
+    "maintain": "tasks.maintain",
 }
 
 
@@ -73,6 +76,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_NAMES["watch_run"]: {"queue": IO_QUEUE},
             TASK_NAMES["ray_status"]: {"queue": RAY_QUEUE},
             TASK_NAMES["reconcile"]: {"queue": IO_QUEUE},
+            TASK_NAMES["compact"]: {"queue": RAY_QUEUE},
+            TASK_NAMES["vacuum"]: {"queue": RAY_QUEUE},
+            TASK_NAMES["maintain"]: {"queue": RAY_QUEUE},
         },
         # Ack after the task ends, and give the message back when its worker dies, so a
         # SIGKILL mid-task means redelivery instead of loss.

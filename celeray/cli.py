@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from celeray.cli_maintain import add_parsers as add_maintenance_parsers
 from celeray.errors import CelerayError, PipelineFileError, RunActiveError
 from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings, redact_url
@@ -416,6 +417,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("name")
     sc.add_argument("--json", action="store_true", help="print it as JSON")
     sc.set_defaults(func=_lazy("celeray.cli_schema", "cmd_schema"))
+    add_maintenance_parsers(sub, _lazy)  # compact, vacuum
     d = sub.add_parser("demo", help="lay out a demo, start the stack, run it over HTTP")
     d.add_argument("--dir", default="celeray-demo", help="demo workspace (default ./celeray-demo)")
     d.set_defaults(func=cmd_demo)

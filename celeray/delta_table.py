@@ -109,24 +109,11 @@ def delta_uri(sink: str) -> str:
 
 
 def storage_options(sink: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """deltalake's storage options for ``sink``, from the same settings as fsspec's.
-
-    S3: the endpoint (``CELERAY_S3_ENDPOINT_URL``; plain HTTP allowed when it says so) and
-    region (``CELERAY_S3_REGION``). Credentials are left to the environment, where
-    deltalake's S3 client finds ``AWS_ACCESS_KEY_ID`` and the rest as botocore does. Commits
-    use S3's conditional puts, deltalake's default since 1.6: no DynamoDB, no lock.
+    """deltalake's storage options for ``sink`` (:func:`celeray.fsoptions.delta_options`):
+    the same endpoint and region settings as fsspec's, credentials from the environment.
+    Commits on S3 use conditional puts, deltalake's default since 1.6: no DynamoDB, no lock.
     """
-    fs_options = fsoptions.storage_options(sink, environ)
-    client = fs_options.get("client_kwargs") or {}
-    out: dict[str, str] = {}
-    endpoint = client.get("endpoint_url")
-    if endpoint:
-        out["AWS_ENDPOINT_URL"] = endpoint
-        if endpoint.startswith("http://"):
-            out["AWS_ALLOW_HTTP"] = "true"
-    if client.get("region_name"):
-        out["AWS_REGION"] = client["region_name"]
-    return out
+    return fsoptions.delta_options(sink, environ)
 
 
 def partition_values(path: str, partition_by: list[str]) -> dict[str, str | None]:
@@ -357,7 +344,8 @@ def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: l
 
     try:
         create_table_with_add_actions(
-            delta_uri(sink), delta_schema(schema), actions, mode="error", partition_by=partition_by or None,
+            delta_uri(sink), delta_schema(schema), actions, mode="error",
+            partition_by=partition_by or None,
             storage_options=storage_options(sink) or None,
             commit_properties=_commit_properties(entry),
         )  # fmt: skip

@@ -22,6 +22,7 @@ __all__ = [
     "InputTooLargeError",
     "LedgerError",
     "LockLostError",
+    "MaintenanceBusyError",
     "MessageRefusedError",
     "NoRedisServerError",
     "OutsideRootsError",
@@ -137,6 +138,15 @@ class BatchBusyError(CelerayError):
     watchdog resending it) must not run at once: they write the same output names, and one
     clearing its unit's earlier files could delete the other's before its commit.
     """
+
+
+class MaintenanceBusyError(CelerayError):
+    """Another compaction or vacuum of the same table holds its maintenance lock."""
+
+    def __init__(self, sink: str, holder: str) -> None:
+        self.sink = sink
+        self.holder = holder
+        super().__init__(f"maintenance of {sink} is already running ({holder})")
 
 
 class NoRedisServerError(CelerayError):

@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 from celeray import durable, storage
+from celeray.compaction import replaced_paths
 from celeray.errors import LedgerError
 
 __all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for"]
@@ -252,18 +253,26 @@ class Ledger:
             fresh = storage.create_json(url, entry, self.storage_options)
         if not fresh:
             entry = storage.read_json(url, self.storage_options)
-        self.roll_forward(entry)
+        self.roll_forward(entry, fresh=fresh)
         return fresh, entry
 
-    def roll_forward(self, entry: dict[str, Any]) -> None:
-        """Move a committed batch's staged files into place and drop its staging folder."""
+    def roll_forward(self, entry: dict[str, Any], *, fresh: bool = False) -> None:
+        """Move a committed batch's staged files into place and drop its staging folder.
+
+        Unless the entry was ``fresh`` (written just now), outputs that a compaction
+        replaced since are not put back (:mod:`celeray.compaction`): the batch ran again
+        after its commit, and its rows are already in the compacted file.
+        """
         staging = self.staging_url(entry["batch_id"])
         if not storage.exists(staging, self.storage_options):
             return
         if entry.get("table_format") == DELTA:  # files in place: only the result to drop
             storage.remove_tree(staging, self.storage_options)
             return
+        replaced = frozenset() if fresh else replaced_paths(self.sink, self.storage_options)
         for out in [*entry.get("outputs", []), *entry.get("rejects", [])]:
+            if out["path"] in replaced:
+                continue
             src = storage.join(staging, out["path"])
             dst = storage.join(self.sink, out["path"])
             if not storage.exists(src, self.storage_options):

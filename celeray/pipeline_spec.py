@@ -37,6 +37,7 @@ from celeray._pipeline_checks import (
     strip_slash,
     to_url,
 )
+from celeray.maintenance_spec import Maintenance, maintenance_value
 from celeray.ray_env import RayEnv
 from celeray.sizes import parse_size
 from celeray.sql_policy import check_sql
@@ -99,6 +100,10 @@ class Pipeline(BaseModel):
     on_bad_rows: BadRows = "quarantine_file"
     max_bad_rows: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_MAX_BAD_ROWS
     metadata_columns: tuple[str, ...] = ()
+    # Compaction and vacuum of the sink: when (schedule), to what size, keeping what.
+    maintenance: Annotated[Maintenance, BeforeValidator(maintenance_value)] = Field(
+        default_factory=Maintenance
+    )
 
     @field_validator("name")
     @classmethod

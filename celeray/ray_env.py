@@ -49,7 +49,8 @@ CODE_PACKAGES = ("ray_jobs", "celeray")
 EXCLUDES = ("__pycache__", "*.pyc")
 # What a Ray node must have installed besides Python (ray_jobs' imports, psutil for the
 # dispatcher's memory check); "ray[default]" also brings the runtime_env agent.
-NODE_REQUIREMENTS = ("ray[default]", "pyarrow", "duckdb", "zstandard", "fsspec", "psutil")
+NODE_REQUIREMENTS = ("ray[default]", "pyarrow", "duckdb", "zstandard", "fsspec", "psutil",
+                     "deltalake")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names that hold secrets by convention; the pipeline file is no place for them.

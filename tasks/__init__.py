@@ -10,9 +10,10 @@ from celeray import toplevel as _toplevel
 
 _toplevel.check()
 
-# Importing them registers the tasks (run, health: tasks.ray_status, reconcile) and hooks
+# Importing them registers the tasks (run, health: tasks.ray_status, reconcile, maintain:
+# tasks.compact, tasks.vacuum, tasks.maintain) and hooks
 # the Ray warm-up to worker_ready (_ray).
-from tasks import _ray, health, reconcile, run  # noqa: E402, F401
+from tasks import _ray, health, maintain, reconcile, run  # noqa: E402, F401
 from tasks.app import app  # noqa: E402
 
 __all__ = ["app"]

@@ -1,0 +1,74 @@
+"""Tables for the maintenance tests: a Parquet sink of committed batches, a Delta table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from celeray.ledger import Ledger
+
+
+def frame(start: int, n: int, k: int) -> pa.Table:
+    """``n`` rows with ids from ``start``, all in partition ``k``."""
+    return pa.table({"id": pa.array(range(start, start + n), pa.int64()),
+                     "name": [f"row-{i}" for i in range(start, start + n)],
+                     "k": pa.array([k] * n, pa.int64())})  # fmt: skip
+
+
+def commit_batch(sink: Path, batch_id: str, table: pa.Table) -> list[dict[str, Any]]:
+    """Commit ``table`` into the Parquet sink as a batch does: staged Parquet per partition
+    (without the partition column, as the writer leaves it), then the ledger entry."""
+    ledger = Ledger(f"file://{sink}")
+    staging = Path(ledger.staging_url(batch_id).removeprefix("file://"))
+    outputs = []
+    for k in sorted(set(table.column("k").to_pylist())):
+        part = table.filter(pa.compute.equal(table.column("k"), k)).drop_columns(["k"])
+        rel = f"k={k}/part-{batch_id}-0.parquet"
+        (staging / f"k={k}").mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, staging / rel)
+        size = (staging / rel).stat().st_size
+        outputs.append({"path": rel, "rows": part.num_rows, "bytes": size})
+    ledger.commit({"batch_id": batch_id, "pipeline": "p", "run_id": "r", "inputs": [],
+                   "quarantined": [], "outputs": outputs})  # fmt: skip
+    return outputs
+
+
+def read_rows(sink: Path) -> list[tuple[Any, ...]]:
+    """Every row a reader of the partition folders sees, sorted (duplicates kept)."""
+    table = ds.dataset(str(sink), format="parquet", partitioning="hive").to_table()
+    return sorted(zip(*(table.column(c).to_pylist() for c in ("id", "name", "k")), strict=True))
+
+
+def rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
+    return sorted(zip(*(table.column(c).to_pylist() for c in ("id", "name", "k")), strict=True))
+
+
+def data_files(sink: Path) -> dict[str, list[str]]:
+    """Partition folder -> the data files in it (what a lister sees)."""
+    out: dict[str, list[str]] = {}
+    for p in sorted(sink.glob("k=*/*.parquet")):
+        out.setdefault(p.parent.name, []).append(p.name)
+    return out
+
+
+def backdate_removes(table: Path, partition: str, hours: float) -> int:
+    """Move the deletion time of the ``remove`` actions of ``partition``'s files back by
+    ``hours`` in the Delta log (as if the compaction had run that long ago); return how many."""
+    moved = 0
+    for log in sorted((table / "_delta_log").glob("*.json")):
+        lines = log.read_text().splitlines()
+        out = []
+        for line in lines:
+            action = json.loads(line)
+            remove = action.get("remove")
+            if remove and remove["path"].startswith(f"{partition}/"):
+                remove["deletionTimestamp"] -= int(hours * 3600 * 1000)
+                moved += 1
+            out.append(json.dumps(action))
+        log.write_text("\n".join(out) + "\n")
+    return moved

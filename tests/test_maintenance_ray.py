@@ -1,0 +1,210 @@
+"""Compaction and vacuum on a real local Ray (its own), under the real Redis lock, while
+batches commit: Delta tables (appends by deltalake from a thread) and Parquet sinks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import ray
+from deltalake import DeltaTable, write_deltalake
+
+from celeray.errors import MaintenanceBusyError
+from celeray.maintenance import MaintenanceLock
+from celeray.pipeline_spec import Pipeline
+from celeray.ray_private import private_temp_dir, remove_private_temp_dir
+from celeray.settings import Settings
+from tasks.maintain import compact_pipeline, vacuum_pipeline
+from tests._maint_tables import (
+    backdate_removes,
+    commit_batch,
+    data_files,
+    frame,
+    read_rows,
+    rows_of,
+)
+from tests._stack import unit_store
+
+MiB = 1024**2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    if ray.is_initialized():
+        pytest.skip("Ray already connected in this process")
+    temp = private_temp_dir()  # not the shared /tmp/ray: Ray makes its folders 0777
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=100 * MiB, _temp_dir=str(temp))  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        remove_private_temp_dir(temp)
+
+
+@pytest.fixture
+def lock() -> Iterator[MaintenanceLock]:
+    with unit_store(lock_ttl=30) as store:
+        yield MaintenanceLock(store.r, ttl=30)
+
+
+SETTINGS = Settings(task_time_limit=120)
+
+
+def pipeline(sink: Path, **maintenance: Any) -> Pipeline:
+    return Pipeline.model_validate({
+        "name": "p", "source": str(sink.parent / "landing" / "*.csv"), "sink": str(sink),
+        "partition_by": ["k"], "maintenance": {"target_file_size": "1MiB", **maintenance},
+    })  # fmt: skip
+
+
+def two(i: int) -> pa.Table:
+    return pa.concat_tables([frame(i * 10, 5, 0), frame(i * 10 + 5, 5, 1)])
+
+
+def delta_files_per_partition(table: DeltaTable) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for uri in table.file_uris():
+        part = uri.rsplit("/", 2)[-2]
+        out[part] = out.get(part, 0) + 1
+    return out
+
+
+class Appender(threading.Thread):
+    """Commits batches (one frame each) until stopped: batches committing meanwhile."""
+
+    def __init__(self, commit: Any, first: int) -> None:
+        super().__init__(daemon=True)
+        self.commit, self.next, self.stop = commit, first, threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.commit(self.next)
+                self.next += 1
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def end(self) -> int:
+        self.stop.set()
+        self.join(60)
+        assert self.error is None, self.error
+        return self.next
+
+
+def test_delta_compaction_while_batches_commit(tmp_path: Path, lock: MaintenanceLock) -> None:
+    sink = tmp_path / "lake"
+    url = str(sink)
+    for i in range(40):  # 80 small files over 2 partitions
+        write_deltalake(url, two(i), mode="append", partition_by=["k"])
+    before_version = DeltaTable(url).version()
+    before_rows = rows_of(DeltaTable(url).to_pyarrow_table())
+    assert delta_files_per_partition(DeltaTable(url)) == {"k=0": 40, "k=1": 40}
+
+    appender = Appender(lambda i: write_deltalake(url, two(i), mode="append",
+                                                  partition_by=["k"]), first=1000)  # fmt: skip
+    appender.start()
+    out = compact_pipeline(pipeline(sink), SETTINGS, lock)
+    last = appender.end()
+    assert appender.next > 1000, "no batch committed during the compaction"
+    assert out["format"] == "delta" and out["files_removed"] >= 80 and out["files_added"] == 2
+
+    table = DeltaTable(url)
+    expected = sorted(before_rows + [r for i in range(1000, last) for r in rows_of(two(i))])
+    got = rows_of(table.to_pyarrow_table())
+    assert got == expected  # rows identical: none lost, none twice
+    assert len(set(got)) == len(got)
+    # time travel: before compaction, and the version just before the compaction's commit
+    assert rows_of(DeltaTable(url, version=before_version).to_pyarrow_table()) == before_rows
+    optimize = next(h for h in table.history() if h["operation"] == "OPTIMIZE")
+    v = optimize["version"]
+    assert (rows_of(DeltaTable(url, version=v - 1).to_pyarrow_table())
+            == rows_of(DeltaTable(url, version=v).to_pyarrow_table()))  # fmt: skip
+    # once batches stop, files per partition drop to the target: one file each here
+    compact_pipeline(pipeline(sink), SETTINGS, lock)
+    assert delta_files_per_partition(DeltaTable(url)) == {"k=0": 1, "k=1": 1}
+    assert rows_of(DeltaTable(url).to_pyarrow_table()) == expected
+
+
+def test_delta_vacuum_deletes_only_unreferenced_files_older_than_retention(
+    tmp_path: Path, lock: MaintenanceLock,
+) -> None:
+    sink = tmp_path / "lake"
+    url = str(sink)
+    for i in range(10):
+        write_deltalake(url, two(i), mode="append", partition_by=["k"])
+    old_version = DeltaTable(url).version()
+    before_rows = rows_of(DeltaTable(url).to_pyarrow_table())
+    old_files = {u.removeprefix("file://") for u in DeltaTable(url).file_uris()}
+    compact_pipeline(pipeline(sink), SETTINGS, lock)
+    live = {u.removeprefix("file://") for u in DeltaTable(url).file_uris()}
+    assert not live & old_files
+    # an orphan (a batch's file not committed yet), unreferenced by any version
+    orphan = sink / "k=0" / "part-uncommitted-batch.parquet"
+    orphan.write_bytes(Path(next(iter(live))).read_bytes())
+    # the compaction of partition k=0 "ran" 3 hours ago, k=1's just now
+    assert backdate_removes(sink, "k=0", hours=3) == 10
+
+    out = vacuum_pipeline(pipeline(sink, vacuum_retention="2h"), SETTINGS, lock)
+    deleted = {str(sink / p) for p in out["deleted"]}
+    assert deleted == {f for f in old_files if "/k=0/" in f}  # unreferenced and old enough
+    assert all(Path(f).exists() for f in old_files if "/k=1/" in f)  # too recent: kept
+    assert all(Path(f).exists() for f in live)  # referenced: kept
+    assert orphan.exists()  # never in the log: not Delta's to delete
+    assert rows_of(DeltaTable(url).to_pyarrow_table()) == before_rows
+    # time travel to before the compaction still reads partition k=1, whose files are kept
+    old = DeltaTable(url, version=old_version).to_pyarrow_table(filters=[("k", "=", 1)])
+    assert rows_of(old) == [r for r in before_rows if r[2] == 1]
+
+
+def test_vacuum_retention_is_raised_to_the_task_time_limit(
+    tmp_path: Path, lock: MaintenanceLock,
+) -> None:
+    sink = tmp_path / "lake"
+    for i in range(4):
+        write_deltalake(str(sink), two(i), mode="append", partition_by=["k"])
+    compact_pipeline(pipeline(sink), SETTINGS, lock)
+    backdate_removes(sink, "k=0", hours=1.5)
+    out = vacuum_pipeline(pipeline(sink, vacuum_retention="0h"),
+                          Settings(task_time_limit=2 * 3600), lock)  # fmt: skip
+    assert out["retention_seconds"] == 7200 and "shorter than" in out["notes"][0]
+    assert out["files_deleted"] == 0  # 1.5 h old removals survive a 2 h floor
+    out = vacuum_pipeline(pipeline(sink, vacuum_retention="0h"), Settings(task_time_limit=60),
+                          lock)  # fmt: skip
+    assert out["retention_hours"] == 1 and out["files_deleted"] == 4
+
+
+def test_never_two_maintenances_of_one_table(tmp_path: Path, lock: MaintenanceLock) -> None:
+    sink = tmp_path / "lake"
+    write_deltalake(str(sink), two(0), mode="append", partition_by=["k"])
+    with lock.held(pipeline(sink).sink, "someone else"):
+        with pytest.raises(MaintenanceBusyError):
+            compact_pipeline(pipeline(sink), SETTINGS, lock)
+        with pytest.raises(MaintenanceBusyError):
+            vacuum_pipeline(pipeline(sink), SETTINGS, lock)
+    compact_pipeline(pipeline(sink), SETTINGS, lock)  # free again
+
+
+def test_parquet_compaction_on_ray_while_batches_commit(
+    tmp_path: Path, lock: MaintenanceLock,
+) -> None:
+    sink = tmp_path / "lake"
+    for i in range(30):
+        commit_batch(sink, f"b{i:04d}", two(i))
+    before = read_rows(sink)
+    appender = Appender(lambda i: commit_batch(sink, f"b{i:04d}", two(i)), first=1000)
+    appender.start()
+    out = compact_pipeline(pipeline(sink), SETTINGS, lock)
+    last = appender.end()
+    assert out["format"] == "parquet" and out["files_removed"] >= 60
+    expected = sorted(before + [r for i in range(1000, last) for r in rows_of(two(i))])
+    assert read_rows(sink) == expected
+    out = compact_pipeline(pipeline(sink), SETTINGS, lock)  # batches stopped: the rest
+    assert {k: len(v) for k, v in data_files(sink).items()} == {"k=0": 1, "k=1": 1}
+    assert read_rows(sink) == expected and len(set(expected)) == len(expected)
+    assert vacuum_pipeline(pipeline(sink), SETTINGS, lock)["removed_again"] == 0
