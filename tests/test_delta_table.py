@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+import celeray.reading
 from celeray import delta_table, table_format
 from celeray.errors import LedgerError, TableFormatError
 from celeray.ledger import Ledger
@@ -176,6 +177,8 @@ def test_batches_commit_once_each_and_read_back(sink: str) -> None:
     path = delta_table.delta_uri(sink)
     assert sorted(pl.read_delta(path)["id"].to_list()) == _delta_rows(sink)
     assert pl.read_delta(path, version=0).height == 4  # time travel: before batch b2
+    assert celeray.reading.dataset(sink).count_rows() == 7
+    assert celeray.reading.dataset(sink, version=second.version - 1).count_rows() == 4
 
 
 def test_crash_between_entry_and_delta_commit(sink: str) -> None:
