@@ -75,6 +75,7 @@ __all__ = [
     "check_schema",
     "delta_schema",
     "delta_uri",
+    "drop_files",
     "open_table",
     "partition_values",
     "publish",
@@ -397,6 +398,16 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCo
     latest = open_table(sink)
     stop = latest.version() if latest is not None else before + 1
     return DeltaCommit(_find_version(sink, batch_id, before + 1, stop), True)
+
+
+def drop_files(sink: str, outputs: list[dict[str, Any]]) -> None:
+    """Delete files an attempt wrote into the table folder that will never be committed
+    (a read superseded by a second read of the batch); their names are that read's own, so
+    no committed version references them. Missing ones are skipped."""
+    for out in outputs:
+        path = str(out.get("path") or "")
+        if path and not path.startswith("/") and ".." not in path.split("/"):
+            storage.remove_file(storage.join(sink, path))
 
 
 def publish(ledger: Ledger, entry: dict[str, Any]) -> DeltaCommit:

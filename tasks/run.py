@@ -21,6 +21,7 @@ from celery import Task, chain, states
 from celeray import runs, storage
 from celeray.batch import ResolvedBatch, resolve
 from celeray.batch_schema import plan_with_schema, settle
+from celeray.delta_table import drop_files
 from celeray.errors import (
     BatchBusyError,
     LedgerError,
@@ -490,6 +491,8 @@ def _transform(
             settled = settle(plan, result)
             if settled.reread_with is None:
                 break
+            if batch.is_delta:  # this read's files are in the table folder, never to commit
+                drop_files(batch.sink, [*result["outputs"], *(result.get("rejects") or [])])
             if reads == MAX_READS:
                 raise SchemaConflictError(
                     f"batch {batch.batch_id}: its files still disagree on column types after "
