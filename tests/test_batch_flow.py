@@ -66,8 +66,11 @@ def settings(tmp_path: Path) -> Settings:
         '[pipelines.p]\nsource = "landing/*.csv"\nsink = "lake/p"\n'
     )
     url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{UNIT_DB}"
+    # run_lock_ttl=3: the process-wide lock keeper takes its renewal interval (a third of
+    # it, at least 1 s) from its first caller, and tests/test_lock_keeper.py waits for it
     return Settings(home=tmp_path / "home", pipelines=tmp_path / "pipelines.toml",
-                    broker_url=url, result_backend=url, max_deliveries=2)  # fmt: skip
+                    broker_url=url, result_backend=url, max_deliveries=2,
+                    run_lock_ttl=3)  # fmt: skip
 
 
 def _batch(settings: Settings, store: RunStore) -> ResolvedBatch:
