@@ -1,7 +1,8 @@
 """The life of one run, as plain functions the Celery tasks call.
 
-Each function takes its connections (a :class:`RunStore`, settings) as arguments, so it runs
-the same under a worker, in the CLI, or in a test without a broker.
+Each function takes its connections (a :class:`RunStore`, the Celery result backend as a
+:class:`ResultBackend`, settings) as arguments, so it runs the same under a worker, in the
+CLI, or in a test without a broker.
 
 A run moves QUEUED -> RUNNING -> SUCCESS | FAILURE. Its id is the id of its ``start_run``
 task message. Every batch is finished exactly once (committed, or failed with its error);
@@ -10,13 +11,14 @@ the task that finishes the last one finalizes the run and releases the lock.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from celeray import delta_table, storage
 from celeray.batch import ResolvedBatch
-from celeray.errors import LedgerError, LockLostError, RunActiveError
+from celeray.errors import LedgerError, LockLostError, RunActiveError, RunFailedError
 from celeray.ledger import Ledger
 from celeray.messages import BatchMessage, InputFile
 from celeray.pipelines import Pipeline
@@ -29,19 +31,31 @@ from celeray.table_schema import schema_from_json
 
 __all__ = [
     "FINAL_STATES",
+    "ResultBackend",
     "abort_run",
+    "after_batch",
     "begin_run",
     "commit_result",
+    "end_run",
     "fail_batch",
     "finalize_run",
     "new_run_id",
     "progress_of",
+    "publish_progress",
     "reserve_run",
     "summary_of",
     "trigger_run",
 ]
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})
+
+log = logging.getLogger(__name__)
+
+
+class ResultBackend(Protocol):
+    """Where a run's progress and end are stored: the Celery app's result backend."""
+
+    def store_result(self, task_id: str, result: Any, state: str) -> Any: ...
 
 
 def new_run_id() -> str:
@@ -267,9 +281,59 @@ def _check_result(batch: ResolvedBatch, result: dict[str, Any]) -> None:
                                   "not a table file")  # fmt: skip
 
 
-def fail_batch(message: BatchMessage, error: str, store: RunStore) -> int | None:
-    """Count a batch as failed (its inputs stay uncommitted); return batches remaining."""
-    return store.finish_batch(message["run_id"], message["batch_id"], {}, error=error)
+def fail_batch(
+    message: BatchMessage, error: str, store: RunStore, backend: ResultBackend | None = None
+) -> int | None:
+    """Count a batch as failed (its inputs stay uncommitted); return batches remaining.
+
+    With a ``backend``, the run is then ended or its progress shown (:func:`after_batch`).
+    """
+    remaining = store.finish_batch(message["run_id"], message["batch_id"], {}, error=error)
+    if backend is not None:
+        after_batch(message["run_id"], remaining, store, backend)
+    return remaining
+
+
+def publish_progress(run_id: str, store: RunStore, backend: ResultBackend) -> None:
+    """Store the run's aggregated progress as its PROGRESS state, unless it has ended."""
+    record = store.get(run_id)
+    if record and record.get("state") not in FINAL_STATES:
+        backend.store_result(run_id, progress_of(record), "PROGRESS")
+
+
+def end_run(run_id: str, store: RunStore, backend: ResultBackend) -> None:
+    """End the run (:func:`finalize_run`): its summary, or its failure, goes to ``backend``."""
+    state, summary = finalize_run(run_id, store)
+    if state == "SUCCESS":
+        backend.store_result(run_id, summary, state)
+    else:
+        errors = "; ".join(e["error"] for e in summary["errors"][:3])
+        exc = RunFailedError(
+            f"{summary['batches_failed']} of {summary['batches_total']} batch(es) failed; "
+            f"their files stay uncommitted for the next run: {errors}"
+        )
+        backend.store_result(run_id, exc, state)
+    log.info("run %s ended %s: %s", run_id, state, {k: summary[k] for k in ("rows_out",)})
+
+
+def after_batch(
+    run_id: str, remaining: int | None, store: RunStore, backend: ResultBackend
+) -> None:
+    """After a batch finished: end the run if it was the last, else show progress.
+
+    ``remaining`` is None when the batch had been counted before: a redelivered task whose
+    first delivery died after counting. If that was the last batch, its death may have come
+    before the run was ended, so an unfinished run with nothing pending is ended now
+    (ending twice stores the same summary twice).
+    """
+    if remaining is None:
+        record = store.get(run_id)  # None when Redis lost the run: nothing to end
+        if record and not store.pending(run_id) and record.get("state") not in FINAL_STATES:
+            end_run(run_id, store, backend)
+    elif remaining == 0:
+        end_run(run_id, store, backend)
+    else:
+        publish_progress(run_id, store, backend)
 
 
 def progress_of(record: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ Output names derive from the batch id, the unit number and a hash of the unit's 
 outputs of the unit are deleted first, so running a unit again replaces its files.
 
 A unit of a Delta sink (plan ``table_format = "delta"``) writes into the table itself and
-its names also carry the transform's attempt (``part-<batch>-a<attempt>-u<unit>-...``):
+its names also carry the transform's attempt, the plan's ``attempt``
+(``part-<batch>-a<attempt>-u<unit>-...``):
 a new attempt never rewrites a file that a committed Delta version may reference, so
 nothing is deleted first (listing the whole table would cost as much), and what a dead
 attempt left is no table's file until vacuum removes it (:mod:`celeray.delta_table`).
@@ -148,7 +149,7 @@ class _UnitRun:
         self.threads = threads
         # A Delta sink's unit writes into the table, named after its attempt too.
         self.delta = plan.get("table_format") == "delta"
-        attempt = unit.get("attempt")
+        attempt = plan.get("attempt")
         self.prefix = unit_prefix(str(unit["batch_id"]), int(unit["unit"]), unit["files"],
                                   str(attempt) if self.delta and attempt else None)
         self.out_url = str(unit["out_url"])

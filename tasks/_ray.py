@@ -1,4 +1,5 @@
-"""The one Ray connection of a ``ray``-queue worker process, made on first use."""
+"""The one Ray connection of a ``ray``-queue worker process, made on first use, and the
+converter the core's :class:`~celeray.batch_flow.BatchFlow` is given (:func:`convert`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import worker_ready
 
+from celeray.batch import ResolvedBatch
 from celeray.celeryconfig import RAY_QUEUE
 from celeray.errors import RayUnavailableError
-from celeray.ray_env import job_runtime_env
+from celeray.ray_env import job_runtime_env, pipeline_extras
 from celeray.ray_private import ONE_MACHINE_ENV, is_loopback
 from celeray.settings import get_settings
 
 # Importing this module also hooks the Ray warm-up to worker_ready.
-__all__ = ["cluster_cpus", "ensure_ray"]
+__all__ = ["cluster_cpus", "convert", "ensure_ray"]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -103,6 +106,35 @@ def _bound_gcs_wait() -> None:
     settings = get_settings()
     margin = settings.effective_visibility_timeout - settings.task_time_limit
     os.environ.setdefault(GCS_WAIT_ENV, str(max(5, min(RAY_GCS_WAIT, margin // 2))))
+
+
+def convert(
+    batch: ResolvedBatch, plan: dict[str, Any], *, deadline: float,
+    on_progress: Callable[[dict[str, int]], None],
+) -> dict[str, Any]:
+    """Convert ``batch`` on Ray with ``plan``: :func:`ray_jobs.convert.convert_batch`, from
+    this process's Ray connection and settings (a :class:`celeray.batch_flow.Converter`)."""
+    from ray_jobs.convert import convert_batch
+
+    ensure_ray()
+    settings = get_settings()
+    cpus = cluster_cpus()
+    return convert_batch(
+        plan,
+        batch.readable,
+        batch_id=batch.batch_id,
+        out_url=batch.out_url,
+        prequarantined=list(batch.prequarantined.values()),
+        unit_bytes=settings.unit_bytes,
+        cpus=cpus,
+        # 0 means twice the CPUs: resolved here from the cached count, since run_units
+        # would ask Ray's GCS for it (~1 ms) on every batch
+        max_in_flight=settings.ray_max_in_flight or 2 * cpus,
+        min_free_memory=settings.min_free_memory,
+        deadline=deadline,
+        runtime_env=pipeline_extras(plan),
+        on_progress=on_progress,
+    )
 
 
 _CPUS_TTL = 30.0  # seconds; nodes join and leave rarely, batches come often

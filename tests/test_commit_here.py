@@ -1,4 +1,4 @@
-"""tasks.run.commit_here: a transform commits its local batch, or hands the commit over."""
+"""BatchFlow.commit_here: a transform commits its local batch, or hands the commit over."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-import tasks.run as run
 from celeray.batch import ResolvedBatch
+from celeray.batch_flow import BatchFlow
 from celeray.errors import LockLostError
 from celeray.ledger import Ledger
 from celeray.pipelines import Pipeline
@@ -30,20 +30,25 @@ def batch(tmp_path: Path) -> ResolvedBatch:
 
 
 def _commit_raising(exc: BaseException | None) -> Any:
-    def commit(batch: ResolvedBatch, result: dict[str, Any], hostname: str | None):
+    def commit(flow: BatchFlow, batch: ResolvedBatch, result: dict[str, Any]):
         if exc is not None:
             raise exc
-        return {"batch_id": batch.batch_id, "committed": True, "by": hostname}
+        return {"batch_id": batch.batch_id, "committed": True, "by": flow.hostname}
 
     return commit
+
+
+def _flow() -> BatchFlow:
+    """A flow whose commit is replaced by each test: no store or backend is reached."""
+    return BatchFlow(store=None, settings=None, backend=None, hostname="ray@h")  # type: ignore[arg-type]
 
 
 def test_a_commit_that_works_is_done_here(
     monkeypatch: pytest.MonkeyPatch, batch: ResolvedBatch
 ) -> None:
     sent: list[Any] = []
-    monkeypatch.setattr(run, "_commit", _commit_raising(None))
-    out = run.commit_here(batch, RESULT, "ray@h", defer=sent.append)
+    monkeypatch.setattr(BatchFlow, "_commit", _commit_raising(None))
+    out = _flow().commit_here(batch, RESULT, defer=sent.append)
     assert out == {"batch_id": "0" * 24, "committed": True, "by": "ray@h"} and sent == []
 
 
@@ -55,8 +60,8 @@ def test_a_failed_commit_goes_to_commit_batch_with_its_result_in_the_sink(
     """The Ray work is done: the batch goes to commit_batch (io, retried), which finds the
     result where the transform saved it, beside the staged Parquet, not in the message."""
     sent: list[Any] = []
-    monkeypatch.setattr(run, "_commit", _commit_raising(exc))
-    out = run.commit_here(batch, RESULT, "ray@h", defer=sent.append)
+    monkeypatch.setattr(BatchFlow, "_commit", _commit_raising(exc))
+    out = _flow().commit_here(batch, RESULT, defer=sent.append)
     assert sent == [(batch.message,)]
     assert out == {"batch_id": "0" * 24, "committed": None, "deferred": True}
     assert Ledger(batch.sink).load_result(batch.batch_id) == RESULT
@@ -66,7 +71,7 @@ def test_a_superseded_run_fails_the_batch_as_commit_batch_would(
     monkeypatch: pytest.MonkeyPatch, batch: ResolvedBatch
 ) -> None:
     sent: list[Any] = []
-    monkeypatch.setattr(run, "_commit", _commit_raising(LockLostError("superseded")))
+    monkeypatch.setattr(BatchFlow, "_commit", _commit_raising(LockLostError("superseded")))
     with pytest.raises(LockLostError):
-        run.commit_here(batch, RESULT, "ray@h", defer=sent.append)
+        _flow().commit_here(batch, RESULT, defer=sent.append)
     assert sent == []

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from celeray.lock_keeper import keep_lock
 from celeray.runstate import RunStore
-from tasks._lock_keeper import keep_lock
 from tests._stack import unit_store, wait_for
 
 INTERVAL = 0.05  # seconds between renewals: the keeper's thread is the first caller's
