@@ -80,8 +80,11 @@ def _measure(nodes: int, data: DataSet, tiny: DataSet, repeat: int, root: Path,
     folder = root / f"nodes-{nodes}"
     folder.mkdir()
     say(f"{nodes} Ray node(s) of 1 CPU: starting the stack ...")
+    # The stack's local roots are its own folder's parent (the tests'); the data sets live
+    # beside the bench, so they are allowed too (issue 16: the warm-up's source was refused).
+    roots = os.pathsep.join([str(root), str(data.folder.parent), str(tiny.folder.parent)])
     stack = Stack(folder, ray_cpus=1, node_bins=(VENV_BIN,) * (nodes - 1), dbs=BENCH_DBS,
-                  worker_env=WORKER_ENV)
+                  worker_env=WORKER_ENV, extra_env={"CELERAY_LOCAL_ROOTS": roots})
     try:
         wait_for(lambda: "warmed" in stack.rayw.proc.log.read_text(), 180, "Ray warm-up")
         _run(stack, "warm", tiny, folder / "out")
