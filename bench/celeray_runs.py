@@ -110,6 +110,7 @@ def run_pipeline(stack: BenchStack, name: str, sink: Path) -> dict[str, Any]:
             "batches": result.get("batches_total"),
             "ledger": ledger,
             "peak": sampler.peak(),
+            "peak_by_process": sampler.by_name(),
             "breakdown": breakdown(stack, run_id, t0, int(ledger["entries"])),
         }
     finally:

