@@ -215,6 +215,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("time", f"{s.get('seconds', 0):.1f} s, {s.get('mb_per_s', 0)} MB/s"),
         ("sink", str(s.get("sink"))),
     ]
+    versions = s.get("delta_versions") or {}
+    if versions:  # a Delta sink: each batch one commit
+        known = sorted(v for v in versions.values() if v is not None)
+        span = f"{known[0]}..{known[-1]}" if len(known) > 1 else (known[0] if known else "-")
+        rows.append(("delta", f"{len(versions)} batch commit(s), versions {span}"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

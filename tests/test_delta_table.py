@@ -283,3 +283,16 @@ def test_delta_on_s3(s3: Any) -> None:
     assert delta_table.republish(ledger) == 1
     assert _delta_rows(sink) == [0, 1, 2, 7, 8]
     assert {e["batch_id"]: e["delta_version"] for e in ledger.entries()} == {"b1": 0, "b2": 1}
+
+
+def test_the_demo_tells_how_to_read_the_table() -> None:
+    from celeray.cli import reading_hints
+
+    hints = reading_hints("/srv/lake/flights", 7)
+    text = "\n".join(hints)
+    assert 'DeltaTable("/srv/lake/flights").to_pandas()' in text
+    assert 'polars.read_delta("/srv/lake/flights")' in text
+    assert "delta_scan('/srv/lake/flights');" in text
+    assert 'read_delta("/srv/lake/flights", version=6)' in hints[-1]
+    assert len(reading_hints("/t", None)) == 3
+
