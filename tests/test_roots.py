@@ -142,6 +142,7 @@ def test_ray_side_quarantines_a_read_outside_its_roots(tree: Path) -> None:
         process_unit(plan(limits(), local_roots=roots), {**unit, "out_url": tree.as_uri()})
 
 
+@pytest.mark.stack
 def test_a_run_quarantines_a_symlink_out_of_the_roots(stack: Stack, flights_df, tmp_path):
     """The real stack: a symlink in the landing folder to a file outside the roots is
     quarantined with its reason (one alone in its batch, too); the other files commit."""
