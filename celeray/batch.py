@@ -35,6 +35,8 @@ from celeray.planner import needs_staging
 from celeray.roots import outside_roots
 from celeray.settings import Settings
 from celeray.sizes import format_size
+from celeray.table_format import DELTA
+from celeray.table_format import resolve as resolve_format
 
 __all__ = [
     "STAGED_MANIFEST",
@@ -62,9 +64,18 @@ class ResolvedBatch:
     # Each input with ``read_url``: where Ray reads it (its own URL, or its staged copy).
     files: list[dict[str, Any]]
     staging_url: str  # copies of inputs Ray cannot read in place (http, sftp, ...)
-    out_url: str  # the batch's Parquet before its commit (the ledger's staging folder)
+    # Where its Ray tasks write: a Parquet sink's batch into the ledger's staging folder
+    # (moved into place at the commit), a Delta sink's into the table itself (published by
+    # the Delta commit; see celeray.delta_table).
+    out_url: str
     plan: dict[str, Any]  # what every Ray task of the batch gets
     prequarantined: dict[str, dict[str, Any]] = field(default_factory=dict)
+    table_format: str = "parquet"  # celeray.table_format: "delta" | "parquet"
+
+    @property
+    def is_delta(self) -> bool:
+        """Whether the batch goes into a Delta table."""
+        return self.table_format == DELTA
 
     @property
     def run_id(self) -> str:
@@ -216,13 +227,16 @@ def resolve(raw: Any, settings: Settings) -> ResolvedBatch:
             name = f["url"].rstrip("/").rsplit("/", 1)[-1]
             read_url = storage.join(staging_url, f"{i:05d}-{name}")
         files.append({**f, "read_url": read_url})
-    plan = ray_plan(pipeline, settings)
+    table_format = resolve_format(pipeline.table_format, pipeline.sink)
+    plan = {**ray_plan(pipeline, settings), "table_format": table_format}
+    delta = table_format == DELTA
     return ResolvedBatch(
         message=message,
         pipeline=pipeline,
         files=files,
         staging_url=staging_url,
-        out_url=Ledger(pipeline.sink).staging_url(message["batch_id"]),
+        out_url=pipeline.sink if delta else Ledger(pipeline.sink).staging_url(message["batch_id"]),
         plan=plan,
         prequarantined=_prequarantined(message, settings),
+        table_format=table_format,
     )

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from celeray import runs, storage
 from celeray.batch import ResolvedBatch
 from celeray.batch_schema import plan_with_schema, settle
+from celeray.delta_table import drop_files
 from celeray.errors import (
     BatchBusyError,
     LedgerError,
@@ -233,8 +234,13 @@ class BatchFlow:
         # dispatcher keeps this deadline itself, under the visibility timeout, so a batch is
         # stopped before Redis could hand it to a second worker while it still runs.
         deadline = time.monotonic() + settings.task_time_limit * DEADLINE_SHARE
+        # A Delta batch's files go straight into the table: each read (attempt) names them
+        # anew, so no attempt rewrites a file a committed version may reference.
+        attempt = uuid.uuid4().hex[:8] if batch.is_delta else None
         with self._heartbeat(batch) as lost:
             for reads in range(1, MAX_READS + 1):
+                if attempt is not None:
+                    plan = {**plan, "attempt": f"{attempt}{reads}"}
                 try:
                     result = self.convert(batch, plan, deadline=deadline, on_progress=on_progress)
                 except TimeLimitError as exc:
@@ -246,6 +252,8 @@ class BatchFlow:
                 settled = settle(plan, result)
                 if settled.reread_with is None:
                     break
+                if batch.is_delta:  # this read's files are in the table, never to commit
+                    drop_files(batch.sink, [*result["outputs"], *(result.get("rejects") or [])])
                 if reads == MAX_READS:
                     raise SchemaConflictError(
                         f"batch {batch.batch_id}: its files still disagree on column types "

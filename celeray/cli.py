@@ -215,6 +215,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("time", f"{s.get('seconds', 0):.1f} s, {s.get('mb_per_s', 0)} MB/s"),
         ("sink", str(s.get("sink"))),
     ]
+    versions = s.get("delta_versions") or {}
+    if versions:  # a Delta sink: each batch one commit
+        known = sorted(v for v in versions.values() if v is not None)
+        span = f"{known[0]}..{known[-1]}" if len(known) > 1 else (known[0] if known else "-")
+        rows.append(("delta", f"{len(versions)} batch commit(s), versions {span}"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -342,8 +347,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     lake = workdir / "lake" / "flights"
     # soft_wrap: paths, passwords, tokens and SQL are never cut by a narrow terminal or a pipe
     say = functools.partial(console.print, soft_wrap=True, highlight=False, markup=False)
-    say(f"Parquet (zstd) is in {lake}; read it with DuckDB:")
-    say(f"  SELECT count(*) FROM read_parquet('{lake}/*/*/*.parquet', hive_partitioning=true);")
+    say(f"A Delta table (zstd Parquet) is in {lake}; read it with")
+    for line in reading_hints(str(lake), (doc.get("result") or {}).get("delta_version")):
+        say(f"  {line}")
     say(f"Flower:    http://127.0.0.1:{settings.flower_port}  user {settings.flower_user}, "
         f"password {credentials.flower_password(settings)}")
     say(f"API:       http://127.0.0.1:{settings.api_port}/api/v1  token "
@@ -353,6 +359,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     say(f"  export CELERAY_PIPELINES={workdir / 'pipelines.toml'}")
     say(f"  {exe} status;  {exe} runs flights;  {exe} down")
     return 0
+
+
+def reading_hints(table: str, version: int | None) -> list[str]:
+    """How to read the Delta table at ``table`` (a local path) with each reader, and how
+    to read it as it was before the run's last batch (time travel)."""
+    hints = [
+        f'deltalake: DeltaTable("{table}").to_pandas()',
+        f'Polars:    polars.read_delta("{table}")',
+        f"DuckDB:    INSTALL delta; LOAD delta; SELECT count(*) FROM delta_scan('{table}');",
+    ]
+    if version:
+        hints.append(f'before the last batch: polars.read_delta("{table}", version={version - 1})')
+    return hints
 
 
 def _command() -> str:

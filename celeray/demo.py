@@ -21,6 +21,7 @@ _PIPELINES = """\
 [pipelines.flights]
 source = "{landing}/flights-*"
 sink = "{lake}/flights"
+table_format = "delta"      # the default; "parquet" for a plain hive-partitioned folder
 sql = "SELECT *, distance / air_time * 60 AS mph FROM input WHERE dep_delay IS NOT NULL"
 partition_by = ["year", "month"]
 batch_bytes = "8MiB"

@@ -36,6 +36,7 @@ __all__ = [
     "SchemaConflictError",
     "SchemaError",
     "StorageError",
+    "TableFormatError",
     "TimeLimitError",
     "TransformError",
     "TransientIOError",
@@ -177,6 +178,17 @@ class SchemaConflictError(CelerayError):
     def __init__(self, message: str, *, column: str | None = None) -> None:
         self.column = column
         super().__init__(message)
+
+
+class TableFormatError(CelerayError):
+    """A sink's table format does not fit what the pipeline asks, or what a batch brings.
+
+    A pipeline that names ``table_format = "delta"`` for a sink that already holds a Parquet
+    table (or the other way round), or a batch that would widen a Delta column's type
+    (delta-rs has no type widening). It fails the batch before its ledger entry, so its
+    files stay uncommitted until the pipeline file (or its SQL) is fixed; the message names
+    the fix.
+    """
 
 
 class TransformError(CelerayError):

@@ -26,6 +26,7 @@ __all__ = [
     "S3_ENDPOINT_ENV",
     "S3_PROTOCOLS",
     "S3_REGION_ENV",
+    "delta_options",
     "is_s3",
     "storage_options",
     "url_to_fs",
@@ -76,3 +77,22 @@ def url_to_fs(url: str, extra: dict[str, Any] | None = None) -> tuple[Any, str]:
     """
     options = {**storage_options(url), **(extra or {})}
     return fsspec.core.url_to_fs(url, **options)
+
+
+def delta_options(url: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """deltalake's storage options for ``url`` from the same variables as fsspec's.
+
+    S3: the endpoint (plain HTTP allowed when it says ``http://``) and the region.
+    Credentials are left to the environment, where deltalake's S3 client finds
+    ``AWS_ACCESS_KEY_ID`` and the rest as botocore does. Other protocols get ``{}``.
+    """
+    client = storage_options(url, environ).get("client_kwargs") or {}
+    out: dict[str, str] = {}
+    endpoint = client.get("endpoint_url")
+    if endpoint:
+        out["AWS_ENDPOINT_URL"] = str(endpoint)
+        if str(endpoint).startswith("http://"):
+            out["AWS_ALLOW_HTTP"] = "true"
+    if client.get("region_name"):
+        out["AWS_REGION"] = str(client["region_name"])
+    return out

@@ -9,6 +9,12 @@ Layout::
     <sink>/_celeray/rejects/part-<batch>-...    rows skipped as bad (``on_bad_rows = "skip"``)
     <sink>/_celeray/schema/v<version>.json      the table schema's versions (celeray.schema_log)
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
+    <sink>/_celeray/delta/<batch_id>.json       a Delta sink's batch: its Delta version
+
+A Delta sink (:mod:`celeray.delta_table`) has no staged data: its batch's files are written
+in place under names no committed version references, its entry records them as add
+actions, and the Delta commit after the entry publishes them. Its ``staging/<batch_id>/``
+holds only the transform's ``_result.json`` for a commit on another host.
 
 A batch's Parquet is written under ``staging/``, which pyarrow.dataset skips (leading ``_``)
 and partition globs do not reach. Committing writes the ledger entry atomically; that is the
@@ -44,6 +50,9 @@ RESULT_NAME = "_result.json"  # a leading "_": the dataset writers and readers s
 _CACHE_LOCK = threading.Lock()
 # Entries never change once written, so each process reads each one once.
 _ENTRY_CACHE: dict[str, dict[str, Any]] = {}
+# Published Delta versions never change either (None is not cached: it may be written yet).
+_MARKER_CACHE: dict[str, dict[str, Any]] = {}
+DELTA = "delta"  # an entry's table_format for a Delta sink (celeray.table_format.DELTA)
 
 
 def batch_id_for(pipeline: str, files: list[dict[str, Any]]) -> str:
@@ -140,8 +149,50 @@ class Ledger:
                 raise LedgerError(f"unreadable record of a started run {url}: {exc}") from exc
         return sorted(out, key=lambda d: d.get("started_at", 0))
 
+    def delta_url(self, batch_id: str) -> str:
+        """Where the Delta version of a Delta sink's committed batch is written down."""
+        return storage.join(self.root, "delta", f"{batch_id}.json")
+
+    def record_delta(self, batch_id: str, version: int | None) -> None:
+        """Write down the Delta version that published ``batch_id`` (None: it had no rows,
+        or its commit is too old to find); the first writer's record stays."""
+        doc = {"batch_id": batch_id, "delta_version": version, "published_at": time.time()}
+        storage.create_json(self.delta_url(batch_id), doc, self.storage_options)
+
+    def delta_marker(self, batch_id: str) -> dict[str, Any] | None:
+        """The record :meth:`record_delta` wrote for ``batch_id``; None when there is none."""
+        url = self.delta_url(batch_id)
+        with _CACHE_LOCK:
+            found = _MARKER_CACHE.get(url)
+        if found is not None:
+            return found
+        try:
+            found = storage.read_json(url, self.storage_options)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"unreadable Delta record {url}: {exc}") from exc
+        with _CACHE_LOCK:
+            _MARKER_CACHE[url] = found
+        return found
+
+    def _delta_versions(self) -> dict[str, int | None]:
+        """Batch id -> its published Delta version, for every batch written down."""
+        out: dict[str, int | None] = {}
+        for url in self._documents("delta"):
+            batch_id = url.rsplit("/", 1)[-1].removesuffix(".json")
+            marker = self.delta_marker(batch_id)
+            if marker is not None:
+                out[batch_id] = marker.get("delta_version")
+        return out
+
     def entries(self) -> list[dict[str, Any]]:
-        """Every committed entry, oldest first."""
+        """Every committed entry, oldest first.
+
+        An entry of a Delta sink has ``delta_version`` once its Delta commit is written
+        down (the entry itself never changes; the version lives beside it), and lacks the
+        key while its commit is still to be made (:func:`celeray.delta_table.republish`).
+        """
         out = []
         for url in self._documents("ledger"):
             with _CACHE_LOCK:
@@ -154,6 +205,11 @@ class Ledger:
                 with _CACHE_LOCK:
                     _ENTRY_CACHE[url] = entry
             out.append(entry)
+        if any(e.get("table_format") == DELTA for e in out):
+            versions = self._delta_versions()
+            out = [{**e, "delta_version": versions[e["batch_id"]]}
+                   if e.get("table_format") == DELTA and e["batch_id"] in versions else e
+                   for e in out]  # fmt: skip
         return sorted(out, key=lambda e: e.get("committed_at", 0))
 
     def done_inputs(self) -> dict[str, dict[str, Any]]:
@@ -178,6 +234,11 @@ class Ledger:
         first (object stores); the moves are then finished from the entry that is there, so
         a crash after the entry is repaired here too.
         """
+        return self.commit_entry(entry)[0]
+
+    def commit_entry(self, entry: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """:meth:`commit`, also returning the entry as stored: this one, or (not fresh) the
+        one an earlier committer wrote, which is the one to publish."""
         batch_id = entry["batch_id"]
         url = self.entry_url(batch_id)
         fresh = not self.is_committed(batch_id)
@@ -193,7 +254,7 @@ class Ledger:
         if not fresh:
             entry = storage.read_json(url, self.storage_options)
         self.roll_forward(entry, fresh=fresh)
-        return fresh
+        return fresh, entry
 
     def roll_forward(self, entry: dict[str, Any], *, fresh: bool = False) -> None:
         """Move a committed batch's staged files into place and drop its staging folder.
@@ -204,6 +265,9 @@ class Ledger:
         """
         staging = self.staging_url(entry["batch_id"])
         if not storage.exists(staging, self.storage_options):
+            return
+        if entry.get("table_format") == DELTA:  # files in place: only the result to drop
+            storage.remove_tree(staging, self.storage_options)
             return
         replaced = frozenset() if fresh else replaced_paths(self.sink, self.storage_options)
         for out in [*entry.get("outputs", []), *entry.get("rejects", [])]:

@@ -33,6 +33,7 @@ from celeray.errors import LedgerError, LockLostError, MaintenanceBusyError
 from celeray.ledger import Ledger
 from celeray.maintenance_spec import effective_retention, format_duration
 from celeray.pipelines import Pipeline
+from celeray.table_format import resolve as resolve_format
 
 __all__ = [
     "MaintenanceLock",
@@ -66,14 +67,10 @@ return 0
 
 
 def table_format(pipeline: Pipeline) -> TableFormat:
-    """The sink's format: the pipeline's ``table_format`` when it has one, else Delta when
-    the sink holds a Delta log (``_delta_log/``), else a plain Parquet folder."""
-    declared = getattr(pipeline, "table_format", None)
-    if declared in ("delta", "parquet"):
-        return declared
-    if storage.exists(storage.join(pipeline.sink, "_delta_log")):
-        return "delta"
-    return "parquet"
+    """The sink's format, as its batches are written (:func:`celeray.table_format.resolve`:
+    the pipeline's ``table_format``, or what the sink already holds, Delta for a new one)."""
+    return "delta" if resolve_format(pipeline.table_format, pipeline.sink) == "delta" else (
+        "parquet")
 
 
 def retention_hours(seconds: float) -> int:

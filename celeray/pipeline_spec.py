@@ -56,6 +56,7 @@ Format = Literal["csv", "jsonl", "parquet"]
 Compression = Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"]
 SchemaEvolution = Literal["add_columns", "rescue", "fail", "none"]  # celeray.table_schema.MODES
 BadRows = Literal["quarantine_file", "rescue", "skip"]  # celeray.table_schema.BAD_ROW_POLICIES
+TableFormat = Literal["delta", "parquet"]  # celeray.table_format
 DEFAULT_MAX_BAD_ROWS = 0.1  # a file with more bad rows than this share is likely the wrong file
 ScheduleSpec = tuple[Literal["cron"], str] | tuple[Literal["interval"], float]
 DEFAULT_BATCH_BYTES = 256 * 1024**2  # one Ray task's worth of input: seconds of real work
@@ -77,6 +78,9 @@ class Pipeline(BaseModel):
     format: Format | None = None  # None: each file's format from its name
     schedule: str | float | None = None
     sink: str
+    # None: Delta for a new sink, Parquet kept for a sink that already holds a Parquet
+    # table (celeray.table_format.resolve decides, where the sink can be looked at).
+    table_format: TableFormat | None = None
     sql: str | None = None
     transform: str | None = None
     partition_by: tuple[str, ...] = ()

@@ -1,4 +1,8 @@
-"""Read a Parquet sink with its table schema: every row of every file, every column.
+"""Read a sink with its table schema: every row of every file, every column.
+
+A Delta sink is read through its Delta log (deltalake's ``to_pyarrow_dataset``): exactly
+the files of its newest version, in the table's schema; ``version=`` reads an older one
+(time travel). A plain Parquet sink is read as below.
 
 The files of a sink were written over time, so they differ: a file from before a column
 was added lacks it, one from before a widening holds the narrower type. A reader that
@@ -20,20 +24,35 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from celeray import fsoptions
+from celeray import fsoptions, storage
+from celeray.delta_table import delta_uri
 from celeray.errors import LedgerError
 from celeray.schema_log import SchemaLog
+from celeray.table_format import DELTA_LOG
 
 __all__ = ["dataset"]
 
 
-def dataset(sink: str, storage_options: dict[str, Any] | None = None) -> ds.Dataset:
-    """The rows of the Parquet sink at ``sink`` as a ``pyarrow.dataset`` in its table schema.
+def dataset(
+    sink: str, storage_options: dict[str, Any] | None = None, *, version: int | None = None
+) -> ds.Dataset:
+    """The rows of the sink at ``sink`` as a ``pyarrow.dataset`` in its table schema.
 
-    Partition folders (``year=2013/``) become columns of the types the schema gives;
-    ``_celeray/`` (the ledger, staging, rejects) and other names starting with ``_`` or
-    ``.`` are left out. Raises ``LedgerError`` for a sink that no batch has committed to.
+    A Delta sink: the files of its newest Delta version, or of ``version`` (time travel;
+    a batch's version is in its run summary, ``delta_versions``). A Parquet sink: partition
+    folders (``year=2013/``) become columns of the types the schema gives; ``_celeray/``
+    (the ledger, staging, rejects) and other names starting with ``_`` or ``.`` are left
+    out; ``version`` is refused. Raises ``LedgerError`` for a sink that no batch has
+    committed to.
     """
+    if storage.exists(storage.join(sink, DELTA_LOG), storage_options):
+        from deltalake import DeltaTable
+
+        table = DeltaTable(delta_uri(sink), version=version,
+                           storage_options=fsoptions.delta_options(sink) or None)  # fmt: skip
+        return table.to_pyarrow_dataset()
+    if version is not None:
+        raise LedgerError(f"{sink} is a plain Parquet sink: it has no versions to read")
     current = SchemaLog(sink, storage_options).current()
     if current is None:
         raise LedgerError(f"{sink}: no batch has committed to this sink yet; no schema to read")

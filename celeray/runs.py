@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from celeray import storage
+from celeray import delta_table, storage
 from celeray.batch import ResolvedBatch
 from celeray.errors import LedgerError, LockLostError, RunActiveError, RunFailedError
 from celeray.ledger import Ledger
@@ -25,6 +25,8 @@ from celeray.pipelines import Pipeline
 from celeray.planner import plan_batches
 from celeray.runstate import COUNTERS, RunStore
 from celeray.schema_log import SchemaLog
+from celeray.table_format import DELTA
+from celeray.table_format import resolve as resolve_format
 from celeray.table_schema import schema_from_json
 
 __all__ = [
@@ -117,8 +119,12 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
         pending = store.pending(run_id)
         return {"status": "planned", "jobs": [saved[b] for b in sorted(pending) if b in saved]}
 
+    # A pipeline file that contradicts what its sink holds fails the run here, by name.
+    table_format = resolve_format(pipeline.table_format, pipeline.sink)
     ledger = Ledger(pipeline.sink)
     repaired = ledger.recover()
+    if table_format == DELTA:  # entries whose Delta commit a crash left unmade
+        repaired["delta_republished"] = delta_table.republish(ledger)
     listed = storage.list_source(pipeline.source)
     plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
     jobs = []
@@ -184,6 +190,8 @@ def commit_result(
     # The schema first: a crash before the entry leaves a column no row has yet, never a
     # row with a column the schema lacks. SchemaConflictError: read the batch again.
     schemas = result.get("schemas") or {}
+    if batch.is_delta:  # TableFormatError: rows a Delta table cannot take (no entry made)
+        delta_table.check_schema(batch.sink, _schema(schemas.get("table")))
     version, changes = SchemaLog(batch.sink).record(
         _schema(schemas.get("input")), _schema(schemas.get("table")),
         batch_id=batch.batch_id, run_id=batch.run_id,
@@ -210,7 +218,15 @@ def commit_result(
             "commit": committed_by,
         },
     }
-    fresh = ledger.commit(entry)
+    if batch.is_delta:  # what the Delta commit after the entry adds (celeray.delta_table)
+        partition_by = list(batch.pipeline.partition_by)
+        entry.update(table_format=DELTA, delta={"partition_by": partition_by},
+                     delta_actions=delta_table.add_actions(result["outputs"], partition_by))
+    fresh, stored = ledger.commit_entry(entry)
+    published: dict[str, int] = {}
+    if stored.get("table_format") == DELTA:  # the entry as stored: an earlier one if not fresh
+        done = delta_table.publish(ledger, stored)
+        published[f"{DELTA_VERSION}{batch.batch_id}:{done.version}"] = 1
     remaining = store.finish_batch(
         batch.run_id,
         batch.batch_id,
@@ -223,6 +239,7 @@ def commit_result(
                                                     "values_rescued")},
             **{f"{DROPPED}{c}": int(n) for c, n in (counts.get("dropped") or {}).items()},
             **{f"{SCHEMA_CHANGE}{k}:{c}": 1 for k, v in changes.items() for c in v},
+            **published,
         },
         quarantined=result["quarantined"],
     )
@@ -233,6 +250,7 @@ def commit_result(
 
 DROPPED = "dropped:"  # run record fields: values of a column the table does not take
 SCHEMA_CHANGE = "schema:"  # run record fields: a change the run's batches made to the schema
+DELTA_VERSION = "delta:"  # run record fields: "delta:<batch_id>:<version>", a Delta commit
 
 
 def _schema(doc: dict[str, Any] | None) -> Any:
@@ -256,6 +274,11 @@ def _check_result(batch: ResolvedBatch, result: dict[str, Any]) -> None:
         if not out.get("path") or out["path"].startswith("/") or ".." in parts:
             raise LedgerError(f"batch {batch.batch_id}: output path {out.get('path')!r} "
                               "is not inside the sink")  # fmt: skip
+    if batch.is_delta:  # data files of a table, never in its _delta_log or _celeray
+        for out in result["outputs"]:
+            if str(out["path"]).startswith(("_", ".")):
+                raise LedgerError(f"batch {batch.batch_id}: data file {out['path']!r} is "
+                                  "not a table file")  # fmt: skip
 
 
 def fail_batch(
@@ -336,6 +359,7 @@ def summary_of(record: dict[str, Any]) -> dict[str, Any]:
         "quarantined": record.get("quarantined", []),
         "errors": record.get("errors", []),
         "schema": schema_summary(record),
+        **delta_summary(record),
         "source": record.get("source"),
         "sink": record.get("sink"),
         "seconds": round(seconds, 3),
@@ -356,6 +380,21 @@ def schema_summary(record: dict[str, Any]) -> dict[str, Any]:
         elif key.startswith(DROPPED):
             dropped[key[len(DROPPED):]] = int(value or 0)
     return {"changes": {k: sorted(v) for k, v in changes.items()}, "dropped_columns": dropped}
+
+
+def delta_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A Delta sink's run: ``delta_versions`` (batch id -> the Delta version that published
+    it; None for a batch without rows) and ``delta_version`` (the newest of them). Nothing
+    for a run that published no Delta commit."""
+    versions: dict[str, int | None] = {}
+    for key in record:
+        if key.startswith(DELTA_VERSION):
+            batch_id, _, version = key[len(DELTA_VERSION):].rpartition(":")
+            versions[batch_id] = None if version == "None" else int(version)
+    if not versions:
+        return {}
+    known = [v for v in versions.values() if v is not None]
+    return {"delta_versions": versions, "delta_version": max(known) if known else None}
 
 
 def abort_run(run_id: str, pipeline: str, error: str, store: RunStore) -> None:

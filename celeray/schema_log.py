@@ -128,6 +128,12 @@ class SchemaLog:
             ],
         }
 
+    def at(self, version: int) -> TableSchema | None:
+        """Version ``version``; None when the log has no such version."""
+        if not storage.exists(self.url(version), self.storage_options):
+            return None
+        return self._load(self.url(version))
+
     def current(self) -> TableSchema | None:
         """The newest version; None before the first batch committed."""
         versions = self.history()

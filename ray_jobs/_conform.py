@@ -56,6 +56,8 @@ class Options:
     max_bad_rows: float = 0.1
     pinned: pa.Schema | None = None
     declared: dict[str, pa.DataType] = field(default_factory=dict)  # [schema] hints win
+    # False for a Delta sink: a value of a wider type is a mismatch, as for "none"
+    widen: bool = True
 
     @property
     def rescues(self) -> bool:
@@ -221,7 +223,8 @@ class Conformer:
             return pc.cast(array, target)
         except _CAST_ERRORS:
             pass
-        if opts.mode == "add_columns" and name not in opts.declared:  # a declared type wins
+        if opts.mode == "add_columns" and opts.widen and name not in opts.declared:
+            # a declared type wins; a Delta table cannot widen
             if widens(target, array.type):
                 return array  # the table widens to it at the commit
             wider = widening_of_text(array, target)

@@ -22,7 +22,7 @@ class TablePlan:
     Plan keys: ``table_schema`` (``None`` before the first commit, else the version with
     ``input`` and ``table`` schemas as :func:`celeray.table_schema.schema_to_json` wrote
     them), ``schema_evolution``, ``on_bad_rows``, ``max_bad_rows``, ``metadata_columns``,
-    ``processed_at`` (seconds since the epoch).
+    ``processed_at`` (seconds since the epoch), ``table_format`` (``"delta"``: no widening).
     """
 
     options: Options
@@ -42,6 +42,8 @@ class TablePlan:
                 max_bad_rows=float(plan.get("max_bad_rows", 0.1)),
                 pinned=schema_from_json(pinned["input"]) if pinned and pinned["input"] else None,
                 declared=arrow_types(plan.get("schema")),
+                # a Delta table cannot widen a column (delta-rs): a wider value is a mismatch
+                widen=plan.get("table_format") != "delta",
             ),
             table=schema_from_json(pinned["table"]) if pinned and pinned["table"] else None,
             metadata_columns=tuple(plan.get("metadata_columns") or ()),

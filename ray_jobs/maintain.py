@@ -26,19 +26,7 @@ __all__ = ["compact_delta", "rewrite_parquet_group", "vacuum_delta"]
 def _delta_options(url: str) -> dict[str, str] | None:
     """deltalake's storage options for ``url``: the endpoint and region the node's own
     environment gives (credentials come from the node's AWS chain, never a message)."""
-    if not fsoptions.is_s3(url):
-        return None
-    opts = fsoptions.storage_options(url)
-    out: dict[str, str] = {}
-    client = opts.get("client_kwargs") or {}
-    if opts.get("endpoint_url") or client.get("endpoint_url"):
-        endpoint = str(opts.get("endpoint_url") or client.get("endpoint_url"))
-        out["AWS_ENDPOINT_URL"] = endpoint
-        if endpoint.startswith("http://"):
-            out["AWS_ALLOW_HTTP"] = "true"
-    if client.get("region_name"):
-        out["AWS_REGION"] = str(client["region_name"])
-    return out or None
+    return fsoptions.delta_options(url) or None
 
 
 def _table(url: str) -> Any:

@@ -22,6 +22,13 @@ Output names derive from the batch id, the unit number and a hash of the unit's 
 (``part-<batch>-u<unit>-<hash>-s<group>-<i>`` for groups,
 ``part-<batch>-u<unit>-<hash>-f<file index>-<i>`` for large files), and all earlier
 outputs of the unit are deleted first, so running a unit again replaces its files.
+
+A unit of a Delta sink (plan ``table_format = "delta"``) writes into the table itself and
+its names also carry the transform's attempt, the plan's ``attempt``
+(``part-<batch>-a<attempt>-u<unit>-...``):
+a new attempt never rewrites a file that a committed Delta version may reference, so
+nothing is deleted first (listing the whole table would cost as much), and what a dead
+attempt left is no table's file until vacuum removes it (:mod:`celeray.delta_table`).
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ OUT_ROWS = 128 * 1024  # rows per batch fed from a held table
 MIN_IO_THREADS = 4
 
 
-def unit_prefix(batch_id: str, unit: int, files: Sequence[dict[str, Any]]) -> str:
+def unit_prefix(
+    batch_id: str, unit: int, files: Sequence[dict[str, Any]], attempt: str | None = None
+) -> str:
     """The common start of every output file name of ``unit`` of ``batch_id``.
 
     Characters other than letters, digits and ``_`` are replaced, and a short hash of the
@@ -76,11 +85,14 @@ def unit_prefix(batch_id: str, unit: int, files: Sequence[dict[str, Any]]) -> st
     plan that depends on the cluster's CPUs at the time, so two transforms of one batch
     planned differently (a redelivery after the cluster grew) may give one number to
     different files; their outputs then never share a name, and the commit moves only
-    the outputs its ledger entry lists.
+    the outputs its ledger entry lists. ``attempt`` (a Delta sink's transform attempt)
+    follows the batch id, its characters other than letters and digits dropped.
     """
     safe = re.sub(r"[^A-Za-z0-9_]", "_", batch_id)
     if safe != batch_id or not safe:
         safe = f"{safe}_{hashlib.sha1(batch_id.encode()).hexdigest()[:8]}"
+    if attempt is not None:
+        safe = f"{safe}-a{re.sub(r'[^A-Za-z0-9]', '', attempt)[:16] or '0'}"
     made_of = json.dumps([[f["url"], f.get("range")] for f in files], separators=(",", ":"))
     return f"part-{safe}-u{int(unit):05d}-{hashlib.sha1(made_of.encode()).hexdigest()[:8]}"
 
@@ -135,7 +147,11 @@ class _UnitRun:
         self.plan = plan
         self.unit = unit
         self.threads = threads
-        self.prefix = unit_prefix(str(unit["batch_id"]), int(unit["unit"]), unit["files"])
+        # A Delta sink's unit writes into the table, named after its attempt too.
+        self.delta = plan.get("table_format") == "delta"
+        attempt = plan.get("attempt")
+        self.prefix = unit_prefix(str(unit["batch_id"]), int(unit["unit"]), unit["files"],
+                                  str(attempt) if self.delta and attempt else None)
         self.out_url = str(unit["out_url"])
         self.storage_options = plan.get("storage_options")
         self.good: dict[int, dict[str, Any]] = {}
@@ -163,11 +179,12 @@ class _UnitRun:
                 f"output folder {self.out_url} resolves to {resolved}, outside the allowed "
                 f"local roots ({', '.join(roots)}); nothing written"
             )
-        remove_outputs(
-            self.out_url,
-            re.escape(self.prefix) + r"-[sf]\d+-\d+\.parquet",
-            storage_options=self.storage_options,
-        )
+        if not self.delta:  # a Delta attempt's names are new: nothing of them to delete
+            remove_outputs(
+                self.out_url,
+                re.escape(self.prefix) + r"-[sf]\d+-\d+\.parquet",
+                storage_options=self.storage_options,
+            )
         for index, file in enumerate(self.unit["files"]):
             if file.get("range") is None:
                 self._whole_file(index, file)
@@ -320,6 +337,8 @@ class _UnitRun:
             error = exc if isinstance(exc, InputError | SplitRefused) else tap.error
             if not isinstance(error, InputError | SplitRefused):
                 raise
+            if self.delta:  # in the table, never referenced: left for vacuum, no listing
+                return error
             remove_outputs(
                 self.out_url,
                 re.escape(basename) + r"-\d+\.parquet",

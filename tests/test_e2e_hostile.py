@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from celeray import reading
 from celeray.schema_log import SchemaLog
 from tests._hostile import (
     GiB,
@@ -111,7 +111,7 @@ def _pids(stack: Stack) -> tuple[int, int, frozenset[int]]:
 
 
 def _ids(sink: Path) -> list[int]:
-    table = ds.dataset(str(sink), format="parquet").to_table(columns=["id"])
+    table = reading.dataset(sink.as_uri()).to_table(columns=["id"])
     return sorted(table["id"].to_pylist())
 
 
@@ -163,7 +163,7 @@ def test_hostile_landing_commits_the_good_and_quarantines_the_rest(
     assert [(f.name, str(f.type)) for f in pinned.table] == [
         ("id", "int64"), ("name", "string"), ("v", "double"), ("w", "int64"),
     ]
-    table = ds.dataset(str(sink), schema=pinned.table).to_table()
+    table = reading.dataset(sink.as_uri()).to_table()
     assert table.filter(pc.field("id") >= 90_000)["v"].null_count == 100
 
     # The pinned schema now holds a later file to its types, whatever its name's order.

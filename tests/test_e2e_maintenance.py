@@ -28,6 +28,7 @@ def test_compact_a_parquet_sink_after_runs(stack: Stack, tmp_path: Path) -> None
     stack.add_pipeline("maintparquet", f'''
 source = "{landing.as_uri()}/*.csv"
 sink = "{sink.as_uri()}"
+table_format = "parquet"
 partition_by = ["k"]
 batch_bytes = "1"
 maintenance = {{ target_file_size = "1MiB" }}

@@ -162,7 +162,7 @@ def test_the_wheel_runs_the_demo_from_any_folder_with_the_bundled_redis(
         started = _stack_processes(home)
         out = demo.stdout + demo.stderr
         assert demo.returncode == 0, out
-        for expected in ("336,776 in", "24 committed", "read_parquet(",
+        for expected in ("336,776 in", "24 committed", "read_delta(",
                          "export CELERAY_PIPELINES="):
             assert expected in demo.stdout, out
         servers = [p for p in started if p.name().startswith("redis-server")]

@@ -55,9 +55,20 @@ def test_a_batch_message_resolves_to_what_the_pipeline_file_says(
     batch = resolve(_message(files), settings)
     assert batch.sink == f"file://{tree}/lake"
     assert batch.plan["sql"] == "SELECT * FROM input"
-    assert batch.out_url == f"file://{tree}/lake/_celeray/staging/{batch.batch_id}"
+    # A new sink is a Delta table: its Ray tasks write into the table itself.
+    assert batch.table_format == batch.plan["table_format"] == "delta"
+    assert batch.out_url == f"file://{tree}/lake"
     assert [f["read_url"] for f in batch.files] == [f["url"] for f in files]
     assert batch.prequarantined == {} and not batch.needs_staging
+
+
+def test_a_parquet_sink_stages_its_output(tree: Path, settings: Settings) -> None:
+    text = (tree / "pipelines.toml").read_text()
+    (tree / "pipelines.toml").write_text(text + 'table_format = "parquet"\n')
+    files = [_file(tree / "in" / "a.csv")]
+    batch = resolve(_message(files), settings)
+    assert batch.table_format == "parquet" and not batch.is_delta
+    assert batch.out_url == f"file://{tree}/lake/_celeray/staging/{batch.batch_id}"
 
 
 @pytest.mark.parametrize("key, value", [

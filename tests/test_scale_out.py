@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pytest
 
+from celeray import reading
 from tests._data import write_landing
 from tests._node_venv import build_node_venv
 from tests._s3 import S3Server
@@ -109,8 +109,7 @@ def test_tasks_run_on_both_ray_nodes_and_batches_on_both_hosts(
     assert summary["files_committed"] == 24, summary
     _assert_sink_matches(sink, files)  # every row exactly once
 
-    table = ds.dataset(str(sink), format="parquet", partitioning="hive").to_table(
-        columns=["code_from", "tag"])
+    table = reading.dataset(sink.as_uri()).to_table(columns=["code_from", "tag"])
     assert pc.unique(table["code_from"]).to_pylist() == ["shipped/shipped"]
     assert pc.unique(table["tag"]).to_pylist() == [TAG]
 

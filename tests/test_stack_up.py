@@ -117,12 +117,13 @@ def test_demo_on_a_clean_home_prints_the_summary(demo) -> None:
     up, result = demo
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for expected in ("336,776 in", "MB/s", "read_parquet(", "Flower", up.token, "committed",
-                     "left out by the pipeline's sql", "export CELERAY_PIPELINES="):
+    for expected in ("336,776 in", "MB/s", "Delta table", "read_delta(", "Flower", up.token,
+                     "committed", "left out by the pipeline's sql", "export CELERAY_PIPELINES="):
         assert expected in out, out
-    # whole on one line each, however narrow the terminal: the query and the commands
-    assert any("read_parquet(" in line and "hive_partitioning=true);" in line
+    # whole on one line each, however narrow the terminal: the readers and the commands
+    assert any("delta_scan(" in line and line.rstrip().endswith("');")
                for line in out.splitlines()), out
+    assert any("version=" in line and "read_delta(" in line for line in out.splitlines()), out
     assert any(line.strip().endswith(" down") and " runs flights" in line
                for line in out.splitlines()), out
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow.dataset as ds
 import pytest
 
+from celeray import reading
 from tests._data import write_landing
 from tests._stack import wait_for
 from tests.faults._faultstack import TIME_LIMIT, VISIBILITY, FaultStack, exactly_once
@@ -158,7 +158,7 @@ def test_a_full_sink_disk_fails_cleanly_and_the_run_resumes_with_space(
     found = exactly_once(sink, files)
     record("sink disk full, then space back", **found, committed_while_full=len(partial))
     assert (found["duplicates"], found["losses"]) == (0, 0), found
-    assert ds.dataset(str(sink), format="parquet").count_rows() == found["expected"]
+    assert reading.dataset(sink.as_uri()).count_rows() == found["expected"]
 
 
 def test_an_input_that_kills_its_celery_worker_every_time_is_quarantined(

@@ -1,8 +1,8 @@
 """SIGKILL, at seeded random moments, of each part of a running stack; nothing lost, nothing twice.
 
-Each trial lands its own files (whose columns drift: some lack one, some bring one, so the
-table schema evolves while batches commit at once) for a pipeline of its own, triggers a
-run, waits for a seeded
+Each trial (on a Delta sink or a plain Parquet one, alternately) lands its own files
+(whose columns drift: some lack one, some bring one, so the table schema evolves while
+batches commit at once) for a pipeline of its own, triggers a run, waits for a seeded
 moment (after 0-4 of the run's ~6 batches committed, plus 0-0.3 s) and kills one part
 with SIGKILL. supervisor restarts what died. The trial then waits until the pipeline has
 settled (every listed file committed or quarantined, no run holding its lock; triggering a
@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.faults]
 PROGRAMS = ("ray-head", "worker-io", "worker-ray")
 TARGETS = ("io-child", "io-main", "ray-worker", "ray-process", "ray-head")
 TRIALS = 4  # per target: 20 seeded trials in all
+TABLE_FORMATS = ("delta", "parquet")  # alternating: two trials of each per target
 
 
 def _victim(stack: FaultStack, target: str, rng: random.Random) -> int:
@@ -66,7 +67,10 @@ def test_sigkill_at_a_random_moment(
     start = rng.randrange(0, len(flights_df) - 60_000)
     files = write_drifting_landing(flights_df.iloc[start : start + 60_000], landing, 12)
     name = f"kill_{target.replace('-', '_')}_{trial}"
-    fault_stack.add_pipeline(name, landing, sink)
+    # Each target is tried on both table formats: a Delta sink's commit has one more step
+    # (the Delta commit after the ledger entry) for a kill to fall between.
+    table_format = TABLE_FORMATS[trial % len(TABLE_FORMATS)]
+    fault_stack.add_pipeline(name, landing, sink, table_format=f'"{table_format}"')
 
     # The moment: after a seeded number of the run's ~6 batches committed (0: while it
     # plans or transforms its first), plus a seeded jitter.
@@ -90,8 +94,14 @@ def test_sigkill_at_a_random_moment(
     fault_stack.settle(name, timeout=300)
 
     found = exactly_once(sink, files)
+    if table_format == "delta":  # the table's own readers: each batch's rows exactly once
+        from celeray import delta_table
+
+        found["delta_rows"] = delta_table.open_table(sink.as_uri()).to_pyarrow_dataset(
+            ).count_rows()
+        assert found["delta_rows"] == found["found"], found
     record(f"SIGKILL {target}", trial=trial, after_commits=commits, delay=round(delay, 3),
-           killed=bool(victim),
+           killed=bool(victim), table_format=table_format,
            mid_run=mid_run, **found)
     assert (found["duplicates"], found["losses"]) == (0, 0), found
     assert found["expected"] == found["found"] and found["checksum_ok"], found
