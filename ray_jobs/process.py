@@ -34,7 +34,6 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import chain
 from typing import Any
 
 import pyarrow as pa
@@ -48,7 +47,7 @@ from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._rejects import write_rejects
 from ray_jobs._table_plan import TablePlan
-from ray_jobs._take import take
+from ray_jobs._take import drain, take
 from ray_jobs._tap import ErrorTap
 from ray_jobs.readers import FORMATS, detect_format, read_batches
 from ray_jobs.transforms import apply, load_callable
@@ -276,7 +275,7 @@ class _UnitRun:
         elif rest is None:
             self._add_small(index, file, pa.Table.from_batches(head), conformer)
         else:
-            return self._stream_large(index, file, chain(head, rest), conformer)
+            return self._stream_large(index, file, drain(head, rest), conformer)
         return None
 
     def _add_small(

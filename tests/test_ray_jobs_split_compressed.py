@@ -211,3 +211,18 @@ def test_a_poisoned_compressed_range_counts_against_its_text() -> None:
     result = _split_poison({"batch_id": "b", "unit": 1, "files": [file]}, 2, "crash")
     assert isinstance(result, dict)
     assert result["split"]["size"] == 40 and result["files_done"] == 1
+
+
+def test_a_row_longer_than_a_range_block_reads_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "RANGE_BLOCK_BYTES", 4096)  # under max_row_bytes (64 KiB)
+    monkeypatch.setattr(readers, "SAMPLE_BYTES", 4096)
+    rows = records(4 * N)
+    rows[3 * N]["name"] = "x" * 10_000  # in the last range, longer than its blocks
+    data = csv_of(rows)
+    file, results, merged = run(tmp_path, "big.csv.zst", zst(data), cpus=2)
+    assert [r["split"]["mode"] for r in results] == ["range", "whole"]
+    assert merged["quarantined"] == []
+    assert merged["files"] == [{"url": file["url"], "rows_in": 4 * N, "bytes_in": file["size"]}]
+    assert by_id(kept(tmp_path, merged)) == by_id(pacsv.read_csv(io.BytesIO(data)))
