@@ -165,9 +165,10 @@ class LineRangeReader(io.RawIOBase):
             self._raw.seek(offset)
             return offset
         position = 0
+        buffer = memoryview(bytearray(SKIP_CHUNK))
         while position < offset:
-            data = self._raw.read(min(SKIP_CHUNK, offset - position))
-            if not data:
+            got = self._raw.readinto(buffer[: min(SKIP_CHUNK, offset - position)])
+            if not got:
                 break
-            position += len(data)
+            position += got
         return position

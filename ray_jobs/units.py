@@ -26,6 +26,7 @@ ranges at once, the second decompressing 0.2-0.3 s more than it parses.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from celeray.errors import InputError
@@ -36,10 +37,12 @@ __all__ = [
     "COMPRESSED_EXPANSION",
     "MAX_COMPRESSED_RANGES",
     "MIN_UNIT_BYTES",
+    "SKIP_COST",
     "balanced_unit_bytes",
     "largest_first",
     "plan_units",
     "range_size",
+    "skewed_ranges",
     "split_ranges",
     "unit_work",
     "work_bytes",
@@ -51,6 +54,9 @@ MIN_UNIT_BYTES = 8 * 1024**2  # ~100 ms of work for one Ray task: smaller is all
 # the time the same text takes to parse and write), so 8 ranges cost ~35% more CPU than
 # one and their last starts ~0.09 of the file's time late: more ranges win little.
 MAX_COMPRESSED_RANGES = 8
+# Decompressing a range's lead-in, per byte, against parsing and writing it: measured 0.25-0.36 s
+# for 155 MB of .csv.zst text against 1.3 s to convert as much, one thread each.
+SKIP_COST = 0.2
 
 
 def work_bytes(file: dict[str, Any]) -> int:
@@ -183,7 +189,25 @@ def _split_file(
     if codec_from_name(file["url"]) is None:
         return [{**file, "range": r} for r in split_ranges(work, split)]
     count = min(-(-work // split), MAX_COMPRESSED_RANGES, max(2, cpus or MAX_COMPRESSED_RANGES))
-    return [{**file, "range": r, "text_bytes": work} for r in split_ranges(work, -(-work // count))]
+    return [{**file, "range": r, "text_bytes": work} for r in skewed_ranges(work, count)]
+
+
+def skewed_ranges(size: int, count: int, skip_cost: float = SKIP_COST) -> list[list[int]]:
+    """``count`` nominal ranges covering ``[0, size)``, each shorter than the one before.
+
+    A range that starts at ``s`` first decompresses ``s`` bytes for nothing, which costs
+    ``skip_cost`` of the time parsing them would: the lengths are chosen so that each
+    range's length plus that cost of its start is the same, and the ranges end together.
+    """
+    if size < 1 or count < 1:
+        raise ValueError(f"cannot split {size} bytes into {count} ranges")
+    keep = 1.0 - skip_cost
+    step = size * skip_cost / (1.0 - keep**count) if skip_cost > 0 else size / count
+    cuts = [0]
+    for _ in range(count - 1):
+        cuts.append(min(size, max(cuts[-1], round(cuts[-1] * keep + step))))
+    cuts.append(size)
+    return [[a, b] for a, b in pairwise(cuts) if b > a]
 
 
 def _splittable(url: str, fmt: str | None) -> bool:

@@ -25,7 +25,14 @@ from ray_jobs.dispatcher import _split_poison
 from ray_jobs.merge import merge_unit_results
 from ray_jobs.process import process_unit
 from ray_jobs.readers import read_batches
-from ray_jobs.units import COMPRESSED_EXPANSION, MAX_COMPRESSED_RANGES, plan_units, range_size
+from ray_jobs.units import (
+    COMPRESSED_EXPANSION,
+    MAX_COMPRESSED_RANGES,
+    SKIP_COST,
+    plan_units,
+    range_size,
+    skewed_ranges,
+)
 from tests._plans import limits, plan
 from tests.test_ray_jobs_split import N, awkward_cuts, by_id, csv_of, jsonl_of, records
 
@@ -130,7 +137,11 @@ def test_compressed_files_split_into_few_ranges_of_their_estimated_text() -> Non
     files = [{"url": "file:///in/big.csv.zst", "size": 1000}]
     text = 1000 * COMPRESSED_EXPANSION
     units = plan_units(files, unit_bytes=100, plan={"format": None}, cpus=2)
-    assert [u[0]["range"] for u in units] == [[0, text // 2], [text // 2, text]]
+    [first], [second] = units
+    assert first["range"][0] == 0 and first["range"][1] == second["range"][0]
+    assert second["range"][1] == text
+    # the second range decompresses the first's text for nothing: it is given less
+    assert first["range"][1] - text // 2 == round(text * SKIP_COST / (2 - SKIP_COST) / 2)
     assert all(u[0]["text_bytes"] == text == range_size(u[0]) for u in units)
     many = plan_units(files, unit_bytes=100, plan={"format": None}, cpus=64)
     assert len(many) == MAX_COMPRESSED_RANGES
@@ -226,3 +237,16 @@ def test_a_row_longer_than_a_range_block_reads_the_whole_file(
     assert merged["quarantined"] == []
     assert merged["files"] == [{"url": file["url"], "rows_in": 4 * N, "bytes_in": file["size"]}]
     assert by_id(kept(tmp_path, merged)) == by_id(pacsv.read_csv(io.BytesIO(data)))
+
+
+def test_skewed_ranges_tile_and_shrink() -> None:
+    for size, count in [(1000, 2), (10**9 + 7, 8), (7, 3), (5, 8), (4000, 1)]:
+        ranges = skewed_ranges(size, count)
+        assert ranges[0][0] == 0 and ranges[-1][1] == size and len(ranges) <= count
+        assert all(a[1] == b[0] for a, b in pairwise(ranges))
+        lengths = [e - s for s, e in ranges]
+        assert all(n > 0 for n in lengths) and lengths == sorted(lengths, reverse=True)
+        # each range's length plus the cost of its lead-in is about the same
+        costs = [e - s + SKIP_COST * s for s, e in ranges]
+        assert max(costs) - min(costs) <= 2 + size * 1e-9
+    assert skewed_ranges(1000, 4, skip_cost=0) == [[0, 250], [250, 500], [500, 750], [750, 1000]]
