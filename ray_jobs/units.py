@@ -20,8 +20,9 @@ A large compressed file (``.zst``/``.gz``) is split too, by ranges of its decomp
 text, whose length is estimated (:data:`COMPRESSED_EXPANSION` times the file). Each range
 decompresses the text from the start and drops what lies before it, so the ranges are
 fewer: at most :data:`MAX_COMPRESSED_RANGES`, and at most the cluster's CPUs when the plan
-is told them. On two cores the 342 MB of CSV in one 77.5 MB ``.csv.zst`` then parse as two
-ranges at once, the second decompressing 0.2-0.3 s more than it parses.
+is told them, each shorter than the one before by what its lead-in costs
+(:func:`skewed_ranges`). On two cores the 342 MB of CSV in one 77.5 MB ``.csv.zst`` parse
+as two ranges at once, the second first decompressing and dropping ~0.3 s of text.
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ __all__ = [
 
 COMPRESSED_EXPANSION = 4  # csv/jsonl inflate ~4-5x from zstd/gzip; the work follows the text
 MIN_UNIT_BYTES = 8 * 1024**2  # ~100 ms of work for one Ray task: smaller is all overhead
-# Range k of n of a compressed file first decompresses k/n of it for nothing (zstd: ~0.1 of
-# the time the same text takes to parse and write), so 8 ranges cost ~35% more CPU than
-# one and their last starts ~0.09 of the file's time late: more ranges win little.
-MAX_COMPRESSED_RANGES = 8
-# Decompressing a range's lead-in, per byte, against parsing and writing it: measured 0.25-0.36 s
-# for 155 MB of .csv.zst text against 1.3 s to convert as much, one thread each.
+# Decompressing a range's lead-in, per byte, against parsing and writing it: measured
+# 0.25-0.36 s for 155 MB of .csv.zst text against 1.3 s to convert as much, one thread each.
 SKIP_COST = 0.2
+# Each range of a compressed file first decompresses the text before it for nothing: with
+# SKIP_COST 0.2, 2 skewed ranges end in 0.56 of one unit's time for 11% more CPU, 4 in 0.34
+# for 36% more, 8 in 0.24 for 92% more.
+MAX_COMPRESSED_RANGES = 4
 
 
 def work_bytes(file: dict[str, Any]) -> int:
