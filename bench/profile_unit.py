@@ -81,7 +81,8 @@ def _plan_and_units(data: DataSet, job: str, work: Path, cpus: int
     unit_bytes = balanced_unit_bytes(files, unit_bytes=settings.unit_bytes, cpus=cpus)
     units = [{"batch_id": f"profile-{job}", "unit": i, "files": chunk,
               "out_url": (work / "out").as_uri()}
-             for i, chunk in enumerate(plan_units(files, unit_bytes=unit_bytes, plan=plan))]
+             for i, chunk in enumerate(plan_units(files, unit_bytes=unit_bytes, plan=plan,
+                                                  cpus=cpus))]
     return plan, units
 
 

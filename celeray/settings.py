@@ -259,8 +259,9 @@ class Settings(BaseSettings):
     )
     unit_bytes: Size = Field(
         default=DEFAULT_UNIT_BYTES,
-        description="small files are grouped into one Ray task up to this; plain CSV and JSON "
-        "lines files of twice this or more are split into ranges of about this",
+        description="small files are grouped into one Ray task up to this; CSV and JSON "
+        "lines files of twice this or more are split into ranges of about this (compressed "
+        "ones by their estimated text, into at most as many ranges as the cluster's CPUs)",
     )
 
     ray_max_in_flight: int = Field(

@@ -7,6 +7,12 @@ the first ``\\n`` at or after offset ``s - 1``, and it ends after the line that 
 range skips exactly that line, so the ranges of a file partition its lines: every line is
 read by one range, whatever the offsets, and nothing has to be scanned when planning. A
 range whose start falls past its end (one long line covers it) is empty.
+
+The offsets may also be those of a compressed file's decompressed text (``compressed`` set
+to the file's listed size): its length is not known before it is read, so ``size`` is an
+estimate, the stream is read forward (the bytes before the range are decompressed and
+dropped) and the last range (``end == size``) reads on to the end of the text, however
+long it turns out; a range that starts past the end of a shorter text is empty.
 """
 
 from __future__ import annotations
@@ -18,15 +24,21 @@ from typing import Any
 __all__ = ["ByteRange", "LineRangeReader", "SplitRefused"]
 
 SEARCH_CHUNK = 1024 * 1024  # bytes read at a time while looking for a line break
+SKIP_CHUNK = 1024 * 1024  # decompressed bytes read (and dropped) at a time before a range
 
 
 @dataclass(frozen=True)
 class ByteRange:
-    """Nominal offsets ``[start, end)`` of a file that was ``size`` bytes when listed."""
+    """Nominal offsets ``[start, end)`` of a file that was ``size`` bytes when listed.
+
+    With ``compressed`` (the listed size of a compressed file), the offsets are of its
+    decompressed text instead, and ``size`` is that text's estimated length.
+    """
 
     start: int
     end: int
     size: int
+    compressed: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.end <= self.size:
@@ -37,8 +49,24 @@ class ByteRange:
         """Whether this is the range that starts the file (and holds a CSV header)."""
         return self.start == 0
 
+    @property
+    def open_ended(self) -> bool:
+        """Whether the range reads on to the end of a decompressed text of unknown length."""
+        return self.compressed is not None and self.end == self.size
+
+    @property
+    def listed_bytes(self) -> int:
+        """The range's length; for a compressed file its share of the file's listed size
+        (the shares of a file's ranges add up to that size exactly)."""
+        if self.compressed is None:
+            return self.end - self.start
+        return self.compressed * self.end // self.size - self.compressed * self.start // self.size
+
     def __str__(self) -> str:
-        return f"bytes {self.start}..{self.end} of {self.size}"
+        if self.compressed is None:
+            return f"bytes {self.start}..{self.end} of {self.size}"
+        end = "the end" if self.open_ended else str(self.end)
+        return f"decompressed bytes {self.start}..{end} of about {self.size}"
 
 
 class SplitRefused(Exception):
@@ -57,22 +85,26 @@ class SplitRefused(Exception):
 
 
 class LineRangeReader(io.RawIOBase):
-    """The lines of ``span`` of the seekable binary file ``raw``, as a raw stream.
+    """The lines of ``span`` of the binary file ``raw``, as a raw stream.
 
-    Each ``readinto`` fills the buffer completely unless the range ends first, so it can
-    be handed to pyarrow as it is. ``quotes`` counts the ``"`` bytes served so far.
+    ``raw`` is seekable for a plain file; for a compressed one (``span.compressed``) it is
+    the forward-only stream of its decompressed text, positioned at its start. Each
+    ``readinto`` fills the buffer completely unless the range ends first, so it can be
+    handed to pyarrow as it is. ``quotes`` counts the ``"`` bytes served so far.
     """
 
     def __init__(self, raw: Any, span: ByteRange) -> None:
         super().__init__()
         self._raw = raw
-        self._end = span.end
+        self._seekable = span.compressed is None
+        self._end: int | None = None if span.open_ended else span.end
+        self._pending = b""  # bytes read past a line break while looking for it (forward)
         self.quotes = 0
-        self.start = 0 if span.first else _after_newline(raw, span.start - 1)
+        self.start = 0 if span.first else self._after_newline(span.start - 1)
         self._pos = self.start
-        self._done = self._pos >= self._end
+        self._done = self._end is not None and self._pos >= self._end
         self._ends_line = False  # whether the last byte served is a line break
-        if not self._done:
+        if not self._done and self._seekable:
             raw.seek(self._pos)
 
     def readable(self) -> bool:
@@ -85,12 +117,12 @@ class LineRangeReader(io.RawIOBase):
         filled = 0
         while filled < len(view) and not self._done:
             room = len(view) - filled
-            if self._pos < self._end:
-                data = self._raw.read(min(room, self._end - self._pos))
+            if self._end is None or self._pos < self._end:
+                data = self._read(room if self._end is None else min(room, self._end - self._pos))
             elif self._ends_line:
                 break  # byte end - 1 closed its line: the range ends exactly at end
             else:
-                data = self._raw.read(min(room, SEARCH_CHUNK))
+                data = self._read(min(room, SEARCH_CHUNK))
                 newline = data.find(b"\n")
                 if newline >= 0:
                     data = data[: newline + 1]
@@ -106,16 +138,37 @@ class LineRangeReader(io.RawIOBase):
             self._done = True
         return filled
 
+    def _read(self, size: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return bytes(self._raw.read(size))
 
-def _after_newline(raw: Any, offset: int) -> int:
-    """The offset after the first ``\\n`` at or after ``offset`` (the file's size if none)."""
-    raw.seek(offset)
-    position = offset
-    while True:
-        data = raw.read(SEARCH_CHUNK)
-        if not data:
-            return position
-        newline = data.find(b"\n")
-        if newline >= 0:
-            return position + newline + 1
-        position += len(data)
+    def _after_newline(self, offset: int) -> int:
+        """The offset after the first ``\\n`` at or after ``offset`` (the end if none)."""
+        position = self._skip(offset)
+        while True:
+            data = self._raw.read(SEARCH_CHUNK)
+            if not data:
+                return position
+            newline = data.find(b"\n")
+            if newline >= 0:
+                if not self._seekable:
+                    self._pending = bytes(data[newline + 1 :])
+                return position + newline + 1
+            position += len(data)
+
+    def _skip(self, offset: int) -> int:
+        """Go to ``offset`` (read and drop the bytes before it, if forward only); where it
+        got to (short of ``offset`` when a decompressed text ends first)."""
+        if self._seekable:
+            self._raw.seek(offset)
+            return offset
+        position = 0
+        buffer = memoryview(bytearray(SKIP_CHUNK))
+        while position < offset:
+            got = self._raw.readinto(buffer[: min(SKIP_CHUNK, offset - position)])
+            if not got:
+                break
+            position += got
+        return position

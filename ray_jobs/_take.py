@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-__all__ = ["take"]
+__all__ = ["drain", "take"]
 
 
 def take(
@@ -23,3 +23,15 @@ def take(
         if total > limit:
             return head, source
     return head, None
+
+
+def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches of ``head`` then ``rest``, each dropped from ``head`` as it is handed on.
+
+    A streamed file's head (up to 64 MiB of batches) is then freed as the writer takes
+    it, instead of staying alive, held by the caller's list, until the file is written.
+    """
+    head.reverse()
+    while head:
+        yield head.pop()
+    yield from rest

@@ -51,7 +51,7 @@ def convert_batch(
     size = balanced_unit_bytes(files, unit_bytes=unit_bytes, cpus=cpus)
     units = [
         {"batch_id": batch_id, "unit": i, "files": unit, "out_url": out_url}
-        for i, unit in enumerate(plan_units(files, unit_bytes=size, plan=plan))
+        for i, unit in enumerate(plan_units(files, unit_bytes=size, plan=plan, cpus=cpus))
     ]
     done = dict.fromkeys(PROGRESS_KEYS, 0)
 

@@ -4,10 +4,12 @@ The codec is decided by the file's first bytes (zstd ``28 B5 2F FD`` or a zstd s
 frame, gzip ``1F 8B``); a name ending in ``.zst``/``.zstd``/``.gz``/``.gzip`` must agree
 with them. Decompression is always streamed and counted, never one-shot: a frame that
 declares (or inflates to) more than ``max_decompressed_bytes`` stops with
-``InputTooLargeError`` after at most one read buffer of output. A plain file can also be
-opened as one byte range of its lines (:mod:`ray_jobs._line_range`); compressed content
-never can. Local files are opened by :mod:`ray_jobs._open_local`, which checks the opened
-file against the roots and the listing; other URLs through fsspec.
+``InputTooLargeError`` after at most one read buffer of output. A file can also be
+opened as one byte range of its lines (:mod:`ray_jobs._line_range`): of the file itself
+when it is plain, of its decompressed text when the range says it is compressed (the
+text before the range is then decompressed and dropped, with the same caps). Local
+files are opened by :mod:`ray_jobs._open_local`, which checks the opened file against the
+roots and the listing; other URLs through fsspec.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def open_input(
 
     With ``byte_range`` the stream is a :class:`~ray_jobs._line_range.LineRangeReader`
     over just the lines of that range. ``SplitRefused`` (``head=True``) is raised instead
-    when the content is compressed or the file's size is no longer ``byte_range.size``.
+    when the content is compressed and the range is of a plain file, or the other way
+    round, or when the file's size is no longer the one the range was planned with.
     """
     max_file = int(limits["max_file_bytes"])
     max_out = int(limits["max_decompressed_bytes"])
@@ -121,14 +124,9 @@ def open_input(
                 url=url,
             )
         if byte_range is not None:
-            if codec is not None or size != byte_range.size:
-                raise SplitRefused(
-                    f"the content is {codec} data"
-                    if codec is not None
-                    else f"the file has {size} bytes, not the {byte_range.size} it was "
-                    "listed with",
-                    head=True,
-                )
+            _check_range(byte_range, codec, size)
+            if codec is not None:
+                raw = _decoded(raw, codec, url=url, limits=limits, max_file=max_file)
             yield cast(BinaryIO, LineRangeReader(raw, byte_range))
             return
         if codec is None and size is not None:
@@ -165,6 +163,19 @@ def _decoded(raw: Any, codec: str, *, url: str, limits: dict[str, int], max_file
         inner = CountingSource(raw, url=url, max_bytes=max_file)
     capped = CappedReader(inner, url=url, codec=codec, max_bytes=max_out, at_end=at_end)
     return cast(BinaryIO, io.BufferedReader(capped, buffer_size=READ_BUFFER))
+
+
+def _check_range(span: ByteRange, codec: str | None, size: int | None) -> None:
+    """Refuse (for every range alike) a range the file's content or size does not fit."""
+    if span.compressed is None and codec is not None:
+        raise SplitRefused(f"the content is {codec} data", head=True)
+    if span.compressed is not None and codec is None:
+        raise SplitRefused("the content is not compressed", head=True)
+    listed = span.size if span.compressed is None else span.compressed
+    if size != listed:
+        raise SplitRefused(
+            f"the file has {size} bytes, not the {listed} it was listed with", head=True
+        )
 
 
 def _codec_from_magic(magic: bytes) -> str | None:

@@ -32,7 +32,7 @@ from celeray.errors import CelerayError, PoisonInputError, RayUnavailableError, 
 from ray_jobs._malloc import tune_malloc
 from ray_jobs._runtime_env import task_runtime_env
 from ray_jobs.process import process_unit
-from ray_jobs.units import largest_first
+from ray_jobs.units import largest_first, range_size
 
 __all__ = ["process_unit_task", "run_units", "warm_workers"]
 
@@ -292,10 +292,10 @@ def _split_poison(
     }
     if file.get("range") is not None:
         result["split"] = {
-            "url": file["url"], "range": list(file["range"]), "size": file.get("size"),
+            "url": file["url"], "range": list(file["range"]), "size": range_size(file),
             "mode": "range", "reason": None,
         }
-        result["files_done"] = int(file["range"][1] == file.get("size"))
+        result["files_done"] = int(file["range"][1] == range_size(file))
     return result
 
 

@@ -11,7 +11,8 @@ own writer; if it turns out bad midway, the files written for it are deleted. Th
 therefore runs once per written stream: an aggregation covers one large file or one group
 of small files, never the whole batch.
 
-A unit can also be one byte range of a large file (its one file dict has ``"range"``, see
+A unit can also be one byte range of a large file (its one file dict has ``"range"``, and
+``"text_bytes"`` when the range is of a compressed file's decompressed text, see
 :mod:`ray_jobs.units`). It reads just that range; when the range cannot be read on its own,
 or fails in any way, it reads the whole file instead (or, for a reason that every range of
 the file sees alike, leaves that to the first range). Its result says which it did in
@@ -40,7 +41,6 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import chain
 from typing import Any
 
 import pyarrow as pa
@@ -54,7 +54,7 @@ from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._rejects import write_rejects
 from ray_jobs._table_plan import TablePlan
-from ray_jobs._take import take
+from ray_jobs._take import drain, take
 from ray_jobs._tap import ErrorTap
 from ray_jobs.readers import FORMATS, detect_format, read_batches
 from ray_jobs.transforms import apply, load_callable
@@ -125,8 +125,10 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     (``rows_rescued``, ``rows_skipped``, ``values_rescued`` and ``dropped``: column ->
     values of columns the table does not take).
     A unit whose file has a ``range`` [start, end] (and the file's listed ``size``) also
-    returns ``split``: ``url``, ``range``, ``size``, ``mode`` (``"range"``: just the range
-    was read, ``bytes_in`` being its nominal length; ``"whole"``: the whole file was read
+    returns ``split``: ``url``, ``range``, ``size`` (what the range is a part of: the
+    file's size, or ``text_bytes``), ``mode`` (``"range"``: just the range
+    was read, ``bytes_in`` being its nominal length, or for a compressed file that length's
+    share of the file's size; ``"whole"``: the whole file was read
     instead; ``"skipped"``: nothing, the first range reads the whole file) and ``reason``.
     ``TransformError`` (a pipeline bug: SQL, transform, an unknown format or column type,
     a missing partition column) fails the unit before or during the work; so do storage
@@ -238,8 +240,8 @@ class _UnitRun:
 
     def _range(self, index: int, file: dict[str, Any]) -> None:
         """Read one byte range of a file, or the whole file when the range cannot be."""
-        start, end = (int(x) for x in file["range"])
-        span = ByteRange(start, end, int(file["size"]))
+        span = _span_of(file)
+        start, end = span.start, span.end
         self.split = {"url": file["url"], "range": [start, end], "size": span.size}
         error = self._one_file(index, file, span, set())
         if error is None:
@@ -290,7 +292,7 @@ class _UnitRun:
         elif rest is None:
             self._add_small(index, file, pa.Table.from_batches(head), conformer)
         else:
-            return self._stream_large(index, file, chain(head, rest), conformer)
+            return self._stream_large(index, file, drain(head, rest), conformer)
         return None
 
     def _add_small(
@@ -374,8 +376,7 @@ class _UnitRun:
     def _mark_good(
         self, index: int, file: dict[str, Any], rows: int, conformer: Conformer
     ) -> None:
-        span = file.get("range")
-        size = int(span[1]) - int(span[0]) if span is not None else int(file["size"])
+        size = int(file["size"]) if file.get("range") is None else _span_of(file).listed_bytes
         # rows_in: every data row of the file, the skipped ones included
         rows_in = rows + len(conformer.rejects)
         self.good[index] = {"url": file["url"], "rows_in": rows_in, "bytes_in": size}
@@ -408,6 +409,14 @@ class _UnitRun:
         record = error.record()
         record["url"] = file["url"]
         self.quarantined.append(record)
+
+
+def _span_of(file: dict[str, Any]) -> ByteRange:
+    """The range of a split file's dict (see :func:`ray_jobs.units.plan_units`)."""
+    start, end = (int(x) for x in file["range"])
+    if file.get("text_bytes"):
+        return ByteRange(start, end, int(file["text_bytes"]), compressed=int(file["size"]))
+    return ByteRange(start, end, int(file["size"]))
 
 
 def _note(schemas: list[pa.Schema], schema: pa.Schema) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import ray
 
@@ -256,3 +257,32 @@ def test_a_transform_package_is_shipped_once_with_its_env_vars(
     table = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
     assert set(table["m"].to_pylist()) == {"on"}
     assert all(r["node"] == ray.get_runtime_context().get_node_id() for r in first)
+
+
+def test_a_large_compressed_file_runs_as_ranges_on_every_cpu(
+    tmp_path: Path, probe_dir: Path
+) -> None:
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    import zstandard
+
+    from ray_jobs.convert import convert_batch
+
+    text = "k,v,name\n" + "".join(f"{i},{i * 0.5},n{i % 97}\n" for i in range(200_000))
+    path = tmp_path / "in" / "big.csv.zst"
+    path.parent.mkdir()
+    path.write_bytes(zstandard.ZstdCompressor(level=1).compress(text.encode()))
+    url = path.as_uri()
+    size = path.stat().st_size
+    result = convert_batch(
+        make_plan(), [{"url": url, "read_url": url, "size": size}], batch_id="b9",
+        out_url=(tmp_path / "out").as_uri(), prequarantined=[], unit_bytes=size, cpus=2,
+        max_in_flight=4, min_free_memory=0.0, deadline=None,
+    )  # fmt: skip
+    assert result["timings"]["units"] == 2 and result["quarantined"] == []
+    assert result["files"] == [{"url": url, "rows_in": 200_000, "bytes_in": size}]
+    got = pa.concat_tables(pq.read_table(tmp_path / "out" / o["path"]) for o in result["outputs"])
+    whole = pacsv.read_csv(io.BytesIO(text.encode()))
+    assert got.sort_by("k").to_pylist() == whole.sort_by("k").to_pylist()

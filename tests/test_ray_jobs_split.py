@@ -23,7 +23,7 @@ from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
 from ray_jobs.merge import merge_unit_results
 from ray_jobs.process import process_unit
 from ray_jobs.readers import read_batches
-from ray_jobs.units import plan_units, split_ranges
+from ray_jobs.units import plan_units, skewed_ranges, split_ranges
 from tests._plans import MiB, limits, plan
 
 LIMITS = limits()
@@ -209,7 +209,7 @@ def test_a_quoted_value_across_a_cut_is_refused_by_its_range(
 # --- planning ---------------------------------------------------------------------------
 
 
-def test_plan_units_splits_large_plain_text_files_only() -> None:
+def test_plan_units_splits_large_text_files_only() -> None:
     plan = {"format": None}
     files = [
         {"url": "file:///in/a.csv", "size": 10},
@@ -226,8 +226,9 @@ def test_plan_units_splits_large_plain_text_files_only() -> None:
     assert shape == [
         ("a.csv", 1, None),
         *[("big.csv", 1, [i * 100, i * 100 + 100]) for i in range(10)],
-        ("big.csv.zst", 1, None),
-        ("big.jsonl.gz", 1, None),
+        # compressed: ranges of the estimated text (4 x 1000), at most 4 of them
+        *[("big.csv.zst", 1, r) for r in skewed_ranges(4000, 4)],
+        *[("big.jsonl.gz", 1, r) for r in skewed_ranges(4000, 4)],
         ("big.parquet", 1, None),
         ("big.jsonl", 1, [0, 100]),
         ("big.jsonl", 1, [100, 200]),
