@@ -26,6 +26,7 @@ from celeray.errors import TransformError
 from celeray.sql_policy import TABLE_NAME, sql_problems
 from celeray.transform_ref import load
 from ray_jobs._duckdb_conn import CONFINED, connect, cursor
+from ray_jobs._sql_fast import FastSql, fast_sql
 from ray_jobs._tap import ErrorTap
 
 __all__ = ["CONFINED", "SQL_BATCH_ROWS", "TABLE_NAME", "apply", "connect", "load_callable"]
@@ -89,6 +90,10 @@ def _run_sql(
     first = next(source, None)  # outside DuckDB: a reader error here surfaces as itself
     if first is None:
         return
+    fast = fast_sql(sql, first.schema, threads)
+    if fast is not None:
+        yield from _run_fast(fast, chain([first], source), failed)
+        return
     tap = ErrorTap(source)
     reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], tap))
     with cursor(threads) as con:
@@ -114,6 +119,24 @@ def _run_sql(
                 yield batch
         if tap.error is not None:  # the query stopped early, but the input was bad
             raise tap.error
+
+
+def _run_fast(
+    fast: FastSql, batches: Iterator[pa.RecordBatch], failed: str
+) -> Iterator[pa.RecordBatch]:
+    """The fast path's result, batch by batch; the source's errors pass as raised."""
+    schema = None
+    for batch in batches:
+        if schema is None:
+            schema = batch.schema
+        elif not batch.schema.equals(schema):
+            raise TransformError(f"{failed}: the input's schema changed midway")
+        try:
+            out = fast.run(batch)
+        except (pa.ArrowException, ValueError) as exc:
+            raise TransformError(f"{failed}: {exc}") from exc
+        if out.num_rows:
+            yield out
 
 
 def _sql_error(exc: Exception, tap: ErrorTap[pa.RecordBatch], failed: str) -> Exception:
