@@ -11,7 +11,8 @@ pyarrow's semantics would differ from DuckDB's the compile refuses (None: run Du
 - types: integers (signed), DOUBLE, VARCHAR and BOOLEAN only (no FLOAT, DECIMAL,
   unsigned, temporal or nested values in an expression; ``IS NULL`` takes any column); a
   passed-through column must come out of DuckDB in its own type, or as VARCHAR from a
-  large, view or dictionary string, or as a timestamp in another time zone;
+  large, view or dictionary string, or as a zoned timestamp in microseconds (DuckDB's
+  TIMESTAMPTZ) from one in seconds, milliseconds or microseconds;
 - integer arithmetic checks overflow in DuckDB's type of the node, as DuckDB does, and is
   refused in WHERE (DuckDB may skip rows an earlier condition dropped; pyarrow computes
   every row); DOUBLE arithmetic is IEEE in both (``1/0`` is ``inf``, ``0/0`` NaN);
@@ -192,9 +193,12 @@ class _Compiler:
         stringy = source in _STRINGS or (
             pa.types.is_dictionary(source) and source.value_type in _STRINGS
         )
+        # DuckDB's TIMESTAMPTZ is in microseconds: s and ms widen to it exactly, ns would not
         zoned = (
             pa.types.is_timestamp(source) and pa.types.is_timestamp(target)
-            and source.unit == target.unit and source.tz is not None and target.tz is not None
+            and source.tz is not None and target.tz is not None
+            and (source.unit == target.unit or (source.unit in ("s", "ms")
+                                                and target.unit == "us"))
         )  # fmt: skip
         if (stringy and target == pa.string()) or zoned:
             return lambda b: b.column(index).cast(target)

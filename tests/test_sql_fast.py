@@ -38,6 +38,9 @@ def table() -> pa.Table:
             "ts": pa.array([1, 2, 3, None, 5, 6, 7, 8], pa.timestamp("us", "Europe/Paris")),
             "dict": pa.array(["p", "q", None, "p", "q", "p", "r", "p"]).dictionary_encode(),
             "Mixed": pa.array([1, 2, 3, 4, 5, 6, 7, 8], pa.int16()),
+            "ts_s": pa.array([1, None, 3, 4, 5, 6, 7, 2**33], pa.timestamp("s", "UTC")),
+            "ts_ms": pa.array([1, None, 3, 4, 5, 6, 7, 8], pa.timestamp("ms", "UTC")),
+            "naive": pa.array([1, None, 3, 4, 5, 6, 7, 8], pa.timestamp("s")),
         }
     )
 
@@ -74,6 +77,7 @@ FAST_MIXED = [
     "SELECT d, d / 0 AS q, d * i8 AS r, i8 / i32 AS t, d + 1.25 AS u FROM input",
     "SELECT * FROM input WHERE i64 > 9007199254740992 OR i64 = 1",
     "SELECT * FROM input WHERE i64 > d",
+    "SELECT ts_s, ts_ms, naive, ts FROM input WHERE ts_s IS NOT NULL",
     "SELECT * FROM input WHERE i8 BETWEEN -128 AND 1 OR i32 IN (0, 3, 2147483647)",
     "SELECT * FROM input WHERE i8 NOT IN (1, 1000)",
     "SELECT i8 * 2 AS a, i8 + i32 AS b, i32 - i8 AS c, mixed * 60 AS m FROM input WHERE i32 > 0",
@@ -212,6 +216,16 @@ def test_unknown_column_is_duckdbs_error() -> None:
     with pytest.raises(TransformError, match="sql failed"):
         list(apply(iter(data.to_batches()), sql="SELECT nope FROM input", transform=None,
                    threads=1))  # fmt: skip
+
+
+def test_zoned_timestamps_come_out_as_from_duckdb() -> None:
+    sql = "SELECT * FROM input WHERE a > 1"
+    for unit in ("s", "ms", "us", "ns"):
+        data = pa.table({"t": pa.array([1, 1001, None], pa.timestamp(unit, "UTC")),
+                         "a": [1, 2, 3]})  # fmt: skip
+        assert fast_sql(sql, data.schema, 1) is not None
+        fast, duck = fast_result(data, sql), duckdb_result(data, sql)
+        assert fast.equals(duck) and fast.schema == duck.schema
 
 
 def test_ambiguous_case_goes_to_duckdb() -> None:
