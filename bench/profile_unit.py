@@ -33,7 +33,7 @@ __all__ = ["PHASES", "main"]
 
 # Phase of a profiled function: the first pattern found in "file:function" wins.
 PHASES = (
-    ("sql", ("duckdb", "transforms.py")),
+    ("sql", ("duckdb", "transforms.py", "_sql_fast", "_sql_shape", "_duckdb_conn", "_compute")),
     ("write", ("parquet", "writer.py", "write_table", "write_batch", "_dataset")),
     ("decompress", ("zstd", "decompress", "_zstd_frames", "_streams")),
     ("read", ("pyarrow._csv", "pyarrow._json", "_read_csv", "_read_jsonl", "readers.py",

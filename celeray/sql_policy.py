@@ -37,7 +37,14 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["REFUSED_FUNCTIONS", "TABLE_FUNCTIONS", "TABLE_NAME", "check_sql", "sql_problems"]
+__all__ = [
+    "REFUSED_FUNCTIONS",
+    "TABLE_FUNCTIONS",
+    "TABLE_NAME",
+    "check_sql",
+    "sql_problems",
+    "sql_tree",
+]
 
 TABLE_NAME = "input"  # the one relation pipeline SQL reads: the batch's rows
 # Table functions that compute rows from their arguments only, never from outside state.
@@ -128,6 +135,21 @@ def sql_problems(sql: str) -> tuple[str, ...]:
             f"write e.g. SELECT * FROM {TABLE_NAME}"
         )
     return tuple(problems)
+
+
+def sql_tree(sql: str) -> dict[str, Any]:
+    """DuckDB's parse of ``sql`` (``json_serialize_sql``), a fresh copy the caller may change.
+
+    Raises ``ValueError`` as :func:`check_sql` does for SQL that is not one SELECT. Cached
+    like :func:`sql_problems`.
+    """
+    tree: dict[str, Any] = json.loads(_tree_text(sql))
+    return tree
+
+
+@lru_cache(maxsize=64)
+def _tree_text(sql: str) -> str:
+    return json.dumps(_parse(sql))
 
 
 def _base_table(node: dict[str, Any], ctes: frozenset[str], add: Any) -> bool:

@@ -6,18 +6,18 @@ raised, even when DuckDB was the one pulling the stream.
 
 The SQL is confined twice: :func:`celeray.sql_policy.check_sql` refuses it before anything
 runs (one SELECT over ``input``; no file-reading, settings or SQL-in-a-string functions),
-and it runs in a connection made with :data:`CONFINED`: DuckDB itself then refuses every
-file, URL, extension and Python replacement scan, and the query cannot change that
-(``SET enable_external_access = true`` fails on the locked configuration). The settings
-are given to ``duckdb.connect``, so they hold before the first statement; the Arrow stream
-is registered afterwards, which DuckDB allows with external access off.
+and it runs on a cursor of the process's database made with :data:`CONFINED`
+(:mod:`ray_jobs._duckdb_conn`): DuckDB itself then refuses every file, URL, extension and
+Python replacement scan, and the query cannot change that (``SET enable_external_access =
+true`` fails on the locked configuration). The settings are given to ``duckdb.connect``, so
+they hold before the first statement; the Arrow stream is registered on the cursor
+afterwards, which DuckDB allows with external access off, and is gone with the cursor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -25,22 +25,13 @@ import pyarrow as pa
 from celeray.errors import TransformError
 from celeray.sql_policy import TABLE_NAME, sql_problems
 from celeray.transform_ref import load
+from ray_jobs._duckdb_conn import CONFINED, connect, cursor
+from ray_jobs._sql_fast import FastSql, fast_sql
 from ray_jobs._tap import ErrorTap
 
 __all__ = ["CONFINED", "SQL_BATCH_ROWS", "TABLE_NAME", "apply", "connect", "load_callable"]
 
 SQL_BATCH_ROWS = 128 * 1024  # rows per batch DuckDB hands back
-# DuckDB settings of every pipeline query. External access off: no file, URL, extension
-# or Python-variable scan (with it on, `FROM some_name` finds a Python variable of the
-# calling frames). Locked: the query cannot set them back. No extension is fetched or
-# loaded behind the query's back either.
-CONFINED: dict[str, Any] = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "lock_configuration": True,
-}
-
 TableFn = Callable[[pa.Table], pa.Table]
 
 
@@ -65,10 +56,10 @@ def apply(
 ) -> Iterator[pa.RecordBatch]:
     """The stream after ``sql`` and then ``transform``; either may be ``None``.
 
-    ``sql`` runs once over the whole stream, which it reads as the table ``input``, in a
-    fresh DuckDB connection with ``threads`` threads; results stream back in batches. An
-    empty stream yields nothing (there is no schema to query). ``input`` is a stream and
-    can be scanned once: a query that reads it twice must go through
+    ``sql`` runs once over the whole stream, which it reads as the table ``input``, on a
+    new cursor of the process's confined DuckDB database of ``threads`` threads; results
+    stream back in batches. An empty stream yields nothing (there is no schema to query).
+    ``input`` is a stream and can be scanned once: a query that reads it twice must go through
     ``WITH t AS MATERIALIZED (SELECT * FROM input)``. ``transform`` is called once
     per record batch of the (SQL) result, as a one-batch ``pyarrow.Table``, and must return
     a ``pyarrow.Table``: it must be row-local, since it never sees more than one chunk.
@@ -85,11 +76,6 @@ def apply(
     return stream
 
 
-def connect(threads: int) -> duckdb.DuckDBPyConnection:
-    """A fresh in-memory DuckDB connection with ``threads`` threads, confined (:data:`CONFINED`)."""
-    return duckdb.connect(config={"threads": threads, **CONFINED})
-
-
 def _run_sql(
     batches: Iterator[pa.RecordBatch], sql: str, threads: int, pipeline: str = ""
 ) -> Iterator[pa.RecordBatch]:
@@ -104,10 +90,13 @@ def _run_sql(
     first = next(source, None)  # outside DuckDB: a reader error here surfaces as itself
     if first is None:
         return
+    fast = fast_sql(sql, first.schema, threads)
+    if fast is not None:
+        yield from _run_fast(fast, chain([first], source), failed)
+        return
     tap = ErrorTap(source)
     reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], tap))
-    con = connect(threads)
-    try:
+    with cursor(threads) as con:
         con.register(TABLE_NAME, reader)
         try:
             relation = con.sql(sql)
@@ -130,8 +119,24 @@ def _run_sql(
                 yield batch
         if tap.error is not None:  # the query stopped early, but the input was bad
             raise tap.error
-    finally:
-        con.close()
+
+
+def _run_fast(
+    fast: FastSql, batches: Iterator[pa.RecordBatch], failed: str
+) -> Iterator[pa.RecordBatch]:
+    """The fast path's result, batch by batch; the source's errors pass as raised."""
+    schema = None
+    for batch in batches:
+        if schema is None:
+            schema = batch.schema
+        elif not batch.schema.equals(schema):
+            raise TransformError(f"{failed}: the input's schema changed midway")
+        try:
+            out = fast.run(batch)
+        except (pa.ArrowException, ValueError) as exc:
+            raise TransformError(f"{failed}: {exc}") from exc
+        if out.num_rows:
+            yield out
 
 
 def _sql_error(exc: Exception, tap: ErrorTap[pa.RecordBatch], failed: str) -> Exception:

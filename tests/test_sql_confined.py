@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from celeray.errors import TransformError
 from celeray.sql_policy import check_sql
 from celeray.transform_ref import TransformLoadError, find
+from ray_jobs._duckdb_conn import cursor
 from ray_jobs.transforms import apply, connect
 from tests._pipeline_file import validate_file
 
@@ -248,3 +250,41 @@ def test_ordinary_queries_still_run() -> None:
     )
     out = pa.Table.from_batches(list(apply(batches(), sql=sql, transform=None, threads=2)))
     assert out.to_pydict() == {"n": [300], "m": [299]}
+
+
+def test_process_database_cursors_stay_confined_and_apart(secret: Path, tmp_path: Path) -> None:
+    """A unit's cursor on the process's shared database: locked down as a fresh connection,
+    and another cursor (a later unit, or a unit on another thread) never sees its ``input``."""
+    t = pa.table({"a": [1, 2, 3]})
+    for sql in attacks(secret, tmp_path):
+        with cursor(1) as con:
+            con.register("input", pa.RecordBatchReader.from_batches(t.schema, t.to_batches()))
+            with pytest.raises(duckdb.Error) as info:
+                result = con.sql(sql)
+                rows = result.fetchall() if result is not None else []
+                raise AssertionError(f"{sql!r} ran: {rows!r}")
+            assert SECRET not in str(info.value)
+    with cursor(1) as con:
+        assert con.execute("SELECT current_setting('enable_external_access')").fetchone() == (
+            False,
+        )
+        with pytest.raises(duckdb.CatalogException):
+            con.sql("SELECT * FROM input").fetchall()
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "x.db").exists()
+
+    seen: dict[int, list[int]] = {}
+    ready = threading.Barrier(4)
+
+    def unit(i: int) -> None:
+        with cursor(1) as con:
+            mine = pa.table({"a": [i] * 5})
+            con.register("input", mine)
+            ready.wait(timeout=30)  # all four have registered their `input` at once
+            seen[i] = [r[0] for r in con.sql("SELECT a FROM input").fetchall()]
+
+    workers = [threading.Thread(target=unit, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert seen == {i: [i] * 5 for i in range(4)}
