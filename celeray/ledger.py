@@ -10,6 +10,7 @@ Layout::
     <sink>/_celeray/schema/v<version>.json      the table schema's versions (celeray.schema_log)
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
     <sink>/_celeray/delta/<batch_id>.json       a Delta sink's batch: its Delta version
+    <sink>/_celeray/triage/<key>.json           a quarantined input's replay or dismissal
 
 A Delta sink (:mod:`celeray.delta_table`) has no staged data: its batch's files are written
 in place under names no committed version references, its entry records them as add
@@ -115,6 +116,40 @@ class Ledger:
         """Where the reason record for input ``url`` lives."""
         return storage.join(self.root, "quarantine", f"{_quarantine_key(url)}.json")
 
+    def triage_url(self, url: str) -> str:
+        """Where the triage decision (replay or dismiss) about input ``url`` lives."""
+        return storage.join(self.root, "triage", f"{_quarantine_key(url)}.json")
+
+    def triage(self) -> dict[str, dict[str, Any]]:
+        """Input URL -> its triage decision (:mod:`celeray.quarantine`), for every input
+        that has one."""
+        out: dict[str, dict[str, Any]] = {}
+        for url in self._documents("triage"):
+            try:
+                doc = storage.read_json(url, self.storage_options)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise LedgerError(f"unreadable triage record {url}: {exc}") from exc
+            out[doc["url"]] = doc
+        return out
+
+    def quarantine_records(self) -> list[dict[str, Any]]:
+        """Every quarantine reason record, each with its ``batch_id`` and ``run_id``."""
+        out = []
+        for url in self._documents("quarantine"):
+            try:
+                out.append(storage.read_json(url, self.storage_options))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise LedgerError(f"unreadable quarantine record {url}: {exc}") from exc
+        return out
+
+    def record_triage(self, doc: dict[str, Any]) -> None:
+        """Write the triage decision ``doc`` (with its ``url``) in one atomic step."""
+        storage.atomic_write_json(self.triage_url(doc["url"]), doc, self.storage_options)
+
     def _documents(self, folder: str) -> list[str]:
         """URLs of the JSON documents in ``_celeray/<folder>`` (temporary files left out)."""
         return [
@@ -213,13 +248,23 @@ class Ledger:
         return sorted(out, key=lambda e: e.get("committed_at", 0))
 
     def done_inputs(self) -> dict[str, dict[str, Any]]:
-        """Input URL -> its record (committed or quarantined) from every entry."""
+        """Input URL -> its record (committed or quarantined) from every entry.
+
+        A quarantined input whose triage decision replays the batch that quarantined it is
+        left out, so the next plan takes it again; quarantined by a later batch, it is done
+        again (that decision named the earlier batch).
+        """
+        replays = {u: t.get("batch_id") for u, t in self.triage().items()
+                   if t.get("action") == "replay"}  # fmt: skip
         done: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
             for f in entry.get("inputs", []):
                 done[f["url"]] = f
             for q in entry.get("quarantined", []):
-                done[q["url"]] = q
+                if replays.get(q["url"]) == entry["batch_id"]:
+                    done.pop(q["url"], None)  # and any earlier quarantine of it
+                else:
+                    done[q["url"]] = q
         return done
 
     def is_committed(self, batch_id: str) -> bool:
