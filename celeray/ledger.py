@@ -44,7 +44,7 @@ from celeray import durable, storage
 from celeray.compaction import replaced_paths
 from celeray.errors import LedgerError
 
-__all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for"]
+__all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for", "quarantine_key"]
 
 LEDGER_VERSION = 1
 RESULT_NAME = "_result.json"  # a leading "_": the dataset writers and readers skip it
@@ -68,7 +68,9 @@ def batch_id_for(pipeline: str, files: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:24]
 
 
-def _quarantine_key(url: str) -> str:
+def quarantine_key(url: str) -> str:
+    """The name of input ``url``'s quarantine and triage records (24 hex digits): how the
+    API names a quarantined input without taking a URL."""
     return hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
@@ -114,11 +116,11 @@ class Ledger:
 
     def quarantine_url(self, url: str) -> str:
         """Where the reason record for input ``url`` lives."""
-        return storage.join(self.root, "quarantine", f"{_quarantine_key(url)}.json")
+        return storage.join(self.root, "quarantine", f"{quarantine_key(url)}.json")
 
     def triage_url(self, url: str) -> str:
         """Where the triage decision (replay or dismiss) about input ``url`` lives."""
-        return storage.join(self.root, "triage", f"{_quarantine_key(url)}.json")
+        return storage.join(self.root, "triage", f"{quarantine_key(url)}.json")
 
     def triage(self) -> dict[str, dict[str, Any]]:
         """Input URL -> its triage decision (:mod:`celeray.quarantine`), for every input

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from celeray.errors import QuarantineError
-from celeray.ledger import Ledger
+from celeray.ledger import Ledger, quarantine_key
 
 __all__ = ["ATTENTION", "DISMISS", "REPLAY", "Triage", "matches"]
 
@@ -76,6 +76,14 @@ class Triage:
             if item["url"] == url:
                 return item
         raise QuarantineError(f"{url} is not quarantined in {self.ledger.sink}", missing=True)
+
+    def url_of(self, key: str) -> str:
+        """The URL of the quarantined input whose records are named ``key``
+        (:func:`celeray.ledger.quarantine_key`); :class:`QuarantineError` if none is."""
+        for rec in self.ledger.quarantine_records():
+            if quarantine_key(rec["url"]) == key:
+                return str(rec["url"])
+        raise QuarantineError(f"no quarantined input {key} in {self.ledger.sink}", missing=True)
 
     def replay(self, url: str, who: str) -> dict[str, Any]:
         """Let the next run take ``url`` again; returns the item as it is now.
@@ -135,6 +143,7 @@ def _view(
         status = "replay_pending" if current["action"] == REPLAY else "dismissed"
     return {
         "url": rec["url"],
+        "key": quarantine_key(rec["url"]),
         "kind": rec.get("kind"),
         "reason": rec.get("error"),
         "line": rec.get("line"),

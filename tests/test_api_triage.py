@@ -7,7 +7,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from celeray.ledger import Ledger
+from celeray.ledger import Ledger, quarantine_key
 from celeray.pipelines import load_pipelines
 from celeray.settings import Settings
 from tests import test_api as base
@@ -43,13 +43,15 @@ def test_quarantine_list_show_replay_dismiss(
     assert [i["kind"] for i in r.json["items"]] == ["schema"]
     r = client.get(f"{BASE}/quarantine", query_string={"glob": "b.*"}, headers=auth)
     assert [i["url"] for i in r.json["items"]] == [bad]
-    r = client.get(f"{BASE}/quarantine/item", query_string={"url": bad}, headers=auth)
+    key = r.json["items"][0]["key"]
+    assert key == quarantine_key(bad)
+    r = client.get(f"{BASE}/quarantine/{key}", headers=auth)
     assert (r.status_code, r.json["batch_id"], r.json["reason"]) == (200, batch, "bad parse")
-    r = client.post(f"{BASE}/quarantine/replay", query_string={"url": bad}, headers=auth)
+    r = client.post(f"{BASE}/quarantine/{key}/replay", headers=auth)
     assert r.status_code == 200 and r.json["status"] == "replay_pending"
     assert r.json["decision"]["by"] == "api" and r.json["decision"]["at"] > 0
     assert bad not in Ledger(_sink(settings)).done_inputs()
-    r = client.post(f"{BASE}/quarantine/dismiss", query_string={"url": bad}, headers=auth)
+    r = client.post(f"{BASE}/quarantine/{key}/dismiss", headers=auth)
     assert r.json["status"] == "dismissed"
     r = client.get(f"{BASE}/quarantine", headers=auth)
     assert bad not in [i["url"] for i in r.json["items"]]
@@ -59,20 +61,21 @@ def test_quarantine_list_show_replay_dismiss(
 
 def test_quarantine_errors(settings: Settings, client: FlaskClient, auth: dict[str, str]) -> None:
     good, bad, _ = _setup(settings)
-    for path, method in (("item", "GET"), ("replay", "POST"), ("dismiss", "POST")):
-        r = client.open(f"{BASE}/quarantine/{path}", method=method, headers=auth)
-        assert r.status_code == 400 and "url" in r.json["error"]
-        r = client.open(f"{BASE}/quarantine/{path}", method=method,
-                        query_string={"url": good}, headers=auth)  # fmt: skip
-        assert r.status_code == 404 and "not quarantined" in r.json["error"]
-    r = client.post("/api/v1/pipelines/nope/quarantine/replay", query_string={"url": bad},
-                    headers=auth)  # fmt: skip
-    assert r.status_code == 404
-    client.post(f"{BASE}/quarantine/replay", query_string={"url": bad}, headers=auth)
+    key = quarantine_key(bad)
+    for key_given in (quarantine_key(good), "x" * 24, "../etc"):
+        for suffix, method in (("", "GET"), ("/replay", "POST"), ("/dismiss", "POST")):
+            r = client.open(f"{BASE}/quarantine/{key_given}{suffix}", method=method,
+                            headers=auth)  # fmt: skip
+            assert r.status_code == 404, (key_given, suffix)
+    assert client.post(f"/api/v1/pipelines/nope/quarantine/{key}/replay",
+                       headers=auth).status_code == 404  # fmt: skip
+    r = client.get(f"{BASE}/quarantine", query_string={"kind": "a/b"}, headers=auth)
+    assert r.status_code == 400
+    client.post(f"{BASE}/quarantine/{key}/replay", headers=auth)
     commit(Ledger(_sink(settings)), "r2", [bad], [])
-    r = client.post(f"{BASE}/quarantine/replay", query_string={"url": bad}, headers=auth)
+    r = client.post(f"{BASE}/quarantine/{key}/replay", headers=auth)
     assert r.status_code == 409 and "committed" in r.json["error"]
-    assert client.post(f"{BASE}/quarantine/replay", query_string={"url": bad}).status_code == 401
+    assert client.post(f"{BASE}/quarantine/{key}/replay").status_code == 401
 
 
 def test_files_and_runs(settings: Settings, client: FlaskClient, auth: dict[str, str]) -> None:
