@@ -60,11 +60,15 @@ def batch_id_for(pipeline: str, files: list[dict[str, Any]]) -> str:
     """A batch id derived from its inputs and their fingerprints.
 
     The same inputs give the same id, so a retried batch writes the same output names and
-    the same ledger entry, and can only overwrite, never add.
+    the same ledger entry, and can only overwrite, never add. A replayed input carries
+    ``replay`` (the batch that quarantined it), so replaying an unchanged file that was
+    alone in its batch gives a new batch, not the committed one.
     """
     h = hashlib.sha256(pipeline.encode())
     for f in sorted(files, key=lambda f: f["url"]):
         h.update(f"\0{f['url']}\0{f['size']}\0{f.get('etag') or f.get('mtime')}".encode())
+        if f.get("replay"):
+            h.update(f"\0replay\0{f['replay']}".encode())
     return h.hexdigest()[:24]
 
 
@@ -135,6 +139,11 @@ class Ledger:
                 raise LedgerError(f"unreadable triage record {url}: {exc}") from exc
             out[doc["url"]] = doc
         return out
+
+    def replays(self) -> dict[str, str]:
+        """Input URL -> the batch whose quarantine of it a replay decision answers."""
+        return {u: str(t["batch_id"]) for u, t in self.triage().items()
+                if t.get("action") == "replay" and t.get("batch_id")}  # fmt: skip
 
     def quarantine_records(self) -> list[dict[str, Any]]:
         """Every quarantine reason record, each with its ``batch_id`` and ``run_id``."""
@@ -256,8 +265,7 @@ class Ledger:
         left out, so the next plan takes it again; quarantined by a later batch, it is done
         again (that decision named the earlier batch).
         """
-        replays = {u: t.get("batch_id") for u, t in self.triage().items()
-                   if t.get("action") == "replay"}  # fmt: skip
+        replays = self.replays()
         done: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
             for f in entry.get("inputs", []):

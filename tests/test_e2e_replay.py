@@ -70,3 +70,30 @@ def test_a_fixed_file_replayed_is_committed_once_by_the_next_run(
     assert again["files_committed"] == 0  # exactly once
     runs = stack.celeray("runs", "replay")
     assert runs.returncode == 0 and third["run_id"] in runs.stdout
+
+
+def test_an_unchanged_file_replayed_after_the_pipeline_changed_is_committed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    (landing / "only.csv").write_text("id,x\nnot-a-number,c\n")  # alone in its batch
+
+    def pipeline(id_type: str) -> None:
+        stack.add_pipeline("changed", "\n".join([
+            f'source = "{landing.as_uri()}/*.csv"', f'sink = "{sink.as_uri()}"',
+            'table_format = "parquet"', "[pipelines.changed.schema]", f'id = "{id_type}"',
+        ]))  # fmt: skip
+
+    pipeline("int64")
+    first = _run(stack, "changed")
+    assert (first["files_committed"], first["files_quarantined"]) == (0, 1)
+    pipeline("string")  # the pipeline changes; the file does not
+    [item] = _json(stack, "quarantine", "list", "changed")
+    assert stack.celeray("quarantine", "replay", "changed", item["url"]).returncode == 0
+    second = _run(stack, "changed")
+    assert (second["files_committed"], second["files_quarantined"]) == (1, 0)
+    assert reading.dataset(sink.as_uri()).to_table().column("id").to_pylist() == ["not-a-number"]
+    [history] = _json(stack, "files", "changed")
+    assert history["state"] == "committed" and history["outputs"]
+    assert _run(stack, "changed")["files_committed"] == 0

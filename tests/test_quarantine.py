@@ -158,3 +158,31 @@ def test_run_history_groups_entries_by_run_newest_first(sink: str) -> None:
     assert r1["started_at"] <= r1["ended_at"]
     assert [r["run_id"] for r in run_history(sink, 1)] == ["r2"]
     assert run_history(str(Path(sink).parent / "empty")) == []
+
+
+def test_an_unchanged_file_alone_in_its_batch_replays_as_a_new_batch(sink: str) -> None:
+    ledger = Ledger(sink)
+    first = commit(ledger, "r1", [], [_bad("file:///l/b.csv")])
+    Triage(sink).replay("file:///l/b.csv", "api")
+    listed = [FileInfo(url="file:///l/b.csv", size=10, mtime=1.0, etag=None)]
+    plan = plan_batches("p", listed, ledger.done_inputs(), 1 << 30, ledger.replays())
+    [batch] = plan.batches
+    assert batch.files[0]["replay"] == first
+    assert batch.batch_id != first  # not the committed batch: the replay is processed
+    again = plan_batches("p", listed, ledger.done_inputs(), 1 << 30, ledger.replays())
+    assert again.batches[0].batch_id == batch.batch_id  # deterministic: a retry overwrites
+
+
+def test_a_batch_message_carries_the_replay_and_its_id_checks_out() -> None:
+    from celeray.errors import MessageRefusedError
+    from celeray.messages import input_file, parse_batch
+
+    f = {**_file("file:///l/b.csv"), "replay": "a" * 24}
+    msg = {"pipeline": "p", "run_id": "0b7f5a9e-3c1d-4e2f-9a8b-7c6d5e4f3a21",
+           "batch_id": batch_id_for("p", [f]), "files": [input_file(f)]}  # fmt: skip
+    parsed = parse_batch(msg)
+    assert parsed["files"][0]["replay"] == "a" * 24
+    assert batch_id_for("p", [dict(x) for x in parsed["files"]]) == msg["batch_id"]
+    for bad in ("../x", 3, "A" * 24):
+        with pytest.raises(MessageRefusedError, match="replay"):
+            parse_batch({**msg, "files": [{**f, "replay": bad}]})
