@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from celeray.cli_maintain import add_parsers as add_maintenance_parsers
+from celeray.cli_triage import add_parsers as add_triage_parsers
 from celeray.errors import CelerayError, PipelineFileError, RunActiveError
 from celeray.runstate import RunStore
 from celeray.settings import Settings, get_settings, redact_url
@@ -256,13 +257,20 @@ def _print_schema(s: dict[str, Any]) -> None:
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
-    """List recent runs, newest first, from the run records."""
+    """List recent runs, newest first, from the run records; with a pipeline's name, its
+    runs' history from its sink's ledger (which outlives the run records)."""
     from celeray.pipelines import load_pipelines
     from celeray.runs import summary_of
 
     pipelines = load_pipelines(settings.pipelines, **settings.pipeline_rules())
     names = [args.name] if args.name else sorted(pipelines)
     store = _store(settings)
+    if args.name:
+        from celeray.cli_triage import cmd_runs_history
+
+        states = {run_id: str((store.get(run_id) or {}).get("state", "expired"))
+                  for run_id in store.recent(args.name, args.limit)}  # fmt: skip
+        return cmd_runs_history(args.name, args.limit, settings, states)
     table = Table("run", "pipeline", "state", "started", "files", "quarantined", "rows out",
                   "seconds")
     for name in names:
@@ -428,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="follow the run; exit 1 if it fails")
     r.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
     r.set_defaults(func=cmd_run)
-    ls = sub.add_parser("runs", help="list recent runs")
+    ls = sub.add_parser("runs", help="list recent runs; with NAME, its history from the ledger")
     ls.add_argument("name", nargs="?")
     ls.add_argument("--limit", type=int, default=10)
     ls.set_defaults(func=cmd_runs)
@@ -437,6 +445,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print it as JSON")
     sc.set_defaults(func=_lazy("celeray.cli_schema", "cmd_schema"))
     add_maintenance_parsers(sub, _lazy)  # compact, vacuum
+    add_triage_parsers(sub, _lazy)  # quarantine, files
     d = sub.add_parser("demo", help="lay out a demo, start the stack, run it over HTTP")
     d.add_argument("--dir", default="celeray-demo", help="demo workspace (default ./celeray-demo)")
     d.set_defaults(func=cmd_demo)

@@ -30,6 +30,7 @@ __all__ = [
     "PipelineFileError",
     "PipelineIssue",
     "PoisonInputError",
+    "QuarantineError",
     "RayUnavailableError",
     "RunActiveError",
     "RunFailedError",
@@ -92,6 +93,15 @@ class RunActiveError(CelerayError):
         self.pipeline = pipeline
         self.run_id = run_id
         super().__init__(f"pipeline {pipeline!r} is already running as run {run_id}")
+
+
+class QuarantineError(CelerayError):
+    """A triage decision that cannot be made: the input is not quarantined (``missing``),
+    or was replayed and committed since."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        self.missing = missing
+        super().__init__(message)
 
 
 class RunFailedError(CelerayError):

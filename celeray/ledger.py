@@ -10,6 +10,7 @@ Layout::
     <sink>/_celeray/schema/v<version>.json      the table schema's versions (celeray.schema_log)
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
     <sink>/_celeray/delta/<batch_id>.json       a Delta sink's batch: its Delta version
+    <sink>/_celeray/triage/<key>.json           a quarantined input's replay or dismissal
 
 A Delta sink (:mod:`celeray.delta_table`) has no staged data: its batch's files are written
 in place under names no committed version references, its entry records them as add
@@ -43,7 +44,7 @@ from celeray import durable, storage
 from celeray.compaction import replaced_paths
 from celeray.errors import LedgerError
 
-__all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for"]
+__all__ = ["LEDGER_VERSION", "Ledger", "batch_id_for", "quarantine_key"]
 
 LEDGER_VERSION = 1
 RESULT_NAME = "_result.json"  # a leading "_": the dataset writers and readers skip it
@@ -59,15 +60,21 @@ def batch_id_for(pipeline: str, files: list[dict[str, Any]]) -> str:
     """A batch id derived from its inputs and their fingerprints.
 
     The same inputs give the same id, so a retried batch writes the same output names and
-    the same ledger entry, and can only overwrite, never add.
+    the same ledger entry, and can only overwrite, never add. A replayed input carries
+    ``replay`` (the batch that quarantined it), so replaying an unchanged file that was
+    alone in its batch gives a new batch, not the committed one.
     """
     h = hashlib.sha256(pipeline.encode())
     for f in sorted(files, key=lambda f: f["url"]):
         h.update(f"\0{f['url']}\0{f['size']}\0{f.get('etag') or f.get('mtime')}".encode())
+        if f.get("replay"):
+            h.update(f"\0replay\0{f['replay']}".encode())
     return h.hexdigest()[:24]
 
 
-def _quarantine_key(url: str) -> str:
+def quarantine_key(url: str) -> str:
+    """The name of input ``url``'s quarantine and triage records (24 hex digits): how the
+    API names a quarantined input without taking a URL."""
     return hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
@@ -113,7 +120,46 @@ class Ledger:
 
     def quarantine_url(self, url: str) -> str:
         """Where the reason record for input ``url`` lives."""
-        return storage.join(self.root, "quarantine", f"{_quarantine_key(url)}.json")
+        return storage.join(self.root, "quarantine", f"{quarantine_key(url)}.json")
+
+    def triage_url(self, url: str) -> str:
+        """Where the triage decision (replay or dismiss) about input ``url`` lives."""
+        return storage.join(self.root, "triage", f"{quarantine_key(url)}.json")
+
+    def triage(self) -> dict[str, dict[str, Any]]:
+        """Input URL -> its triage decision (:mod:`celeray.quarantine`), for every input
+        that has one."""
+        out: dict[str, dict[str, Any]] = {}
+        for url in self._documents("triage"):
+            try:
+                doc = storage.read_json(url, self.storage_options)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise LedgerError(f"unreadable triage record {url}: {exc}") from exc
+            out[doc["url"]] = doc
+        return out
+
+    def replays(self) -> dict[str, str]:
+        """Input URL -> the batch whose quarantine of it a replay decision answers."""
+        return {u: str(t["batch_id"]) for u, t in self.triage().items()
+                if t.get("action") == "replay" and t.get("batch_id")}  # fmt: skip
+
+    def quarantine_records(self) -> list[dict[str, Any]]:
+        """Every quarantine reason record, each with its ``batch_id`` and ``run_id``."""
+        out = []
+        for url in self._documents("quarantine"):
+            try:
+                out.append(storage.read_json(url, self.storage_options))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise LedgerError(f"unreadable quarantine record {url}: {exc}") from exc
+        return out
+
+    def record_triage(self, doc: dict[str, Any]) -> None:
+        """Write the triage decision ``doc`` (with its ``url``) in one atomic step."""
+        storage.atomic_write_json(self.triage_url(doc["url"]), doc, self.storage_options)
 
     def _documents(self, folder: str) -> list[str]:
         """URLs of the JSON documents in ``_celeray/<folder>`` (temporary files left out)."""
@@ -213,13 +259,22 @@ class Ledger:
         return sorted(out, key=lambda e: e.get("committed_at", 0))
 
     def done_inputs(self) -> dict[str, dict[str, Any]]:
-        """Input URL -> its record (committed or quarantined) from every entry."""
+        """Input URL -> its record (committed or quarantined) from every entry.
+
+        A quarantined input whose triage decision replays the batch that quarantined it is
+        left out, so the next plan takes it again; quarantined by a later batch, it is done
+        again (that decision named the earlier batch).
+        """
+        replays = self.replays()
         done: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
             for f in entry.get("inputs", []):
                 done[f["url"]] = f
             for q in entry.get("quarantined", []):
-                done[q["url"]] = q
+                if replays.get(q["url"]) == entry["batch_id"]:
+                    done.pop(q["url"], None)  # and any earlier quarantine of it
+                else:
+                    done[q["url"]] = q
         return done
 
     def is_committed(self, batch_id: str) -> bool:

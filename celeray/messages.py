@@ -34,6 +34,7 @@ __all__ = [
     "MAX_FILES_PER_MESSAGE",
     "BatchMessage",
     "InputFile",
+    "input_file",
     "parse_batch",
     "parse_run_id",
     "parse_start",
@@ -50,12 +51,25 @@ _TRIGGER = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # beat, api, cli, reconcile, ..
 
 
 class InputFile(TypedDict):
-    """One input as listed: its URL and its fingerprint (size, and mtime or etag)."""
+    """One input as listed: its URL and its fingerprint (size, and mtime or etag).
+
+    ``replay`` names the batch whose quarantine of the input was replayed
+    (:mod:`celeray.quarantine`); the batch id takes it in.
+    """
 
     url: str
     size: int
     mtime: float | None
     etag: str | None
+    replay: NotRequired[str]
+
+
+def input_file(f: dict[str, Any]) -> InputFile:
+    """The :class:`InputFile` of a planned file's dict (other keys left out)."""
+    out = InputFile(url=f["url"], size=f["size"], mtime=f["mtime"], etag=f["etag"])
+    if f.get("replay"):
+        out["replay"] = str(f["replay"])
+    return out
 
 
 class BatchMessage(TypedDict):
@@ -127,8 +141,14 @@ def _input(value: Any, where: str) -> InputFile:
         raise _refuse(f"{where}.mtime", f"expected a number or null, got {mtime!r}")
     if etag is not None and (not isinstance(etag, str) or len(etag) > 1024):
         raise _refuse(f"{where}.etag", "expected a string or null")
-    return InputFile(url=url, size=size, mtime=None if mtime is None else float(mtime),
-                     etag=etag)  # fmt: skip
+    out = InputFile(url=url, size=size, mtime=None if mtime is None else float(mtime),
+                    etag=etag)  # fmt: skip
+    if "replay" in value:
+        replay = value["replay"]
+        if not isinstance(replay, str) or not _BATCH_ID.fullmatch(replay):
+            raise _refuse(f"{where}.replay", "expected a batch id")
+        out["replay"] = replay
+    return out
 
 
 def parse_batch(value: Any) -> BatchMessage:

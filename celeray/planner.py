@@ -58,13 +58,15 @@ def plan_batches(
     listed: list[FileInfo],
     done: dict[str, dict[str, Any]],
     batch_bytes: int,
+    replays: dict[str, str] | None = None,
 ) -> Plan:
     """Drop the files the ledger holds and group the rest, in listing order, by bytes.
 
     A file is identified by its URL: once committed or quarantined it is never processed
     again. One whose size or mtime changed since is reported in ``changed_after_commit``
     and still skipped, so rows are never added twice. A file larger than ``batch_bytes``
-    forms a batch of its own.
+    forms a batch of its own. A file in ``replays`` (:meth:`Ledger.replays`) carries
+    its entry as ``replay``, which its batch id takes in.
     """
     plan = Plan(listed=len(listed))
     current: list[dict[str, Any]] = []
@@ -85,7 +87,10 @@ def plan_batches(
             continue
         if current and current_bytes + f.size > batch_bytes:
             close()
-        current.append(f.to_dict())
+        planned = f.to_dict()
+        if replays and f.url in replays:
+            planned["replay"] = replays[f.url]
+        current.append(planned)
         current_bytes += f.size
     close()
     return plan

@@ -20,7 +20,7 @@ from celeray import delta_table, storage
 from celeray.batch import ResolvedBatch
 from celeray.errors import LedgerError, LockLostError, RunActiveError, RunFailedError
 from celeray.ledger import Ledger
-from celeray.messages import BatchMessage, InputFile
+from celeray.messages import BatchMessage, input_file
 from celeray.pipelines import Pipeline
 from celeray.planner import plan_batches
 from celeray.runstate import COUNTERS, RunStore
@@ -126,17 +126,15 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
     if table_format == DELTA:  # entries whose Delta commit a crash left unmade
         repaired["delta_republished"] = delta_table.republish(ledger)
     listed = storage.list_source(pipeline.source)
-    plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes)
+    plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes,
+                        ledger.replays())  # fmt: skip
     jobs = []
     for b in plan.batches:
         message = BatchMessage(
             pipeline=pipeline.name,
             run_id=run_id,
             batch_id=b.batch_id,
-            files=[
-                InputFile(url=f["url"], size=f["size"], mtime=f["mtime"], etag=f["etag"])
-                for f in b.files
-            ],
+            files=[input_file(f) for f in b.files],
         )
         jobs.append(message)
     if jobs:  # durable before any batch is sent: what reconciliation may restart

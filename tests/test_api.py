@@ -302,7 +302,7 @@ def test_token_comes_from_settings_when_given(tmp_path: Path, dbs: Any) -> None:
 
 
 def test_errors_are_json(client: FlaskClient, auth: dict[str, str]) -> None:
-    r = client.get("/api/v1/pipelines/flights/runs", headers=auth)
+    r = client.put("/api/v1/pipelines/flights/runs", headers=auth)
     assert r.status_code == 405 and r.json["error"] and "POST" in r.headers["Allow"]
     r = client.delete("/api/v1/pipelines", headers=auth)
     assert r.status_code == 405 and r.is_json

@@ -27,7 +27,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
 from celeray import credentials, signing
-from celeray.api import health, metrics, openapi, pipelines, runs
+from celeray.api import health, metrics, openapi, pipelines, runs, triage
 from celeray.api._auth import check_auth, is_public, set_token
 from celeray.api._connections import EXTENSION, Connections
 from celeray.api._errors import register_errors
@@ -119,7 +119,7 @@ def create_app(
     app.before_request(_read_body)
     app.after_request(_log_request)
     register_errors(app)
-    for module in (runs, pipelines, health, metrics, openapi):
+    for module in (runs, pipelines, triage, health, metrics, openapi):
         app.register_blueprint(module.bp)
     psutil.cpu_percent(interval=None)  # starts the interval the health check's figure covers
     return app
