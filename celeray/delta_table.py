@@ -141,9 +141,11 @@ def partition_values(path: str, partition_by: list[str]) -> dict[str, str | None
 def add_actions(outputs: list[dict[str, Any]], partition_by: list[str]) -> list[dict[str, Any]]:
     """The add actions (as the ledger entry keeps them) of a batch's data files.
 
-    ``outputs`` are the writer's (``path`` relative to the sink, ``rows``, ``bytes``).
-    The stats hold the row count, which costs nothing; min/max are left out (readers then
-    read every file's footer instead of skipping by them).
+    ``outputs`` are the writer's (``path`` relative to the sink, ``rows``, ``bytes``, and
+    ``stats``: the file's column statistics, which the Ray task took from the footer it
+    wrote, :mod:`ray_jobs._file_stats`). The add action's stats are the row count plus
+    those min/max/null counts, so engines skip files by value; an output without
+    ``stats`` (a result from before they were collected) gets the row count alone.
     """
     return [
         {
@@ -151,9 +153,21 @@ def add_actions(outputs: list[dict[str, Any]], partition_by: list[str]) -> list[
             "size": int(o["bytes"]),
             "partition_values": partition_values(str(o["path"]), partition_by),
             "rows": int(o["rows"] or 0),
+            **({"stats": _stats_of(o["stats"])} if o.get("stats") else {}),
         }
         for o in sorted(outputs, key=lambda o: str(o["path"]))
     ]
+
+
+_STATS_KEYS = ("minValues", "maxValues", "nullCount")
+
+
+def _stats_of(stats: Any) -> dict[str, Any]:
+    """The statistics an output carries, kept to Delta's three maps (a result is data from
+    a worker: nothing else of it reaches the Delta log)."""
+    if not isinstance(stats, dict):
+        return {}
+    return {k: dict(stats[k]) for k in _STATS_KEYS if isinstance(stats.get(k), dict)}
 
 
 def delta_schema(schema: pa.Schema) -> Any:
@@ -281,7 +295,7 @@ def _delta_actions(actions: list[dict[str, Any]], now_ms: int) -> list[Any]:
     return [
         AddAction(
             a["path"], int(a["size"]), dict(a["partition_values"]), now_ms, True,
-            json.dumps({"numRecords": int(a["rows"])}),
+            json.dumps({"numRecords": int(a["rows"]), **(a.get("stats") or {})}),
         )
         for a in actions
     ]
