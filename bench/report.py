@@ -156,23 +156,37 @@ def print_profile(console: Console, rows: list[dict[str, Any]]) -> None:
 
 
 def print_overhead(console: Console, overhead: dict[str, Any]) -> None:
-    """Per-run and per-batch overhead of the tiny runs, and their breakdown."""
-    parts = overhead["breakdown_median"]
+    """Per-run and per-batch overhead of the tiny runs with each sink format, their
+    breakdown, and the Delta sink's cost over the Parquet sink per run and per batch."""
+    names = {"parquet": "Parquet sink", "delta": "Delta sink"}
+    for table_format, name in names.items():
+        one = overhead[table_format]
+        parts = one["breakdown_median"]
+        console.print(
+            f"per-run overhead ({name}, 1-row CSV, trigger -> SUCCESS, median of "
+            f"{len(one['runs'])}): [bold]{one['per_run_ms']:.0f} ms[/]  "
+            f"(first, cold run: {one['cold_ms']:.0f} ms)"
+        )
+        console.print(
+            "  made of (ms, Flower task events): "
+            + ", ".join(f"{k} {v * 1000:.0f}" for k, v in parts.items() if v is not None)
+        )
+        console.print(
+            f"per-batch overhead ({name}; the tiny run's one batch, first task sent -> "
+            "its commit done, Ray work of one row included): "
+            f"[bold]{fmt(one['per_batch_ms'], 0)} ms[/]"
+        )
+        console.print(
+            "  of which the Ray task's own work (read, write one row; from the ledger's "
+            f"timings.units_s): {fmt(one.get('per_batch_work_ms'), 1)} ms"
+        )
+    cost = overhead["delta_cost"]
     console.print(
-        f"per-run overhead (Parquet sink, 1-row CSV, trigger -> SUCCESS, median of "
-        f"{len(overhead['runs'])}): [bold]{overhead['per_run_ms']:.0f} ms[/]  "
-        f"(first, cold run: {overhead['cold_ms']:.0f} ms)"
+        f"Delta sink's cost over a Parquet sink: per run [bold]{_signed(cost['per_run_ms'])} "
+        f"ms[/], per batch [bold]{_signed(cost['per_batch_ms'])} ms[/]  (throughput runs: "
+        f"{names[overhead['throughput_table_format']]}s, the default for a new sink)"
     )
-    console.print(
-        "  made of (ms, Flower task events): "
-        + ", ".join(f"{k} {v * 1000:.0f}" for k, v in parts.items() if v is not None)
-    )
-    console.print(
-        "per-batch overhead (Parquet sink; the tiny run's one batch, first task sent -> "
-        "its commit done, Ray work of one row included): "
-        f"[bold]{fmt(overhead['per_batch_ms'], 0)} ms[/]"
-    )
-    console.print(
-        "  of which the Ray task's own work (read, write one row; from the ledger's "
-        f"timings.units_s): {fmt(overhead.get('per_batch_work_ms'), 1)} ms"
-    )
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.0f}"

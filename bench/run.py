@@ -1,10 +1,12 @@
 """``python -m bench``: make the data, run every job through celeray and its peers, report.
 
 Order: data sets; the stack (started, or ``--home``); one warm-up run; the per-run overhead
-runs over a 1-row CSV; then for each set (its files read once first, so every engine finds
-them in the page cache) and job, celeray and then each peer, one after another, never two
-at a time. Each celeray run is a pipeline of its own with a fresh sink (a second run of a
-pipeline would commit nothing); each peer runs in a process of its own.
+runs over a 1-row CSV, alternately into a Parquet sink and a Delta one; then for each set
+(its files read once first, so every engine finds them in the page cache) and job, celeray
+and then each peer, one after another, never two at a time. Each celeray run is a pipeline
+of its own with a fresh sink (a second run of a pipeline would commit nothing); each peer
+runs in a process of its own. The throughput runs' sinks are Delta tables (the default for
+a new sink).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ SMOKE_RAYDATA = ("32-jsonl", "sql")  # --smoke: Ray Data's one pair (~20 s for i
 QUICK_SETS = ("one-csv", "32-zst", "small-csv")
 OVERHEAD_RUNS = 15  # tiny runs, ~0.5 s each: enough that one load spike hardly moves the median
 SMOKE_OVERHEAD_RUNS = 2  # --smoke: the code path, not a median
+# The overhead runs measure both sink formats (issue 16's targets hold "with a Delta sink as
+# with a Parquet sink"); the throughput runs name none, so their new sinks are Delta tables,
+# the default for new pipelines (celeray.table_format).
+OVERHEAD_FORMATS = ("parquet", "delta")
+THROUGHPUT_FORMAT = "delta"
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,8 +101,11 @@ def _warm_cache(data: DataSet) -> None:
 def _pipelines(sets: dict[str, DataSet], jobs: list[str], repeat: int, tiny: DataSet,
                out: Path, overhead_runs: int) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for i in ["warm", *map(str, range(overhead_runs))]:
-        found[f"b-tiny-{i}"] = {"source": tiny.source_url, "sink": (out / f"b-tiny-{i}").as_uri()}
+    for table_format in OVERHEAD_FORMATS:
+        for i in ["warm", *map(str, range(overhead_runs))]:
+            name = f"b-tiny-{table_format}-{i}"
+            found[name] = {"source": tiny.source_url, "sink": (out / name).as_uri(),
+                           "table_format": table_format}  # fmt: skip
     for data in sets.values():
         for job in jobs:
             for rep in range(repeat):
@@ -119,11 +129,30 @@ def _run(stack: BenchStack, pipelines: dict[str, dict[str, Any]], name: str) -> 
 
 def _overhead(stack: BenchStack, pipelines: dict[str, dict[str, Any]], runs_wanted: int,
               console: Console) -> dict[str, Any]:
-    cold = _run(stack, pipelines, "b-tiny-warm")
-    runs = []
+    """The per-run and per-batch overhead with a Parquet sink and with a Delta sink, and the
+    Delta sink's cost over the Parquet one (``delta_cost``: ms per run and per batch).
+
+    The tiny runs of the two formats alternate (parquet 0, delta 0, parquet 1, ...), so a
+    load spike on the machine falls on both alike; each format has its own cold run first.
+    """
+    cold = {f: _run(stack, pipelines, f"b-tiny-{f}-warm") for f in OVERHEAD_FORMATS}
+    runs: dict[str, list[dict[str, Any]]] = {f: [] for f in OVERHEAD_FORMATS}
     for i in range(runs_wanted):
-        runs.append(_run(stack, pipelines, f"b-tiny-{i}"))
-        console.print(f"  tiny run {i}: {runs[-1]['seconds'] * 1000:.0f} ms")
+        for f in OVERHEAD_FORMATS:
+            runs[f].append(_run(stack, pipelines, f"b-tiny-{f}-{i}"))
+            console.print(f"  tiny run {i} ({f} sink): {runs[f][-1]['seconds'] * 1000:.0f} ms")
+    out: dict[str, Any] = {f: _overhead_of(runs[f], cold[f]) for f in OVERHEAD_FORMATS}
+    out["delta_cost"] = {
+        k: None if out["delta"][k] is None or out["parquet"][k] is None
+        else out["delta"][k] - out["parquet"][k]
+        for k in ("per_run_ms", "per_batch_ms")
+    }
+    out["throughput_table_format"] = THROUGHPUT_FORMAT
+    return out
+
+
+def _overhead_of(runs: list[dict[str, Any]], cold: dict[str, Any]) -> dict[str, Any]:
+    """One format's figures: medians of its tiny runs, their breakdown, the cold run."""
     keys = [k for k in runs[0]["breakdown"] if k not in ("tasks_seen", "batch_chain")]
     parts = {k: _median_or_none([r["breakdown"][k] for r in runs]) for k in keys}
     per_batch = _median_or_none([r["breakdown"]["batch_chain"] for r in runs])

@@ -21,7 +21,8 @@ Why no crash between two steps loses or doubles a row:
 
 - Before step 2 nothing is committed: the inputs are not in the ledger, so the next run
   (or the watchdog's resend) transforms them again under a new attempt's names. The files
-  of the dead attempt are no table's files: no reader sees them; vacuum removes them.
+  of the dead attempt are no table's files: no reader sees them (a ``full`` vacuum removes
+  them; the default ``lite`` one leaves them).
   A retry never rewrites a file a committed version references: each attempt has its own
   names, and only the attempt whose entry won is ever published.
 - Between 2 and 3 the inputs are done but their rows not yet visible. Every start of a run
@@ -62,7 +63,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from celeray import fsoptions, storage
+from celeray import fsoptions, kill_points, storage
 from celeray.errors import LedgerError, TableFormatError, TransientIOError
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
@@ -140,9 +141,11 @@ def partition_values(path: str, partition_by: list[str]) -> dict[str, str | None
 def add_actions(outputs: list[dict[str, Any]], partition_by: list[str]) -> list[dict[str, Any]]:
     """The add actions (as the ledger entry keeps them) of a batch's data files.
 
-    ``outputs`` are the writer's (``path`` relative to the sink, ``rows``, ``bytes``).
-    The stats hold the row count, which costs nothing; min/max are left out (readers then
-    read every file's footer instead of skipping by them).
+    ``outputs`` are the writer's (``path`` relative to the sink, ``rows``, ``bytes``, and
+    ``stats``: the file's column statistics, which the Ray task took from the footer it
+    wrote, :mod:`ray_jobs._file_stats`). The add action's stats are the row count plus
+    those min/max/null counts, so engines skip files by value; an output without
+    ``stats`` (a result from before they were collected) gets the row count alone.
     """
     return [
         {
@@ -150,9 +153,21 @@ def add_actions(outputs: list[dict[str, Any]], partition_by: list[str]) -> list[
             "size": int(o["bytes"]),
             "partition_values": partition_values(str(o["path"]), partition_by),
             "rows": int(o["rows"] or 0),
+            **({"stats": _stats_of(o["stats"])} if o.get("stats") else {}),
         }
         for o in sorted(outputs, key=lambda o: str(o["path"]))
     ]
+
+
+_STATS_KEYS = ("minValues", "maxValues", "nullCount")
+
+
+def _stats_of(stats: Any) -> dict[str, Any]:
+    """The statistics an output carries, kept to Delta's three maps (a result is data from
+    a worker: nothing else of it reaches the Delta log)."""
+    if not isinstance(stats, dict):
+        return {}
+    return {k: dict(stats[k]) for k in _STATS_KEYS if isinstance(stats.get(k), dict)}
 
 
 def delta_schema(schema: pa.Schema) -> Any:
@@ -280,7 +295,7 @@ def _delta_actions(actions: list[dict[str, Any]], now_ms: int) -> list[Any]:
     return [
         AddAction(
             a["path"], int(a["size"]), dict(a["partition_values"]), now_ms, True,
-            json.dumps({"numRecords": int(a["rows"])}),
+            json.dumps({"numRecords": int(a["rows"]), **(a.get("stats") or {})}),
         )
         for a in actions
     ]
@@ -421,6 +436,8 @@ def publish(ledger: Ledger, entry: dict[str, Any]) -> DeltaCommit:
     schema = _schema_of(ledger.sink, entry)
     done = commit_entry(ledger.sink, entry, schema) if schema is not None else DeltaCommit(
         None, False)
+    if done.fresh:  # the fault suite's kill between the Delta commit and its record
+        kill_points.reach(kill_points.AFTER_DELTA_COMMIT, entry["batch_id"])
     ledger.record_delta(entry["batch_id"], done.version)
     return done
 
@@ -438,8 +455,11 @@ def _schema_of(sink: str, entry: dict[str, Any]) -> pa.Schema | None:
 
 def republish(ledger: Ledger) -> int:
     """Publish every committed Delta batch of the sink whose version is not written down
-    (a crash after its ledger entry); return how many were looked at. Call it with the
-    pipeline's run lock held (:func:`celeray.runs.begin_run`)."""
+    (a crash after its ledger entry); return how many were looked at. Called at a run's
+    start with the pipeline's run lock held (:func:`celeray.runs.begin_run`), and before
+    each compaction or vacuum with the table's maintenance lock held
+    (:func:`celeray.maintenance.publish_pending`): a batch's own publish racing it is
+    harmless (one app transaction, one Delta commit; the first version record stays)."""
     pending = [e for e in ledger.entries()
                if e.get("table_format") == "delta" and "delta_version" not in e]
     for entry in pending:

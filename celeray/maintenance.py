@@ -8,6 +8,15 @@ Who does what:
   Parquet sink's small files, which :func:`compact_parquet` then commits through the ledger
   (:mod:`celeray.compaction`). The Ray calls come in as a function (``rewrite``), so this
   module imports neither Ray nor the Ray side, and runs the same in a test.
+- a Delta table's pending batches first: :func:`publish_pending` makes the Delta commit of
+  every batch the ledger holds but the table does not yet (a crash between a batch's
+  ledger entry and its Delta commit, with no run started since), with the same recovery a
+  run's start uses (:func:`celeray.delta_table.republish`). Until it is published such a
+  batch's files are referenced by no Delta version, so a vacuum (``full`` or not) could
+  count them as strays and a compaction would not see them; published first, they are
+  ordinary live files. A batch whose entry lands after this pass is one a live task is
+  committing: its files are younger than the task time limit, which the retention never
+  undercuts, and its own commit (or the next run's recovery) publishes it.
 - never two at once for one table: :class:`MaintenanceLock` is one Redis key per sink
   (``SET NX PX`` with a token, renewed while the work runs, deleted only by its holder). A
   second compaction or vacuum of the same table is refused with
@@ -27,7 +36,7 @@ from typing import Any, Literal
 
 import redis
 
-from celeray import storage
+from celeray import delta_table, storage
 from celeray.compaction import CompactionLog, compaction_id_for, output_path, plan_groups
 from celeray.errors import LedgerError, LockLostError, MaintenanceBusyError
 from celeray.ledger import Ledger
@@ -39,6 +48,7 @@ __all__ = [
     "MaintenanceLock",
     "TableFormat",
     "compact_parquet",
+    "publish_pending",
     "retention_hours",
     "retention_of",
     "table_format",
@@ -71,6 +81,19 @@ def table_format(pipeline: Pipeline) -> TableFormat:
     the pipeline's ``table_format``, or what the sink already holds, Delta for a new one)."""
     return "delta" if resolve_format(pipeline.table_format, pipeline.sink) == "delta" else (
         "parquet")
+
+
+def publish_pending(pipeline: Pipeline) -> int:
+    """Publish the Delta commits of committed batches that lack one (see the module
+    docstring); how many batches were looked at. 0 for a Parquet sink.
+
+    Call it holding the table's :class:`MaintenanceLock`, before a vacuum or compaction. It
+    needs no run lock: a batch's own commit racing it carries the same app transaction, so
+    Delta takes only one of the two, and the version is written down by the first writer.
+    """
+    if table_format(pipeline) != "delta":
+        return 0
+    return delta_table.republish(Ledger(pipeline.sink))
 
 
 def retention_hours(seconds: float) -> int:

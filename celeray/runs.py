@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from celeray import delta_table, storage
+from celeray import delta_table, kill_points, storage
 from celeray.batch import ResolvedBatch
 from celeray.errors import LedgerError, LockLostError, RunActiveError, RunFailedError
 from celeray.ledger import Ledger
@@ -223,6 +223,7 @@ def commit_result(
     fresh, stored = ledger.commit_entry(entry)
     published: dict[str, int] = {}
     if stored.get("table_format") == DELTA:  # the entry as stored: an earlier one if not fresh
+        kill_points.reach(kill_points.AFTER_LEDGER_ENTRY, batch.batch_id)  # tests only
         done = delta_table.publish(ledger, stored)
         published[f"{DELTA_VERSION}{batch.batch_id}:{done.version}"] = 1
     remaining = store.finish_batch(

@@ -28,6 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 from celeray import fsoptions
 from celeray.durable import make_dirs, sync_files
 from celeray.errors import StorageError, TransformError
+from ray_jobs._file_stats import delta_stats
 from ray_jobs._tap import ErrorTap
 
 __all__ = [
@@ -61,7 +62,9 @@ def write_parquet(
     threads: int = 1,
     remove_stale: bool = True,
 ) -> list[dict[str, Any]]:
-    """Write ``batches`` under ``out_url``; return ``[{"path", "rows", "bytes"}]`` per file.
+    """Write ``batches`` under ``out_url``; return ``[{"path", "rows", "bytes", "stats"}]``
+    per file (``stats``: the footer's column statistics in Delta's form,
+    :func:`ray_jobs._file_stats.delta_stats`, taken from the writer, not read back).
 
     ``path`` is relative to ``out_url`` (``year=2013/month=1/{basename}-0.parquet``); the
     list is sorted by it. Partition columns go into the folder names (hive style), not
@@ -107,11 +110,12 @@ def write_parquet(
                                       compression=compression,
                                       compression_level=compression_level)
     if local:
-        sync_files(root, [path for path, _ in written])
+        sync_files(root, [path for path, _, _ in written])
     return sorted(
         (
-            {"path": _relative(path, root), "rows": rows, "bytes": int(fs.size(path))}
-            for path, rows in written
+            {"path": _relative(path, root), "rows": rows, "bytes": int(fs.size(path)),
+             **({"stats": delta_stats(footer)} if footer is not None else {})}
+            for path, rows, footer in written
         ),
         key=lambda o: str(o["path"]),
     )
@@ -135,8 +139,9 @@ def _translated_errors(tap: ErrorTap[pa.RecordBatch], out_url: str) -> Iterator[
 def _write_one_file(
     batches: Iterator[pa.RecordBatch], schema: pa.Schema, fs: Any, root: str, basename: str,
     *, compression: str, compression_level: int | None,
-) -> list[tuple[str, int | None]]:
-    """Write ``batches`` as one file, ``{basename}-0.parquet``; return its (path, rows).
+) -> list[tuple[str, int | None, pq.FileMetaData | None]]:
+    """Write ``batches`` as one file, ``{basename}-0.parquet``; return its (path, rows,
+    footer).
 
     Batches are held until they make ``MAX_ROWS_PER_GROUP`` rows or ``ROW_GROUP_BYTES``
     of Arrow data, and are then written as one row group straight from the batches (no
@@ -181,9 +186,11 @@ def _write_one_file(
                 with suppress(Exception):
                     fs.rm(path)
             raise
-    if writer is not None:
-        writer.close()
-    return [(path, rows)]
+    if writer is None:
+        return []
+    writer.close()
+    # the footer just written (pyarrow's inner writer keeps it; None if a version does not)
+    return [(path, rows, getattr(getattr(writer, "writer", None), "metadata", None))]
 
 
 def _row_groups(
@@ -208,13 +215,15 @@ def _write_dataset(
     batches: Iterator[pa.RecordBatch], schema: pa.Schema, fs: Any, root: str, basename: str,
     partition_by: list[str], *, compression: str, compression_level: int | None,
     threads: int, local: bool,
-) -> list[tuple[str, int | None]]:
+) -> list[tuple[str, int | None, pq.FileMetaData | None]]:
     """Write ``batches`` with pyarrow's dataset writer in hive partitions (row groups of
-    ``MIN_ROWS_PER_GROUP``..``MAX_ROWS_PER_GROUP`` rows); return (path, rows) per file."""
-    written: list[tuple[str, int | None]] = []
+    ``MIN_ROWS_PER_GROUP``..``MAX_ROWS_PER_GROUP`` rows); return (path, rows, footer) per
+    file."""
+    written: list[tuple[str, int | None, pq.FileMetaData | None]] = []
 
     def visit(file: Any) -> None:
-        written.append((file.path, file.metadata.num_rows if file.metadata else None))
+        footer = file.metadata
+        written.append((file.path, footer.num_rows if footer else None, footer))
 
     partitioning = ds.partitioning(
         pa.schema([schema.field(c) for c in partition_by]), flavor="hive"

@@ -21,6 +21,7 @@ from celeray.errors import MessageRefusedError, TimeLimitError, UnknownPipelineE
 from celeray.maintenance import (
     MaintenanceLock,
     compact_parquet,
+    publish_pending,
     retention_hours,
     retention_of,
     table_format,
@@ -106,9 +107,11 @@ def compact_pipeline(
     deadline = _deadline(settings)
     cpus = MAINTENANCE_CPUS
     if table_format(pipeline) == "delta":
+        pending = publish_pending(pipeline)  # batches whose Delta commit a crash left unmade
         [out] = _ray_call(work.compact_delta, [(pipeline.sink, target, cpus)], pipeline,
                           num_cpus=cpus, deadline=deadline)  # fmt: skip
-        return {"pipeline": pipeline.name, "target_file_size": target, **out}
+        return {"pipeline": pipeline.name, "target_file_size": target,
+                "published_pending": pending, **out}  # fmt: skip
 
     def rewrite(calls: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
         args = [(pipeline.sink, paths, out, pipeline.compression, pipeline.compression_level)
@@ -132,12 +135,16 @@ def vacuum_pipeline(
     for note in notes:
         log.warning("%s: %s", pipeline.name, note)
     if table_format(pipeline) == "delta":
+        # First the batches the ledger holds and the table not yet: their files are in no
+        # Delta version until then (celeray.maintenance, "pending batches first").
+        pending = publish_pending(pipeline)
         held()
         [out] = _ray_call(work.vacuum_delta, [(pipeline.sink, retention_hours(seconds))],
                           pipeline, num_cpus=1, deadline=_deadline(settings))  # fmt: skip
     else:
-        out = vacuum_parquet(pipeline)
-    return {"pipeline": pipeline.name, "retention_seconds": seconds, "notes": notes, **out}
+        pending, out = 0, vacuum_parquet(pipeline)
+    return {"pipeline": pipeline.name, "retention_seconds": seconds, "notes": notes,
+            "published_pending": pending, **out}  # fmt: skip
 
 
 def _pipeline(name: Any, settings: Settings) -> Pipeline:

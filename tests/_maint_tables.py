@@ -72,3 +72,31 @@ def backdate_removes(table: Path, partition: str, hours: float) -> int:
             out.append(json.dumps(action))
         log.write_text("\n".join(out) + "\n")
     return moved
+
+
+def delta_batch(sink: str, batch_id: str, table: pa.Table, *, publish: bool) -> dict[str, Any]:
+    """Write ``table`` into the Delta sink as a batch's Ray task does and commit its ledger
+    entry; with ``publish`` also its Delta commit, without it the batch is left as a crash
+    between its entry and its Delta commit leaves it. Partitioned by ``k``."""
+    from celeray import delta_table
+    from celeray.schema_log import SchemaLog
+    from ray_jobs.process import unit_prefix
+    from ray_jobs.writer import write_parquet
+
+    outputs = write_parquet(
+        iter(table.to_batches()), out_url=sink, partition_by=["k"], remove_stale=False,
+        basename=unit_prefix(batch_id, 0, [{"url": f"file:///{batch_id}"}], "a0"),
+    )  # fmt: skip
+    version, _ = SchemaLog(sink).record(table.schema, table.schema, batch_id=batch_id,
+                                        run_id="r")  # fmt: skip
+    assert version is not None
+    ledger = Ledger(sink)
+    _fresh, stored = ledger.commit_entry({
+        "batch_id": batch_id, "pipeline": "p", "run_id": "r", "inputs": [], "quarantined": [],
+        "outputs": outputs, "schema_version": version.version, "table_format": "delta",
+        "delta": {"partition_by": ["k"]},
+        "delta_actions": delta_table.add_actions(outputs, ["k"]),
+    })  # fmt: skip
+    if publish:
+        delta_table.publish(ledger, stored)
+    return stored

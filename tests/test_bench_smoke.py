@@ -75,11 +75,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
     if importlib.util.find_spec("ray"):
         assert re.search(r"celeray / Ray Data: >= 5x on [01] of 1 \(lowest", out), out
     assert re.search(rf"every celeray process under 600 MB on \d+ of {len(SETS)} sets", out)
-    assert re.search(r"per-run overhead \(Parquet sink.*: \d+ ms", out), out
-    assert re.search(r"per-batch overhead \(Parquet sink.*: \d+ ms", out), out
+    for sink in ("Parquet", "Delta"):  # the overheads with each sink format
+        assert re.search(rf"per-run overhead \({sink} sink.*: \d+ ms", out), out
+        assert re.search(rf"per-batch overhead \({sink} sink.*: \d+ ms", out), out
+    assert re.search(r"Delta sink's cost over a Parquet sink: per run [+-]\d+ ms, per batch "
+                     r"[+-]\d+ ms", out), out
+    assert "throughput runs: Delta sinks" in out
     assert "targets of issue 16" in out
     doc = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     assert doc["smoke"] is True and len(doc["leads"]) == n
+    assert set(doc["overhead"]) >= {"parquet", "delta", "delta_cost"}
 
 
 def test_scale_smoke(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ batches commit: Delta tables (appends by deltalake from a thread) and Parquet si
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import ray
 from deltalake import DeltaTable, write_deltalake
 
 from celeray.errors import MaintenanceBusyError
+from celeray.ledger import Ledger
 from celeray.maintenance import MaintenanceLock
 from celeray.pipeline_spec import Pipeline
 from celeray.ray_private import private_temp_dir, remove_private_temp_dir
@@ -23,6 +26,7 @@ from tests._maint_tables import (
     backdate_removes,
     commit_batch,
     data_files,
+    delta_batch,
     frame,
     read_rows,
     rows_of,
@@ -208,3 +212,39 @@ def test_parquet_compaction_on_ray_while_batches_commit(
     assert {k: len(v) for k, v in data_files(sink).items()} == {"k=0": 1, "k=1": 1}
     assert read_rows(sink) == expected and len(set(expected)) == len(expected)
     assert vacuum_pipeline(pipeline(sink), SETTINGS, lock)["removed_again"] == 0
+
+
+def test_maintenance_publishes_pending_delta_batches_first(
+    tmp_path: Path, lock: MaintenanceLock,
+) -> None:
+    """A batch committed in the ledger whose Delta commit a crash left unmade (no run since)
+    is published before a vacuum or compaction touches the table: its files, hours old and
+    in no Delta version yet, are kept and become the table's, once."""
+    sink = tmp_path / "lake"
+    url = pipeline(sink).sink
+    delta_batch(url, "b1", two(1), publish=True)
+    pending = delta_batch(url, "b2", two(2), publish=False)  # killed after its entry
+    files = [sink / a["path"] for a in pending["delta_actions"]]
+    for f in files:  # written long before the vacuum: older than any retention asked for
+        os.utime(f, (time.time() - 5 * 3600,) * 2)
+    assert rows_of(DeltaTable(str(sink)).to_pyarrow_table()) == rows_of(two(1))
+
+    out = vacuum_pipeline(pipeline(sink, vacuum_retention="1h"), SETTINGS, lock)
+    assert out["published_pending"] == 1 and all(f.exists() for f in files)
+    table = DeltaTable(str(sink))
+    assert rows_of(table.to_pyarrow_table()) == sorted(rows_of(two(1)) + rows_of(two(2)))
+    assert {e["batch_id"]: e["delta_version"] for e in Ledger(url).entries()} == {
+        "b1": 0, "b2": 1}
+    assert table.transaction_version("celeray-b2") == 1
+
+    delta_batch(url, "b3", two(3), publish=False)
+    out = compact_pipeline(pipeline(sink), SETTINGS, lock)
+    assert out["published_pending"] == 1
+    expected = sorted(rows_of(two(1)) + rows_of(two(2)) + rows_of(two(3)))
+    table = DeltaTable(str(sink))
+    assert rows_of(table.to_pyarrow_table()) == expected
+    assert delta_files_per_partition(table) == {"k=0": 1, "k=1": 1}  # b3's files compacted too
+    again = vacuum_pipeline(pipeline(sink, vacuum_retention="1h"), SETTINGS, lock)
+    assert again["published_pending"] == 0
+    appends = [h for h in table.history() if h["operation"] != "OPTIMIZE"]
+    assert len(appends) == 3  # one Delta commit per batch, none twice

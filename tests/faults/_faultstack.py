@@ -90,6 +90,8 @@ class FaultStack:
         self.pipelines_file.write_text("")
         self._pipelines: dict[str, str] = {}
         self.redis = RedisServer(root, free_port())
+        # The test-only kill points (celeray.kill_points): inert until a trial writes the file.
+        self.kill_file = root / "kill-point"
         redis_url = f"redis://127.0.0.1:{self.redis.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERAY_", "RAY_"))}
         self.env.update(
@@ -111,6 +113,7 @@ class FaultStack:
                 "CELERAY_RESULT_EXPIRES": str(RESULT_EXPIRES),
                 "PYTHONPATH": str(self.mods),  # Ray workers inherit it from the head
                 "COLUMNS": "200",
+                "CELERAY_TESTONLY_KILL_FILE": str(self.kill_file),
                 # The session's key pair: this process signs for every stack it starts.
                 **signing_env(),
                 **extra,
