@@ -3,18 +3,23 @@
 For a Delta sink the Ray tasks write a batch's data files straight into the table's
 partition folders, under names derived from the batch and the transform's attempt
 (``<sink>/year=2013/part-<batch>-a<attempt>-u00000-....parquet``, see
-:func:`ray_jobs.process.unit_prefix`): readers never see them until a Delta commit adds
+:func:`ray_jobs.units.unit_prefix`): readers never see them until a Delta commit adds
 them, and nothing is copied or moved. A batch is then committed in these steps:
 
 1. its schema changes in the schema log (:mod:`celeray.schema_log`), as for any sink;
    before that, :func:`check_schema` refuses a batch that would change a Delta column's
-   type (delta-rs has no type widening) or bring a type Delta cannot hold;
+   type (delta-rs has no type widening), bring a type Delta cannot hold, or add a column
+   to a table whose protocol celeray's column-adding commit cannot honour;
 2. its ledger entry (:meth:`celeray.ledger.Ledger.commit_entry`): the inputs' truth, which
-   records the batch's add actions (path, size, partition values, row count);
+   records the batch's add actions (path, size, partition values, row count, statistics;
+   :mod:`celeray.delta_actions`);
 3. :func:`publish`: the entry's files checked (each must exist with its recorded size,
-   since delta-rs commits a path without looking), new columns added to the Delta schema
-   (their own commit, see below), then one Delta commit that adds every file of the batch
-   and carries the app transaction ``celeray-<batch_id>`` version 1;
+   since a Delta commit names a path without looking), then ONE Delta commit that adds
+   every file of the batch, carries the app transaction ``celeray-<batch_id>`` version 1,
+   and, when the batch brings new columns, the new schema too. A batch without new columns
+   is committed by delta-rs (``create_write_transaction``); one with new columns by
+   :mod:`celeray.delta_log`, which writes the version's log file itself (delta-rs drops a
+   wider schema from an append, delta-rs#3934);
 4. the Delta version, published beside the entry (``_celeray/delta/<batch_id>.json``).
 
 Why no crash between two steps loses or doubles a row:
@@ -29,21 +34,19 @@ Why no crash between two steps loses or doubles a row:
   (:func:`republish`, from :func:`celeray.runs.begin_run`) and every redelivered commit
   publishes each entry that has no published version. The entry names exactly the files
   to add, so the rows that become visible are those the ledger counted, once.
+- Step 3 is one log file, created only if its version is free (put-if-absent): it is in
+  the table whole or not at all, schema and rows together.
 - Between the Delta commit and step 4, republishing finds the app transaction in the table
   (``DeltaTable.transaction_version``) and only writes the version down: no second commit.
   Two publishers of one batch at once (a redelivered commit racing recovery) both carry
-  the same app transaction; Delta lets only one of them commit ("Concurrent transaction
-  failed" for the other, checked here on this pinned deltalake version), and the loser
-  finds the transaction on reload. A sequential second commit with the same app id is
-  *not* refused by delta-rs (seen on 1.6.6), which is why the table's transaction
-  version is always read from the same snapshot the commit starts from.
-- Adding columns is a commit of its own, right before the batch's (delta-rs's
-  ``create_write_transaction`` silently ignores a wider schema in append mode,
-  delta-rs#3934, and offers no way to change the schema in the same commit as added
-  files). A crash between the two leaves new nullable columns that no row has yet:
-  readers see nulls in them, which is what they would see for rows of earlier batches
-  anyway, and the batch's own commit adds its rows later. Adding a column twice (two
-  batches bringing it) is harmless: only the missing ones are added, on a fresh snapshot.
+  the same app transaction; only one gets a given version, and the other, reading the
+  table again before each try, finds the transaction there. A sequential second commit
+  with the same app id is *not* refused by delta-rs (seen on 1.6.6), which is why the
+  table's transaction version is always read from the same snapshot the commit starts
+  from.
+- A commit that loses its version to another batch's (two batches adding columns at
+  once, or an append meeting a column-adding commit) reads the table again and tries the
+  next version, with the schema merged afresh: both batches' columns end in the schema.
 
 A Delta sink keeps celeray's ledger, quarantine, schema log and rejects under
 ``<sink>/_celeray/``, which Delta readers ignore and vacuum skips (names starting with
@@ -59,26 +62,26 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 
-from celeray import fsoptions, kill_points, storage
-from celeray.errors import LedgerError, TableFormatError, TransientIOError
+from celeray import delta_log, kill_points, storage
+from celeray.delta_location import delta_uri, open_table, storage_options
+from celeray.delta_schema import arrow_schema, check_protocol, delta_schema, new_fields
+from celeray.errors import LedgerError, TransientIOError
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
+from celeray.table_format import DELTA_LOG
 
 __all__ = [
     "APP_VERSION",
+    "COMMIT_TRIES",
     "DeltaCommit",
-    "add_actions",
     "app_id",
-    "check_schema",
-    "delta_schema",
+    "commit_entry",
     "delta_uri",
     "drop_files",
     "open_table",
-    "partition_values",
     "publish",
     "republish",
     "storage_options",
@@ -87,178 +90,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 APP_VERSION = 1  # each batch is its own app: one version, committed at most once
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # pyarrow's folder name for a null partition value
 # How far back recovery looks in the log for a batch's commit whose version it lost (a
 # crash right after the commit): further back than any crash-to-restart gap of commits.
 FIND_BACK = 10_000
 BATCH_KEY = "celeray.batch_id"  # in the commit's commitInfo, for people reading the history
+# Tries of one batch's commit when other commits take the version first: each lost try
+# means another commit landed, so this bounds how many batches of one table may commit at
+# the same moment before this one fails (transiently: the task retries it).
+COMMIT_TRIES = 16
+# delta-rs's checkpoint interval when the table sets none (``delta.checkpointInterval``):
+# a version celeray writes itself gets the checkpoint delta-rs would have made there.
+CHECKPOINT_INTERVAL = 100
 
 
 def app_id(batch_id: str) -> str:
     """The Delta app transaction id of a batch: one app per batch, so that batches may
     commit in any order (Delta skips only versions <= the app's stored one)."""
     return f"celeray-{batch_id}"
-
-
-def delta_uri(sink: str) -> str:
-    """The location deltalake takes for ``sink``: a local path, or an ``s3://`` URL."""
-    if storage.is_local_url(sink):
-        _fs, path = storage.open_fs(sink)
-        return str(path)
-    if sink.startswith("s3a://"):
-        return "s3://" + sink[len("s3a://"):]
-    return sink
-
-
-def storage_options(sink: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """deltalake's storage options for ``sink`` (:func:`celeray.fsoptions.delta_options`):
-    the same endpoint and region settings as fsspec's, credentials from the environment.
-    Commits on S3 use conditional puts, deltalake's default since 1.6: no DynamoDB, no lock.
-    """
-    return fsoptions.delta_options(sink, environ)
-
-
-def partition_values(path: str, partition_by: list[str]) -> dict[str, str | None]:
-    """The partition values a data file's hive folders name (``year=2013/month=1/x``).
-
-    Folder values are URL-decoded (pyarrow encodes ``/``, spaces...); pyarrow's null folder
-    is None. ``LedgerError`` when the folders do not name exactly ``partition_by``, in order.
-    """
-    folders = path.split("/")[:-1]
-    if len(folders) != len(partition_by):
-        raise LedgerError(f"data file {path!r} does not lie in the partition folders "
-                          f"{partition_by}")  # fmt: skip
-    out: dict[str, str | None] = {}
-    for folder, column in zip(folders, partition_by, strict=True):
-        key, sep, value = folder.partition("=")
-        if not sep or unquote(key) != column:
-            raise LedgerError(f"data file {path!r}: folder {folder!r} is not {column}=...")
-        value = unquote(value)
-        out[column] = None if value == HIVE_NULL else value
-    return out
-
-
-def add_actions(outputs: list[dict[str, Any]], partition_by: list[str]) -> list[dict[str, Any]]:
-    """The add actions (as the ledger entry keeps them) of a batch's data files.
-
-    ``outputs`` are the writer's (``path`` relative to the sink, ``rows``, ``bytes``, and
-    ``stats``: the file's column statistics, which the Ray task took from the footer it
-    wrote, :mod:`ray_jobs._file_stats`). The add action's stats are the row count plus
-    those min/max/null counts, so engines skip files by value; an output without
-    ``stats`` (a result from before they were collected) gets the row count alone.
-    """
-    return [
-        {
-            "path": o["path"],
-            "size": int(o["bytes"]),
-            "partition_values": partition_values(str(o["path"]), partition_by),
-            "rows": int(o["rows"] or 0),
-            **({"stats": _stats_of(o["stats"])} if o.get("stats") else {}),
-        }
-        for o in sorted(outputs, key=lambda o: str(o["path"]))
-    ]
-
-
-_STATS_KEYS = ("minValues", "maxValues", "nullCount")
-
-
-def _stats_of(stats: Any) -> dict[str, Any]:
-    """The statistics an output carries, kept to Delta's three maps (a result is data from
-    a worker: nothing else of it reaches the Delta log)."""
-    if not isinstance(stats, dict):
-        return {}
-    return {k: dict(stats[k]) for k in _STATS_KEYS if isinstance(stats.get(k), dict)}
-
-
-def delta_schema(schema: pa.Schema) -> Any:
-    """``schema`` as a Delta schema: every column nullable; timestamps of any unit as
-    microseconds (the files keep their own unit, which readers cast), a time zone as UTC
-    (Delta's ``timestamp`` is an instant in UTC, as Arrow's values with any zone are)."""
-    from deltalake import Schema as DeltaSchema
-
-    def fit(t: pa.DataType) -> pa.DataType:
-        if pa.types.is_timestamp(t):
-            return pa.timestamp("us", tz="UTC" if t.tz else None)
-        if pa.types.is_date64(t):
-            return pa.date32()
-        return t
-
-    return DeltaSchema.from_arrow(pa.schema([pa.field(f.name, fit(f.type)) for f in schema]))
-
-
-def _unsupported(schema: pa.Schema) -> list[str]:
-    """Columns whose Arrow type a Delta table cannot hold as it is."""
-    bad = []
-    for f in schema:
-        t = f.type
-        if pa.types.is_unsigned_integer(t) or pa.types.is_float16(t):
-            bad.append(f"{f.name} ({t})")
-    return bad
-
-
-def type_changes(current: pa.Schema, seen: pa.Schema) -> list[str]:
-    """Columns of ``seen`` whose Delta type differs from ``current``'s (both as Delta
-    types: ``string`` and ``large_string`` are one type, as are timestamp units)."""
-    have = {f.name: f.type for f in delta_schema(current).fields}
-    changed = []
-    for f in delta_schema(seen).fields:
-        before = have.get(f.name)
-        if before is not None and str(before) != str(f.type):
-            changed.append(f"{f.name}: {_type_name(before)} -> {_type_name(f.type)}")
-    return changed
-
-
-def _type_name(t: Any) -> str:
-    return str(getattr(t, "type", t))
-
-
-def open_table(sink: str) -> Any:
-    """The sink's ``DeltaTable`` (its newest version), or None when it has none yet."""
-    from deltalake import DeltaTable
-
-    uri, options = delta_uri(sink), storage_options(sink)
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        return None
-    return DeltaTable(uri, storage_options=options)
-
-
-def check_schema(sink: str, table_seen: pa.Schema | None) -> None:
-    """Refuse, before its ledger entry, a batch whose rows a Delta table cannot take.
-
-    A column type Delta lacks (unsigned integers, float16), or a column whose type would
-    change: Delta's type widening is a table feature delta-rs does not support, so for a
-    Delta sink a widening is a mismatch (see docs/schema.md). ``TableFormatError`` names
-    the columns; the batch fails and its files stay uncommitted.
-    """
-    if table_seen is None:
-        return
-    bad = _unsupported(table_seen)
-    if not bad:
-        try:
-            delta_schema(table_seen)
-        except Exception as exc:  # deltalake's own refusal of a type, named
-            bad = [str(exc)]
-    if bad:
-        raise TableFormatError(
-            f"Delta tables have no type for {', '.join(bad)}: cast the column in the "
-            "pipeline's SQL (e.g. CAST(x AS BIGINT)) or declare its type in [schema]"
-        )
-    table = open_table(sink)
-    if table is None:
-        return
-    changed = type_changes(_arrow(table.schema()), table_seen)
-    if changed:
-        raise TableFormatError(
-            f"the batch would change column types of the Delta table {sink}: "
-            f"{'; '.join(changed)}. Delta type widening is not supported (delta-rs): cast "
-            "the column to the table's type in the pipeline's SQL or [schema], or choose "
-            'schema_evolution = "rescue" to keep such values in _rescued_data'
-        )
-
-
-def _arrow(delta_schema: Any) -> pa.Schema:
-    """A Delta schema as a pyarrow schema (deltalake 1.x returns an arro3 schema)."""
-    return pa.schema(delta_schema.to_arrow())
 
 
 @dataclass(frozen=True)
@@ -301,12 +149,16 @@ def _delta_actions(actions: list[dict[str, Any]], now_ms: int) -> list[Any]:
     ]
 
 
+def _custom_metadata(entry: dict[str, Any]) -> dict[str, Any]:
+    return {BATCH_KEY: entry["batch_id"], "celeray.run_id": entry.get("run_id")}
+
+
 def _commit_properties(entry: dict[str, Any]) -> Any:
     from deltalake.transaction import CommitProperties, Transaction
 
     return CommitProperties(
         app_transactions=[Transaction(app_id(entry["batch_id"]), APP_VERSION)],
-        custom_metadata={BATCH_KEY: entry["batch_id"], "celeray.run_id": entry.get("run_id")},
+        custom_metadata=_custom_metadata(entry),
     )
 
 
@@ -318,7 +170,7 @@ def _find_version(sink: str, batch_id: str, start: int, stop: int) -> int | None
     """The version in ``[start, stop]`` (searched from ``stop`` down) whose commit carries
     the batch's app transaction; None when it is not there (a log cleaned up by then)."""
     fs, root = storage.open_fs(sink)
-    folder = posixpath.join(root.rstrip("/"), "_delta_log")
+    folder = posixpath.join(root.rstrip("/"), DELTA_LOG)
     want = app_id(batch_id)
     for version in range(stop, max(start, 0) - 1, -1):
         try:
@@ -330,26 +182,6 @@ def _find_version(sink: str, batch_id: str, start: int, stop: int) -> int | None
             if want in line and json.loads(line).get("txn", {}).get("appId") == want:
                 return version
     return None
-
-
-def _add_columns(sink: str, table: Any, schema: pa.Schema) -> Any:
-    """Add the columns of ``schema`` the table lacks (nullable); the table, reloaded."""
-    missing = [f.with_nullable(True) for f in schema if f.name not in _columns(table)]
-    if not missing:
-        return table
-    try:
-        table.alter.add_columns(delta_schema(pa.schema(missing)).fields)
-    except Exception as exc:  # another batch added them first: fine if they are there now
-        fresh = open_table(sink)
-        if fresh is None or not {f.name for f in missing} <= _columns(fresh):
-            raise TransientIOError(f"adding columns to the Delta table failed: {exc}") from exc
-        return fresh
-    log.info("Delta table %s: added column(s) %s", sink, ", ".join(f.name for f in missing))
-    return open_table(sink)
-
-
-def _columns(table: Any) -> set[str]:
-    return set(_arrow(table.schema()).names)
 
 
 def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: list[str],
@@ -372,11 +204,74 @@ def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: l
     return True
 
 
+def _append(sink: str, table: Any, entry: dict[str, Any], actions: list[dict[str, Any]],
+            partition_by: list[str], now_ms: int) -> bool:  # fmt: skip
+    """Commit the batch's files through delta-rs (no new columns); False when another
+    commit won in a way delta-rs does not retry over (one that changed the metadata, or
+    made this batch's commit)."""
+    from deltalake.exceptions import CommitFailedError
+
+    try:
+        table.create_write_transaction(
+            _delta_actions(actions, now_ms), "append", arrow_schema(table.schema()),
+            partition_by or None, commit_properties=_commit_properties(entry),
+        )  # fmt: skip
+    except Exception as exc:
+        if isinstance(exc, CommitFailedError):
+            log.info("Delta commit of batch %s lost to another: %s", entry["batch_id"], exc)
+            return False
+        again = open_table(sink)
+        if again is not None and _committed(again, entry["batch_id"]):
+            return False  # another publisher won: the caller finds its version
+        raise TransientIOError(f"Delta commit of batch {entry['batch_id']} to {sink} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+    return True
+
+
+def _append_with_columns(sink: str, table: Any, entry: dict[str, Any],
+                         actions: list[dict[str, Any]], fields: list[dict[str, Any]],
+                         now_ms: int) -> bool:  # fmt: skip
+    """Commit the batch's files and its new columns as one version that celeray writes
+    (:mod:`celeray.delta_log`); False when another commit took that version first."""
+    state = delta_log.TableState.of(table)
+    check_protocol(sink, state)
+    names = [str(f["name"]) for f in fields]
+    data = delta_log.commit_bytes(
+        state, schema=delta_log.merged_schema(state.schema, fields), adds=actions,
+        app_id=app_id(entry["batch_id"]), app_version=APP_VERSION, now_ms=now_ms,
+        info={**_custom_metadata(entry), "celeray.added_columns": names},
+    )  # fmt: skip
+    version = state.version + 1
+    try:
+        made = delta_log.write_version(storage.join(sink, DELTA_LOG), version, data)
+    except TransientIOError as exc:  # S3's 409: a conditional write of it under way
+        log.info("Delta version %s of %s: %s", version, sink, exc)
+        return False
+    if made:
+        log.info("Delta table %s: batch %s added column(s) %s in version %s", sink,
+                 entry["batch_id"], ", ".join(names), version)  # fmt: skip
+        _checkpoint(sink, version, state.configuration)
+    return made
+
+
+def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None]) -> None:
+    """The checkpoint delta-rs writes after its own commits, when ``version`` is due one;
+    a failure is only logged (the next due version writes one)."""
+    interval = int(configuration.get("delta.checkpointInterval") or CHECKPOINT_INTERVAL)
+    if version % interval:
+        return
+    try:
+        open_table(sink, version).create_checkpoint()
+    except Exception as exc:  # a table without a checkpoint is slower to load, not wrong
+        log.warning("checkpoint of %s at version %s failed: %s", sink, version, exc)
+
+
 def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCommit:
     """Publish the files of a committed ledger ``entry`` in one Delta commit (at most once).
 
-    ``schema`` is the table schema of the entry's schema version. See the module
-    docstring for the steps and why each is safe to repeat.
+    ``schema`` is the table schema of the entry's schema version: its columns the Delta
+    table lacks join the table's schema in the same commit. See the module docstring for
+    the steps and why each is safe to repeat.
     """
     actions = entry.get("delta_actions") or []
     if not actions:
@@ -390,29 +285,22 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCo
         if _create(sink, schema, entry, partition_by, _delta_actions(actions, now_ms)):
             return DeltaCommit(0, True)
         table = open_table(sink)
-    if _committed(table, batch_id):
-        return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
-                                         table.version()), False)  # fmt: skip
-    table = _add_columns(sink, table, schema)
-    if _committed(table, batch_id):  # committed meanwhile, by a concurrent publisher
-        return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
-                                         table.version()), False)  # fmt: skip
-    before = table.version()
-    try:
-        table.create_write_transaction(
-            _delta_actions(actions, now_ms), "append", _arrow(table.schema()),
-            partition_by or None, commit_properties=_commit_properties(entry),
-        )  # fmt: skip
-    except Exception as exc:
-        again = open_table(sink)
-        if again is not None and _committed(again, batch_id):  # another publisher won
-            return DeltaCommit(_find_version(sink, batch_id, before + 1, again.version()),
-                               False)  # fmt: skip
-        raise TransientIOError(f"Delta commit of batch {batch_id} to {sink} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
-    latest = open_table(sink)
-    stop = latest.version() if latest is not None else before + 1
-    return DeltaCommit(_find_version(sink, batch_id, before + 1, stop), True)
+    for _ in range(COMMIT_TRIES):
+        if _committed(table, batch_id):
+            return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
+                                             table.version()), False)  # fmt: skip
+        before = table.version()
+        fields = new_fields(arrow_schema(table.schema()), schema)
+        if fields:
+            if _append_with_columns(sink, table, entry, actions, fields, now_ms):
+                return DeltaCommit(before + 1, True)
+        elif _append(sink, table, entry, actions, partition_by, now_ms):
+            latest = open_table(sink)
+            stop = latest.version() if latest is not None else before + 1
+            return DeltaCommit(_find_version(sink, batch_id, before + 1, stop), True)
+        table = open_table(sink)  # another commit took the version: start from the newest
+    raise TransientIOError(f"Delta commit of batch {batch_id} to {sink} lost its version to "
+                           f"other commits {COMMIT_TRIES} times")  # fmt: skip
 
 
 def drop_files(sink: str, outputs: list[dict[str, Any]]) -> None:

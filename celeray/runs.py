@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from celeray import delta_table, kill_points, storage
+from celeray import delta_actions, delta_schema, delta_table, kill_points, storage
 from celeray.batch import ResolvedBatch
 from celeray.errors import LedgerError, LockLostError, RunActiveError, RunFailedError
 from celeray.ledger import Ledger
@@ -189,7 +189,7 @@ def commit_result(
     # row with a column the schema lacks. SchemaConflictError: read the batch again.
     schemas = result.get("schemas") or {}
     if batch.is_delta:  # TableFormatError: rows a Delta table cannot take (no entry made)
-        delta_table.check_schema(batch.sink, _schema(schemas.get("table")))
+        delta_schema.check_schema(batch.sink, _schema(schemas.get("table")))
     version, changes = SchemaLog(batch.sink).record(
         _schema(schemas.get("input")), _schema(schemas.get("table")),
         batch_id=batch.batch_id, run_id=batch.run_id,
@@ -219,7 +219,7 @@ def commit_result(
     if batch.is_delta:  # what the Delta commit after the entry adds (celeray.delta_table)
         partition_by = list(batch.pipeline.partition_by)
         entry.update(table_format=DELTA, delta={"partition_by": partition_by},
-                     delta_actions=delta_table.add_actions(result["outputs"], partition_by))
+                     delta_actions=delta_actions.add_actions(result["outputs"], partition_by))
     fresh, stored = ledger.commit_entry(entry)
     published: dict[str, int] = {}
     if stored.get("table_format") == DELTA:  # the entry as stored: an earlier one if not fresh

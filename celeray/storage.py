@@ -27,6 +27,7 @@ from celeray.errors import StorageError, TransientIOError
 __all__ = [
     "FileInfo",
     "atomic_write_json",
+    "create_file",
     "create_json",
     "exists",
     "is_local",
@@ -217,15 +218,25 @@ def atomic_write_json(url: str, doc: Any, storage_options: dict[str, Any] | None
 def create_json(url: str, doc: Any, storage_options: dict[str, Any] | None = None) -> bool:
     """Write ``doc`` as JSON at ``url`` if nothing is there yet; True when this call wrote it.
 
+    See :func:`create_file`; a store without conditional writes gets a plain PUT, logged
+    once per process: there the last writer wins, which is harmless for documents that two
+    writers make alike.
+    """
+    return create_file(url, _dumps(doc), storage_options, unconditional_ok=True)
+
+
+def create_file(url: str, data: bytes, storage_options: dict[str, Any] | None = None, *,
+                unconditional_ok: bool = False) -> bool:  # fmt: skip
+    """Write ``data`` at ``url`` if nothing is there yet; True when this call wrote it.
+
     Object stores: one conditional PUT (``If-None-Match: *``), so of two writers of the same
     URL exactly one wins and the other gets False (S3 answers it 412). A store that does not
-    implement the condition (501) gets a plain PUT instead, logged once per process: there
-    the last writer wins, which is harmless for documents that two writers make alike.
-    A concurrent conditional write that S3 refuses with 409 raises ``TransientIOError``, to
-    be retried. Local disks write a temporary file, fsync it and hard-link it to the name
-    (``link`` fails when the name exists, so there too exactly one writer wins).
+    implement the condition (501) raises ``StorageError``, or with ``unconditional_ok`` gets
+    a plain PUT, logged once per process. A concurrent conditional write that S3 refuses
+    with 409 raises ``TransientIOError``, to be retried. Local disks write a temporary file,
+    fsync it and hard-link it to the name (``link`` fails when the name exists, so there too
+    exactly one writer wins).
     """
-    data = _dumps(doc)
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
         return _replace_local(path, data, exclusive=True)
@@ -241,6 +252,9 @@ def create_json(url: str, doc: Any, storage_options: dict[str, Any] | None = Non
             raise TransientIOError(f"conditional write of {url} conflicted: {exc}") from exc
         if code != "NotImplemented" and status != 501:  # 501: no conditional writes here
             raise
+        if not unconditional_ok:
+            raise StorageError(f"{url}: the store does not support conditional writes "
+                               f"(If-None-Match: *; answer {code or status})") from exc  # fmt: skip
         _warn_unconditional(url, code or str(status))
         fs.pipe_file(path, data)
     return True

@@ -2,7 +2,7 @@
 
 The writer has each file's footer in hand when it closes the file (:mod:`ray_jobs.writer`),
 so the statistics cost no read: this turns them into Delta's form, for the Delta commit
-(:func:`celeray.delta_table.add_actions`) to put beside ``numRecords``, so that engines
+(:func:`celeray.delta_actions.add_actions`) to put beside ``numRecords``, so that engines
 (delta-rs, Polars, Spark, DuckDB's delta extension) skip files by value.
 
 Only statistics a reader can trust go in. A column's min and max (all its row groups'):

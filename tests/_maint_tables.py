@@ -78,7 +78,7 @@ def delta_batch(sink: str, batch_id: str, table: pa.Table, *, publish: bool) -> 
     """Write ``table`` into the Delta sink as a batch's Ray task does and commit its ledger
     entry; with ``publish`` also its Delta commit, without it the batch is left as a crash
     between its entry and its Delta commit leaves it. Partitioned by ``k``."""
-    from celeray import delta_table
+    from celeray import delta_actions, delta_table
     from celeray.schema_log import SchemaLog
     from ray_jobs.process import unit_prefix
     from ray_jobs.writer import write_parquet
@@ -95,7 +95,7 @@ def delta_batch(sink: str, batch_id: str, table: pa.Table, *, publish: bool) -> 
         "batch_id": batch_id, "pipeline": "p", "run_id": "r", "inputs": [], "quarantined": [],
         "outputs": outputs, "schema_version": version.version, "table_format": "delta",
         "delta": {"partition_by": ["k"]},
-        "delta_actions": delta_table.add_actions(outputs, ["k"]),
+        "delta_actions": delta_actions.add_actions(outputs, ["k"]),
     })  # fmt: skip
     if publish:
         delta_table.publish(ledger, stored)

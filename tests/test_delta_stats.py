@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from celeray import delta_table
+from celeray import delta_actions, delta_table
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
 from ray_jobs._file_stats import delta_stats
@@ -80,7 +80,7 @@ def _commit(sink: str, batch_id: str, table: pa.Table) -> None:
         "batch_id": batch_id, "run_id": "r", "inputs": [], "quarantined": [],
         "outputs": outputs, "schema_version": version.version, "table_format": "delta",
         "delta": {"partition_by": ["year"]},
-        "delta_actions": delta_table.add_actions(outputs, ["year"]),
+        "delta_actions": delta_actions.add_actions(outputs, ["year"]),
     })  # fmt: skip
     delta_table.publish(ledger, stored)
 

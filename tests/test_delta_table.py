@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 import celeray.reading
-from celeray import delta_table, table_format
+from celeray import delta_actions, delta_schema, delta_table, table_format
 from celeray.errors import LedgerError, TableFormatError
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
@@ -51,7 +51,7 @@ def _batch(sink: str, batch_id: str, table: pa.Table, *, attempt: str = "a0") ->
         "batch_id": batch_id, "run_id": "r", "inputs": [], "quarantined": [],
         "outputs": outputs, "schema_version": version.version, "table_format": "delta",
         "delta": {"partition_by": PARTS},
-        "delta_actions": delta_table.add_actions(outputs, PARTS),
+        "delta_actions": delta_actions.add_actions(outputs, PARTS),
     }  # fmt: skip
     fresh, stored = Ledger(sink).commit_entry(entry)
     assert fresh
@@ -76,20 +76,20 @@ def sink(tmp_path: Path) -> str:
 
 
 def test_partition_values_decode_hive_folders() -> None:
-    assert delta_table.partition_values("year=2013/month=1/p.parquet", PARTS) == {
+    assert delta_actions.partition_values("year=2013/month=1/p.parquet", PARTS) == {
         "year": "2013", "month": "1"}  # fmt: skip
-    assert delta_table.partition_values("k=a%20b/p.parquet", ["k"]) == {"k": "a b"}
-    assert delta_table.partition_values("k=__HIVE_DEFAULT_PARTITION__/p", ["k"]) == {"k": None}
-    assert delta_table.partition_values("p.parquet", []) == {}
+    assert delta_actions.partition_values("k=a%20b/p.parquet", ["k"]) == {"k": "a b"}
+    assert delta_actions.partition_values("k=__HIVE_DEFAULT_PARTITION__/p", ["k"]) == {"k": None}
+    assert delta_actions.partition_values("p.parquet", []) == {}
     for bad in ("year=2013/p.parquet", "month=1/year=2013/p.parquet", "x/y/p.parquet"):
         with pytest.raises(LedgerError):
-            delta_table.partition_values(bad, PARTS)
+            delta_actions.partition_values(bad, PARTS)
 
 
 def test_add_actions_sorted_with_sizes_and_rows() -> None:
     outputs = [{"path": "k=b/p1.parquet", "rows": 3, "bytes": 30},
                {"path": "k=a/p0.parquet", "rows": None, "bytes": 10}]  # fmt: skip
-    assert delta_table.add_actions(outputs, ["k"]) == [
+    assert delta_actions.add_actions(outputs, ["k"]) == [
         {"path": "k=a/p0.parquet", "size": 10, "partition_values": {"k": "a"}, "rows": 0},
         {"path": "k=b/p1.parquet", "size": 30, "partition_values": {"k": "b"}, "rows": 3},
     ]
@@ -151,12 +151,12 @@ def test_format_of_sinks_on_disk(tmp_path: Path) -> None:
 def test_widening_is_refused_for_delta(sink: str) -> None:
     delta_table.publish(Ledger(sink), _batch(sink, "b1", _rows(2)))
     narrow = pa.schema([("id", pa.int64()), ("year", pa.int64()), ("month", pa.int64())])
-    delta_table.check_schema(sink, narrow)  # same types: fine
-    delta_table.check_schema(sink, narrow.append(pa.field("new", pa.string())))  # a new column
+    delta_schema.check_schema(sink, narrow)  # same types: fine
+    delta_schema.check_schema(sink, narrow.append(pa.field("new", pa.string())))  # a new column
     with pytest.raises(TableFormatError, match="id: long -> double"):
-        delta_table.check_schema(sink, narrow.set(0, pa.field("id", pa.float64())))
+        delta_schema.check_schema(sink, narrow.set(0, pa.field("id", pa.float64())))
     with pytest.raises(TableFormatError, match="no type for u"):
-        delta_table.check_schema(sink, narrow.append(pa.field("u", pa.uint32())))
+        delta_schema.check_schema(sink, narrow.append(pa.field("u", pa.uint32())))
 
 
 # -- the commit --------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_timestamps_of_any_unit_are_delta_timestamps(sink: str) -> None:
 
     when = [dt.datetime(2013, 1, 1, 5, tzinfo=dt.UTC), dt.datetime(2013, 1, 2, 6, tzinfo=dt.UTC)]
     stamps = pa.array(when, pa.timestamp("s", tz="UTC"))
-    delta_table.check_schema(sink, pa.schema([("t", stamps.type)]))
+    delta_schema.check_schema(sink, pa.schema([("t", stamps.type)]))
     delta_table.publish(Ledger(sink), _batch(sink, "b1", _rows(2, t=stamps)))
     table = pa.table(delta_table.open_table(sink).to_pyarrow_table()).sort_by("id")
     assert table["t"].to_pylist() == when
