@@ -1,5 +1,8 @@
 """Run units on Ray with a bounded number in flight, results as they finish.
 
+(And :func:`run_calls`: any plain function of the Ray side, such as table maintenance's,
+fanned out the same way.)
+
 The caller has already connected with ``ray.init``. The plan is put into the object store
 once and every task gets its reference (a batch of one task passes it inline). Tasks write
 their own output and return only the small summary of :func:`ray_jobs.process.process_unit`.
@@ -34,7 +37,7 @@ from ray_jobs._runtime_env import task_runtime_env
 from ray_jobs.process import process_unit
 from ray_jobs.units import largest_first, range_size
 
-__all__ = ["process_unit_task", "run_units", "warm_workers"]
+__all__ = ["process_unit_task", "run_calls", "run_units", "warm_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,49 @@ def warm_workers(timeout: float = 120.0) -> int:
     # Counted by answers, not distinct pids: a worker that finished its warm-up first may
     # take the next one too, and it is warm all the same.
     return len(ray.get([_warm.remote() for _ in range(cpus)], timeout=timeout))
+
+
+# Ray task retries on a system failure (a node lost) for :func:`run_calls`: the functions it
+# runs (table maintenance) are idempotent, so a retry can only finish the work.
+CALL_RETRIES = 2
+_remote: dict[Callable[..., Any], Any] = {}
+
+
+def run_calls(
+    fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, num_cpus: int,
+    runtime_env: dict[str, Any] | None, deadline: float, what: str,
+) -> list[Any]:  # fmt: skip
+    """Run ``fn(*args)`` for each of ``calls`` as Ray tasks of ``num_cpus`` CPUs, at most
+    twice the cluster's CPUs' worth in flight; results in call order.
+
+    ``runtime_env``: the pipeline's (:func:`celeray.ray_env.pipeline_extras`). Past
+    ``deadline`` (monotonic) the pending tasks are cancelled and TimeLimitError names
+    ``what``.
+    """
+    if fn not in _remote:
+        _remote[fn] = ray.remote(max_retries=CALL_RETRIES, retry_exceptions=False)(fn)
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    env = task_runtime_env(runtime_env)
+    if env:
+        options["runtime_env"] = env
+    task = _remote[fn].options(**options)
+    limit = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)) // num_cpus)
+    results: list[Any] = [None] * len(calls)
+    pending: dict[Any, int] = {}
+    todo = deque(enumerate(calls))
+    while todo or pending:
+        while todo and len(pending) < limit:
+            index, args = todo.popleft()
+            pending[task.remote(*args)] = index
+        done, _ = ray.wait(list(pending), num_returns=1,
+                           timeout=max(0.0, deadline - time.monotonic()))  # fmt: skip
+        if not done:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise TimeLimitError(f"{what} ran past its time limit; nothing more is committed")
+        for ref in done:
+            results[pending.pop(ref)] = ray.get(ref)
+    return results
 
 
 def run_units(

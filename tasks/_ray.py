@@ -17,6 +17,7 @@ from celery.signals import worker_ready
 from celeray.batch import ResolvedBatch
 from celeray.celeryconfig import RAY_QUEUE
 from celeray.errors import RayUnavailableError
+from celeray.pipelines import Pipeline
 from celeray.ray_env import job_runtime_env, pipeline_extras
 from celeray.ray_private import ONE_MACHINE_ENV, is_loopback
 from celeray.settings import get_settings
@@ -135,6 +136,23 @@ def convert(
         runtime_env=pipeline_extras(plan),
         on_progress=on_progress,
     )
+
+
+def maintain_on_ray(job: str, calls: list[tuple[Any, ...]], pipeline: Pipeline, *,
+                    num_cpus: int, deadline: float) -> list[Any]:  # fmt: skip
+    """Table maintenance's Ray side (a :class:`celeray.maintenance_flow.OnRay`): the
+    :mod:`ray_jobs.maintain` function ``job`` as Ray tasks with the pipeline's
+    ``runtime_env`` (:func:`ray_jobs.dispatcher.run_calls`), from this process's Ray
+    connection."""
+    from ray_jobs import maintain
+    from ray_jobs.dispatcher import run_calls
+
+    if job not in maintain.__all__:
+        raise ValueError(f"no maintenance job {job!r}")
+    ensure_ray()
+    return run_calls(getattr(maintain, job), calls, num_cpus=num_cpus, deadline=deadline,
+                     runtime_env=pipeline_extras(pipeline.to_plan()),
+                     what=f"maintenance of {pipeline.name!r}")  # fmt: skip
 
 
 _CPUS_TTL = 30.0  # seconds; nodes join and leave rarely, batches come often

@@ -79,8 +79,8 @@ def _exactly_once_then_new_files(stack: Stack, name: str, flights_df: Any, landi
     rows = _assert_table_matches(sink, files)
     assert first["rows_out"] == rows
     # one Delta commit per batch, each version in the summary and beside its ledger entry
-    versions = first["delta_versions"]  # (a version without a batch: columns added)
-    assert len(set(versions.values())) == first["batches_total"] and None not in versions.values()
+    versions = first["delta_versions"]  # new columns come in their batch's own version
+    assert sorted(versions.values()) == list(range(first["batches_total"]))
     assert first["delta_version"] == max(versions.values())
     entries = Ledger(sink).entries()
     assert {e["batch_id"]: e["delta_version"] for e in entries} == versions
@@ -129,12 +129,22 @@ def test_flights_into_a_delta_table_on_s3(stack: Stack, s3: Any, flights_df: Any
     assert fs.exists(f"lake/{prefix}/flights/_delta_log/00000000000000000000.json")
 
 
-def test_readers_see_whole_batches_only(stack: Stack, flights_df: Any, tmp_path: Path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_readers_see_whole_batches_only(stack: Stack, s3: Any, flights_df: Any, tmp_path: Path,
+                                        where: str):  # fmt: skip
     """A reader polls the table every ~50 ms while a run commits many batches: at each
-    version it sees exactly the rows of the batches published by then."""
-    landing, sink = tmp_path / "landing", (tmp_path / "lake").as_uri()
+    version it sees exactly the rows of the batches published by then, on a local disk and
+    on S3 (where a version is one conditionally created object)."""
+    landing = tmp_path / "landing"
     files = write_landing(flights_df.iloc[:60_000], landing, 20)
-    _pipeline(stack, "deltavisible", f"{landing.as_uri()}/*", sink, "1")  # a batch per file
+    if where == "local":
+        source, sink = f"{landing.as_uri()}/*", (tmp_path / "lake").as_uri()
+    else:
+        prefix = f"visible-{uuid.uuid4().hex[:8]}"
+        s3.filesystem().put([str(p) for p in files], f"landing/{prefix}/flights/")
+        source, sink = f"s3://landing/{prefix}/flights/*", f"s3://lake/{prefix}/flights"
+    name = f"deltavisible{where}"
+    _pipeline(stack, name, source, sink, "1")  # a batch per file
     seen: list[tuple[int, int]] = []
     stop = threading.Event()
 
@@ -148,14 +158,14 @@ def test_readers_see_whole_batches_only(stack: Stack, flights_df: Any, tmp_path:
     reader = threading.Thread(target=watch)
     reader.start()
     try:
-        summary = _run(stack, "deltavisible")
+        summary = _run(stack, name)
     finally:
         stop.set()
         reader.join()
     assert summary["batches_total"] == 20
-    # Versions without a batch are columns added on the way (a commit of their own).
+    # One version per batch, new columns included: versions 0..19, each a whole batch.
     rows_of = {e["delta_version"]: e["rows_out"] for e in Ledger(sink).entries()}
-    assert len(rows_of) == 20 and None not in rows_of
+    assert sorted(rows_of) == list(range(20)), rows_of
     assert len({v for v, _ in seen}) > 3, seen  # the reader saw the table grow
     for version, count in seen:
         assert count == sum(n for v, n in rows_of.items() if v <= version), (version, count)

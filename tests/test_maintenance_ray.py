@@ -18,10 +18,12 @@ from deltalake import DeltaTable, write_deltalake
 from celeray.errors import MaintenanceBusyError
 from celeray.ledger import Ledger
 from celeray.maintenance import MaintenanceLock
+from celeray.maintenance_flow import MaintenanceFlow
 from celeray.pipeline_spec import Pipeline
 from celeray.ray_private import private_temp_dir, remove_private_temp_dir
+from celeray.runstate import RunStore
 from celeray.settings import Settings
-from tasks.maintain import compact_pipeline, vacuum_pipeline
+from tasks._ray import maintain_on_ray
 from tests._maint_tables import (
     backdate_removes,
     commit_batch,
@@ -57,6 +59,21 @@ def lock() -> Iterator[MaintenanceLock]:
 
 
 SETTINGS = Settings(task_time_limit=120)
+
+
+def _flow(settings: Settings, lock: MaintenanceLock) -> MaintenanceFlow:
+    """The ray worker's flow (the real Ray side) on the test's Redis, whose lock keys
+    ``lock`` shares."""
+    return MaintenanceFlow(RunStore(lock.r, lock_ttl=30, record_ttl=60), settings,
+                           maintain_on_ray)  # fmt: skip
+
+
+def compact_pipeline(p: Pipeline, settings: Settings, lock: MaintenanceLock) -> dict[str, Any]:
+    return _flow(settings, lock).compact_pipeline(p)
+
+
+def vacuum_pipeline(p: Pipeline, settings: Settings, lock: MaintenanceLock) -> dict[str, Any]:
+    return _flow(settings, lock).vacuum_pipeline(p)
 
 
 def pipeline(sink: Path, **maintenance: Any) -> Pipeline:
