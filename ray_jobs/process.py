@@ -48,7 +48,6 @@ import pyarrow as pa
 from celeray.arrow_types import arrow_types
 from celeray.errors import InputError, SchemaError, StorageError, TransformError
 from celeray.roots import check_read, outside
-from celeray.table_schema import schema_to_json, widens
 from ray_jobs._conform import Conformer
 from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
@@ -56,6 +55,7 @@ from ray_jobs._rejects import write_rejects
 from ray_jobs._table_plan import TablePlan
 from ray_jobs._take import drain, take
 from ray_jobs._tap import ErrorTap
+from ray_jobs._unit_tally import UnitTally, span_of
 from ray_jobs.readers import FORMATS, detect_format, read_batches
 from ray_jobs.transforms import apply, load_callable
 from ray_jobs.writer import remove_outputs, write_parquet
@@ -139,7 +139,7 @@ def process_unit(plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
     with _arrow_threads(threads):
         run = _UnitRun(plan, unit, threads)
         run.run()
-    return run.result(time.perf_counter() - started)
+    return run.tally.result(unit, time.perf_counter() - started, run.reject_outputs)
 
 
 class _UnitRun:
@@ -156,20 +156,12 @@ class _UnitRun:
                                   str(attempt) if self.delta and attempt else None)
         self.out_url = str(unit["out_url"])
         self.storage_options = plan.get("storage_options")
-        self.good: dict[int, dict[str, Any]] = {}
-        self.quarantined: list[dict[str, Any]] = []
-        self.outputs: list[dict[str, Any]] = []
+        self.tally = UnitTally()
         self.group: list[tuple[int, dict[str, Any], pa.Table, Conformer]] = []
         self.group_schema: pa.Schema | None = None
         self.group_bytes = 0
         self.groups_written = 0
-        self.split: dict[str, Any] | None = None
         self.table: TablePlan  # once the plan is checked (run)
-        self.input_schemas: list[pa.Schema] = []
-        self.table_schemas: list[pa.Schema] = []
-        self.rejects: list[dict[str, Any]] = []
-        self.counts: dict[str, Any] = {"rows_rescued": 0, "rows_skipped": 0,
-                                       "values_rescued": 0, "dropped": {}}  # fmt: skip
         self.reject_outputs: list[dict[str, Any]] = []
 
     def run(self) -> None:
@@ -194,38 +186,12 @@ class _UnitRun:
                 self._range(index, file)
         self._flush_group()
         self.reject_outputs = write_rejects(
-            self.rejects,
+            self.tally.rejects,
             out_url=self.out_url,
             basename=self.prefix,
             batch_id=str(self.unit["batch_id"]),
             storage_options=self.storage_options,
         )
-
-    def result(self, seconds: float) -> dict[str, Any]:
-        files = [self.good[i] for i in sorted(self.good)]
-        outputs = sorted(self.outputs, key=lambda o: str(o["path"]))
-        result = {
-            "batch_id": self.unit["batch_id"],
-            "unit": self.unit["unit"],
-            "files": files,
-            "quarantined": self.quarantined,
-            "outputs": outputs,
-            "rows_in": sum(f["rows_in"] for f in files),
-            "rows_out": sum(int(o["rows"] or 0) for o in outputs),
-            "bytes_in": sum(f["bytes_in"] for f in files),
-            "bytes_out": sum(int(o["bytes"]) for o in outputs),
-            "files_done": len(files) + len(self.quarantined),
-            "seconds": round(seconds, 4),
-            "input_schemas": [schema_to_json(s) for s in self.input_schemas],
-            "table_schemas": [schema_to_json(s) for s in self.table_schemas],
-            "rejects": self.reject_outputs,
-            "schema_counts": self.counts,
-        }
-        if self.split is not None:
-            last = self.split["range"][1] == self.split["size"]
-            result["split"] = self.split
-            result["files_done"] = int(last)  # a split file counts once, with its last range
-        return result
 
     def _whole_file(self, index: int, file: dict[str, Any]) -> None:
         text: set[str] = set()
@@ -236,23 +202,23 @@ class _UnitRun:
                 break
             text.add(column)  # read again with it as text; the conformer finds what fits
         if error is not None:
-            self._quarantine(file, error)
+            self.tally.quarantine(file, error)
 
     def _range(self, index: int, file: dict[str, Any]) -> None:
         """Read one byte range of a file, or the whole file when the range cannot be."""
-        span = _span_of(file)
-        start, end = span.start, span.end
-        self.split = {"url": file["url"], "range": [start, end], "size": span.size}
+        span = span_of(file)
+        split = {"url": file["url"], "range": [span.start, span.end], "size": span.size}
+        self.tally.split = split
         error = self._one_file(index, file, span, set())
         if error is None:
-            self.split.update(mode="range", reason=None)
+            split.update(mode="range", reason=None)
             return
         reason = error.reason if isinstance(error, SplitRefused) else str(error)
         if isinstance(error, SplitRefused) and error.head and not span.first:
-            self.split.update(mode="skipped", reason=reason)
+            split.update(mode="skipped", reason=reason)
             return
         log.warning("%s: reading the whole file instead of %s: %s", file["url"], span, reason)
-        self.split.update(mode="whole", reason=reason)
+        split.update(mode="whole", reason=reason)
         self._whole_file(index, {k: v for k, v in file.items() if k != "range"})
 
     def _one_file(
@@ -288,7 +254,7 @@ class _UnitRun:
         except (InputError, SplitRefused) as exc:
             return exc
         if not head:  # a byte range without rows
-            self._mark_good(index, file, 0, conformer)
+            self.tally.mark_good(index, file, 0, conformer)
         elif rest is None:
             self._add_small(index, file, pa.Table.from_batches(head), conformer)
         else:
@@ -322,9 +288,9 @@ class _UnitRun:
         basename = f"{self.prefix}-s{self.groups_written}"
         self.groups_written += 1
         table = pa.concat_tables([t for _, _, t, _ in members], promote_options="permissive")
-        self.outputs += self._write(iter(table.to_batches(max_chunksize=OUT_ROWS)), basename)
+        self.tally.outputs += self._write(iter(table.to_batches(max_chunksize=OUT_ROWS)), basename)
         for index, file, t, conformer in members:
-            self._mark_good(index, file, t.num_rows, conformer)
+            self.tally.mark_good(index, file, t.num_rows, conformer)
 
     def _stream_large(
         self, index: int, file: dict[str, Any], batches: Iterator[pa.RecordBatch],
@@ -347,13 +313,13 @@ class _UnitRun:
                 storage_options=self.storage_options,
             )
             return error
-        self.outputs += outputs
-        self._mark_good(index, file, counted.rows, conformer)
+        self.tally.outputs += outputs
+        self.tally.mark_good(index, file, counted.rows, conformer)
         return None
 
     def _write(self, batches: Iterator[pa.RecordBatch], basename: str) -> list[dict[str, Any]]:
         plan = self.plan
-        batches = self._noting_input(batches)
+        batches = self.tally.noting_input(batches)
         transformed = apply(
             batches,
             sql=plan.get("sql"),
@@ -362,7 +328,7 @@ class _UnitRun:
             pipeline=str(plan.get("pipeline") or ""),
         )
         return write_parquet(
-            self._to_table(transformed),
+            self.tally.to_table(transformed, self.table.table),
             out_url=self.out_url,
             basename=basename,
             partition_by=list(plan.get("partition_by") or []),
@@ -373,68 +339,6 @@ class _UnitRun:
             remove_stale=False,
         )
 
-    def _mark_good(
-        self, index: int, file: dict[str, Any], rows: int, conformer: Conformer
-    ) -> None:
-        size = int(file["size"]) if file.get("range") is None else _span_of(file).listed_bytes
-        # rows_in: every data row of the file, the skipped ones included
-        rows_in = rows + len(conformer.rejects)
-        self.good[index] = {"url": file["url"], "rows_in": rows_in, "bytes_in": size}
-        self.rejects += conformer.rejects
-        self.counts["rows_skipped"] += len(conformer.rejects)
-        self.counts["rows_rescued"] += conformer.rescued_rows
-        self.counts["values_rescued"] += conformer.rescued
-        for column, values in conformer.dropped.items():
-            self.counts["dropped"][column] = self.counts["dropped"].get(column, 0) + values
-
-    def _noting_input(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """Pass a stream through, noting its schema among those the unit read."""
-        for batch in batches:
-            _note(self.input_schemas, batch.schema)
-            yield batch
-
-    def _to_table(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """The rows to write, each column cast to its pinned table type where it widens to
-        it (the files of a table then agree), the schema noted among those the unit wrote."""
-        pinned = self.table.table
-        for batch in batches:
-            if pinned is not None:
-                batch = _cast_to(batch, pinned)
-            _note(self.table_schemas, batch.schema)
-            yield batch
-
-    def _quarantine(self, file: dict[str, Any], error: InputError | SplitRefused) -> None:
-        if isinstance(error, SplitRefused):  # cannot happen to a whole file
-            raise TypeError(f"{file['url']}: a whole file was refused a split: {error}")
-        record = error.record()
-        record["url"] = file["url"]
-        self.quarantined.append(record)
-
-
-def _span_of(file: dict[str, Any]) -> ByteRange:
-    """The range of a split file's dict (see :func:`ray_jobs.units.plan_units`)."""
-    start, end = (int(x) for x in file["range"])
-    if file.get("text_bytes"):
-        return ByteRange(start, end, int(file["text_bytes"]), compressed=int(file["size"]))
-    return ByteRange(start, end, int(file["size"]))
-
-
-def _note(schemas: list[pa.Schema], schema: pa.Schema) -> None:
-    if not any(schema.equals(s, check_metadata=False) for s in schemas):
-        schemas.append(schema.remove_metadata())
-
-
-def _cast_to(batch: pa.RecordBatch, pinned: pa.Schema) -> pa.RecordBatch:
-    """``batch`` with each column whose type widens to its pinned type cast to it."""
-    fields = list(batch.schema)
-    changed = False
-    for i, f in enumerate(fields):
-        if f.name in pinned.names:
-            target = pinned.field(f.name).type
-            if f.type != target and widens(f.type, target):
-                fields[i] = f.with_type(target)
-                changed = True
-    return batch.cast(pa.schema(fields)) if changed else batch
 
 
 def _text_fallback(
