@@ -3,7 +3,7 @@
 For a Delta sink the Ray tasks write a batch's data files straight into the table's
 partition folders, under names derived from the batch and the transform's attempt
 (``<sink>/year=2013/part-<batch>-a<attempt>-u00000-....parquet``, see
-:func:`ray_jobs.units.unit_prefix`): readers never see them until a Delta commit adds
+:func:`ray_jobs.process.unit_prefix`): readers never see them until a Delta commit adds
 them, and nothing is copied or moved. A batch is then committed in these steps:
 
 1. its schema changes in the schema log (:mod:`celeray.schema_log`), as for any sink;

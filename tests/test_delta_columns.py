@@ -143,6 +143,8 @@ def test_delta_rs_commits_after_ours_and_compacts(sink: str) -> None:
     top of a version celeray wrote, with a timestamp_ntz column that needed a new protocol."""
     import datetime as dt
 
+    import polars as pl
+
     ledger = Ledger(sink)
     delta_table.publish(ledger, _batch(sink, "b1", _rows(2)))
     at = [dt.datetime(2013, 1, 1, 5), dt.datetime(2013, 1, 2, 6)]
@@ -159,6 +161,8 @@ def test_delta_rs_commits_after_ours_and_compacts(sink: str) -> None:
     rows = pa.table(table.to_pyarrow_table()).sort_by("id")
     assert rows["id"].to_pylist() == [0, 1, 5, 6, 9, 10]
     assert rows["at"].to_pylist() == [None, None, *at, None, None]
+    frame = pl.read_delta(delta_table.delta_uri(sink)).sort("id")
+    assert frame["at"].to_list() == [None, None, *at, None, None]
 
 
 def test_concurrent_batches_adding_different_columns_all_land(sink: str) -> None:
