@@ -225,6 +225,57 @@ def test_a_commit_that_loses_its_version_merges_the_winners_columns(
     assert _delta_rows(sink) == [10, 11, 20, 21, 100]
 
 
+def test_concurrent_publishers_of_one_column_adding_batch_commit_once(sink: str) -> None:
+    """A redelivered commit racing recovery, for a batch that brings a column: one version
+    is made; the others find the batch's transaction in it."""
+    ledger = Ledger(sink)
+    delta_table.publish(ledger, _batch(sink, "b0", _rows(1, start=100)))
+    entry = _batch(sink, "b1", _rows(3, note=["x", "y", "z"]))
+    schema = SchemaLog(sink).at(int(entry["schema_version"])).table  # type: ignore[union-attr]
+    results: list[Any] = []
+
+    def go() -> None:
+        try:
+            results.append(delta_table.commit_entry(sink, entry, schema))
+        except Exception as exc:  # collected: the assertion below shows it
+            results.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted((r.version, r.fresh) for r in results) == [(1, False)] * 3 + [(1, True)], results
+    assert delta_table.open_table(sink).version() == 1
+    assert _delta_rows(sink) == [0, 1, 2, 100]
+
+
+def test_an_append_that_loses_to_a_column_commit_is_tried_again(
+    sink: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delta-rs refuses an append whose snapshot a metadata change overtook ("Metadata
+    changed since last commit"): the batch reads the table again and lands next."""
+    ledger = Ledger(sink)
+    delta_table.publish(ledger, _batch(sink, "b0", _rows(1, start=100)))
+    plain = _batch(sink, "p1", _rows(2, start=10))  # no new column: delta-rs appends it
+    wide = _batch(sink, "w1", _rows(2, start=20, note=["a", "b"]))
+    real = delta_table._append
+    tries: list[int] = []
+
+    def overtaken(sink_: str, table: Any, *args: Any) -> bool:
+        tries.append(table.version())
+        if len(tries) == 1:  # the column-adding batch commits after p1 read the table
+            schema = SchemaLog(sink).at(int(wide["schema_version"])).table  # type: ignore[union-attr]
+            assert delta_table.commit_entry(sink, wide, schema).version == 1
+        return real(sink_, table, *args)
+
+    monkeypatch.setattr(delta_table, "_append", overtaken)
+    schema = SchemaLog(sink).at(int(plain["schema_version"])).table  # type: ignore[union-attr]
+    assert delta_table.commit_entry(sink, plain, schema) == delta_table.DeltaCommit(2, True)
+    assert tries == [0, 1]
+    assert _delta_rows(sink) == [10, 11, 20, 21, 100]
+
+
 def test_crash_right_after_a_column_adding_commit(sink: str) -> None:
     """Killed after the commit that adds the column and the rows, before its version is
     written down: recovery finds the transaction; the rows are there once."""
