@@ -277,6 +277,17 @@ class Ledger:
                     done[q["url"]] = q
         return done
 
+    def entry(self, batch_id: str) -> dict[str, Any]:
+        """The committed entry of ``batch_id`` (FileNotFoundError when there is none)."""
+        url = self.entry_url(batch_id)
+        with _CACHE_LOCK:
+            found = _ENTRY_CACHE.get(url)
+        if found is None:
+            found = storage.read_json(url, self.storage_options)
+            with _CACHE_LOCK:
+                _ENTRY_CACHE[url] = found
+        return found
+
     def is_committed(self, batch_id: str) -> bool:
         """Whether the entry of ``batch_id`` exists."""
         return storage.exists(self.entry_url(batch_id), self.storage_options)
