@@ -11,6 +11,7 @@ Layout::
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
     <sink>/_celeray/delta/<batch_id>.json       a Delta sink's batch: its Delta version
     <sink>/_celeray/triage/<key>.json           a quarantined input's replay or dismissal
+    <sink>/_celeray/archive/<batch_id>.json     where ``after_commit`` moved its inputs
 
 A Delta sink (:mod:`celeray.delta_table`) has no staged data: its batch's files are written
 in place under names no committed version references, its entry records them as add
