@@ -10,9 +10,10 @@ Each move is a copy, then the delete of the source (a rename on one local disk),
 both steps are safe to do again: a source already gone is done, a copy made before is
 overwritten by the same bytes. The ledger already holds every input as done, so a kill
 between the moves loses nothing and commits nothing twice; the next run's start finishes
-the moves of every entry that has no archive record yet (:func:`finish_archives`). The
-record, ``<sink>/_celeray/archive/<batch_id>.json``, is written when a batch's inputs are
-all archived: what went where, for ``celeray files``.
+the moves of the inputs it still lists (:func:`finish_archives`). The record,
+``<sink>/_celeray/archive/<batch_id>.json``, is written when a batch's inputs are all
+archived: what went where, for ``celeray files`` (which shows an input whose record a
+kill prevented as ``pending``, from its entry).
 """
 
 from __future__ import annotations
@@ -82,26 +83,28 @@ def archive_batch(
     return targets
 
 
-def finish_archives(ledger: Ledger, listed: Iterable[storage.FileInfo]) -> int:
-    """Finish the archiving a kill interrupted: every entry that asked for it and has no
-    archive record gets its still-listed inputs archived now. Returns the files moved or
-    deleted. Call it with the pipeline's run lock held (from the run's start)."""
-    entries = [e for e in ledger.entries() if archived_inputs(e)]
-    if not entries:
-        return 0
-    recorded = {u.rsplit("/", 1)[-1].removesuffix(".json")
-                for u in storage.list_files(storage.join(ledger.root, FOLDER))}  # fmt: skip
-    present = {f.url for f in listed}
-    count = 0
+def finish_archives(
+    ledger: Ledger, listed: Iterable[storage.FileInfo], entries: list[dict[str, Any]]
+) -> int:
+    """Finish the archiving a kill interrupted: inputs still listed whose committed entry
+    (in ``entries``, the ledger's) asked for them to be archived are archived now, and
+    their batches' records written. Returns how many. Call it with the pipeline's run lock
+    held (from the run's start)."""
+    owner: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        if entry["batch_id"] in recorded:
-            continue
-        left = [u for u in archived_inputs(entry) if u in present]
-        log.info("batch %s: finishing the archiving of %d input(s)", entry["batch_id"],
-                 len(left))  # fmt: skip
-        archive_batch(ledger, entry, only=left)
-        count += len(left)
-    return count
+        for url in archived_inputs(entry):
+            owner[url] = entry
+    if not owner:
+        return 0
+    left: dict[str, list[str]] = {}
+    for f in listed:
+        if f.url in owner:
+            left.setdefault(owner[f.url]["batch_id"], []).append(f.url)
+    by_id = {e["batch_id"]: e for e in entries}
+    for batch_id, urls in sorted(left.items()):
+        log.info("batch %s: finishing the archiving of %d input(s)", batch_id, len(urls))
+        archive_batch(ledger, by_id[batch_id], only=urls)
+    return sum(len(u) for u in left.values())
 
 
 def archive_records(ledger: Ledger) -> dict[str, dict[str, Any]]:

@@ -259,8 +259,11 @@ class Ledger:
                    for e in out]  # fmt: skip
         return sorted(out, key=lambda e: e.get("committed_at", 0))
 
-    def done_inputs(self) -> dict[str, dict[str, Any]]:
-        """Input URL -> its record (committed or quarantined) from every entry.
+    def done_inputs(
+        self, entries: list[dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Input URL -> its record (committed or quarantined) from every entry (``entries``:
+        :meth:`entries` read already).
 
         A quarantined input whose triage decision replays the batch that quarantined it is
         left out, so the next plan takes it again; quarantined by a later batch, it is done
@@ -268,7 +271,7 @@ class Ledger:
         """
         replays = self.replays()
         done: dict[str, dict[str, Any]] = {}
-        for entry in self.entries():
+        for entry in self.entries() if entries is None else entries:
             for f in entry.get("inputs", []):
                 done[f["url"]] = f
             for q in entry.get("quarantined", []):

@@ -128,8 +128,10 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
     if table_format == DELTA:  # entries whose Delta commit a crash left unmade
         repaired["delta_republished"] = delta_table.republish(ledger)
     listed = storage.list_source(pipeline.source)
-    done = ledger.done_inputs()
-    repaired["archived"] = finish_archives(ledger, listed)  # moves a kill left unmade
+    entries = ledger.entries()
+    done = ledger.done_inputs(entries)
+    if pipeline.archive.action != "keep":  # moves a kill left unmade
+        repaired["archived"] = finish_archives(ledger, listed, entries)
     plan = plan_batches(pipeline.name, listed, done, pipeline.batch_bytes, ledger.replays(),
                         max_files=pipeline.max_files_per_run,
                         max_bytes=pipeline.max_bytes_per_run)  # fmt: skip

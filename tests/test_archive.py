@@ -10,6 +10,7 @@ import pytest
 from celeray import archive
 from celeray.archive_spec import AfterCommit, archived_inputs, parse_after_commit, target_of
 from celeray.errors import PipelineFileError
+from celeray.file_history import file_history
 from celeray.ledger import Ledger
 from celeray.pipelines import Pipeline, load_pipelines
 from celeray.storage import list_source
@@ -113,9 +114,12 @@ def test_moves_are_recorded_and_finished_after_a_kill(tmp_path: Path) -> None:
     archive._move((landing / "a.csv").as_uri(), (arch / "a.csv").as_uri())
     assert archive.archive_records(ledger) == {}
     listed = list_source(landing.as_uri() + "/**/*.csv")
-    assert archive.finish_archives(ledger, listed) == 0  # no committed entry yet
+    assert archive.finish_archives(ledger, listed, ledger.entries()) == 0  # no committed entry yet
     ledger.commit_entry(entry)
-    assert archive.finish_archives(ledger, listed) == 2  # the two still in place
+    [a] = [f for f in file_history(sink.as_uri(), "*/a.csv") if f["state"] == "committed"]
+    assert a["archived"] == {"action": "move", "to": (arch / "a.csv").as_uri(),
+                             "archived_at": None, "pending": True}  # fmt: skip
+    assert archive.finish_archives(ledger, listed, ledger.entries()) == 2  # the two still in place
     assert sorted(p.relative_to(arch).as_posix() for p in arch.rglob("*.csv")) == [
         "a.csv", "c.csv", "sub/b.csv"]  # fmt: skip
     assert sorted(p.name for p in landing.rglob("*.csv")) == ["q.csv"]  # quarantined: kept
@@ -123,7 +127,11 @@ def test_moves_are_recorded_and_finished_after_a_kill(tmp_path: Path) -> None:
     records = archive.archive_records(ledger)
     assert records[(landing / "c.csv").as_uri()]["to"] == (arch / "c.csv").as_uri()
     assert (landing / "q.csv").as_uri() not in records
-    assert archive.finish_archives(ledger, list_source(landing.as_uri() + "/**/*.csv")) == 0
+    history = {f["url"].rsplit("/", 1)[1]: f for f in file_history(sink.as_uri())}
+    assert history["b.csv"]["archived"]["to"] == (arch / "sub" / "b.csv").as_uri()
+    assert "pending" not in history["a.csv"]["archived"] and "archived" not in history["q.csv"]
+    assert archive.finish_archives(ledger, list_source(landing.as_uri() + "/**/*.csv"),
+                                   ledger.entries()) == 0
     # Done again (a redelivered commit): nothing moves, nothing is lost.
     archive.archive_batch(ledger, entry)
     assert len(list(arch.rglob("*.csv"))) == 3

@@ -71,8 +71,10 @@ def test_kill_during_the_moves_loses_none_and_commits_none_twice(
     found = {"expected": len(expected), "found": len(ids),
              "duplicates": len(ids) - len(set(ids)),
              "losses": len(set(expected) - set(ids))}  # fmt: skip
+    repair = (fault_stack.store.get(again) or {}).get("ledger_repair") or {}
     record("SIGKILL during the archive moves", killed_pid=int(pid), batch=batch_id,
-           left_by_kill=len(left), archived=len(moved), **found)  # fmt: skip
+           left_by_kill=len(left), archived=len(moved),
+           finished_by_next_start=repair.get("archived"), **found)  # fmt: skip
     assert sorted(ids) == expected, found  # every row, exactly once
     assert moved == [f"{i:02d}.csv" for i in range(FILES)]
     assert sorted(p.name for p in landing.iterdir()) == ["bad.csv"]
