@@ -93,3 +93,80 @@ def test_plan_without_bounds_is_unchanged() -> None:
 ])  # fmt: skip
 def test_should_chain(record: dict, chain: bool) -> None:
     assert should_chain(record) is chain
+
+
+# -- the chain, against the real Redis: once per run, through the lock, never after a failure
+
+
+@pytest.fixture
+def store():  # type: ignore[no-untyped-def]
+    from tests._stack import unit_store
+
+    with unit_store(lock_ttl=5) as s:
+        yield s
+
+
+class _Results:
+    """Where end_run stores a run's end (the Celery result backend's one method)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, tuple[object, str]] = {}
+
+    def store_result(self, task_id: str, result: object, state: str) -> None:
+        self.stored[task_id] = (result, state)
+
+
+def _planned_run(store, run_id: str, *, backlog: int, fail: bool = False) -> None:  # type: ignore[no-untyped-def]
+    from celeray.runs import reserve_run
+
+    reserve_run(store, "p", run_id, trigger="test")
+    store.plan(run_id, ["b1"], files_total=5, backlog_files=backlog, backlog_bytes=backlog * 10)
+    store.finish_batch(run_id, "b1", {"files_done": 5}, error="boom" if fail else None)
+
+
+def _reserving_chain(store, sent: list[str]):  # type: ignore[no-untyped-def]
+    """A chain that takes the lock exactly as a trigger does (runs.reserve_run), without a
+    broker: what matters here is the lock, not the message."""
+    from celeray.runs import new_run_id, reserve_run
+
+    def chain(pipeline: str) -> str:
+        run_id = new_run_id()
+        reserve_run(store, pipeline, run_id, trigger="backlog")
+        sent.append(run_id)
+        return run_id
+
+    return chain
+
+
+def test_a_run_with_a_backlog_chains_once_whoever_ends_it(store) -> None:  # type: ignore[no-untyped-def]
+    from celeray.runs import after_batch, end_run
+
+    sent: list[str] = []
+    _planned_run(store, "r1", backlog=3)
+    end_run("r1", store, _Results(), _reserving_chain(store, sent))
+    after_batch("r1", None, store, _Results(), _reserving_chain(store, sent))  # ended again
+    assert len(sent) == 1 and store.holder("p") == sent[0]
+    assert store.get("r1")["chained"] == sent[0]
+    assert store.get(sent[0])["trigger"] == "backlog"
+
+
+def test_no_chain_after_a_failure_or_without_backlog(store) -> None:  # type: ignore[no-untyped-def]
+    from celeray.runs import end_run
+
+    sent: list[str] = []
+    _planned_run(store, "r1", backlog=3, fail=True)
+    end_run("r1", store, _Results(), _reserving_chain(store, sent))
+    _planned_run(store, "r2", backlog=0)
+    end_run("r2", store, _Results(), _reserving_chain(store, sent))
+    assert sent == [] and store.holder("p") is None
+
+
+def test_a_run_that_beat_started_meanwhile_takes_the_backlog(store) -> None:  # type: ignore[no-untyped-def]
+    from celeray.runs import end_run
+
+    sent: list[str] = []
+    _planned_run(store, "r1", backlog=3)
+    store.release("p", "r1")  # as the end does; then beat's run takes the lock first
+    assert store.acquire("p", "beat-run") == "beat-run"
+    end_run("r1", store, _Results(), _reserving_chain(store, sent))
+    assert sent == [] and store.holder("p") == "beat-run"  # no second run
