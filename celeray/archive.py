@@ -70,6 +70,7 @@ def archive_batch(
         for u in urls
     }
     todo = urls if only is None else [u for u in urls if u in set(only)]
+    touched: set[str] = set()  # local folders whose entries changed: synced once each
     for i, url in enumerate(todo):
         target = targets[url]
         if target is None:
@@ -77,6 +78,10 @@ def archive_batch(
         else:
             _move(url, target, after_copy=(lambda: kill_points.reach(
                 kill_points.DURING_ARCHIVE, entry["batch_id"])) if i == 0 else None)
+        touched.update(_local_folders(url, target))
+    for folder in sorted(touched):  # a rename lost to a power cut is only done again
+        with contextlib.suppress(FileNotFoundError):
+            durable.fsync_path(folder)
     doc = {"batch_id": entry["batch_id"], "run_id": entry.get("run_id"),
            "action": spec["action"], "archived_at": time.time(), "files": targets}  # fmt: skip
     storage.atomic_write_json(_record_url(ledger, entry["batch_id"]), doc)
@@ -122,6 +127,12 @@ def archive_records(ledger: Ledger) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _local_folders(*urls: str | None) -> list[str]:
+    """The local folders of ``urls`` (none for object stores)."""
+    return [os.path.dirname(u.removeprefix("file://")) for u in urls
+            if u and u.startswith("file://")]  # fmt: skip
+
+
 def _move(src_url: str, dst_url: str, after_copy: Any = None) -> None:
     """Copy ``src_url`` to ``dst_url``, then delete the source; again after a kill, each
     step is a no-op or the same. A source already gone was moved before (or by a second
@@ -151,7 +162,8 @@ def _move(src_url: str, dst_url: str, after_copy: Any = None) -> None:
 
 def _move_local(src: str, dst: str, after_copy: Any) -> None:
     """A rename on one disk (one atomic step); across disks a copy to a temporary file in
-    the target folder, fsync, rename into place, then the delete of the source."""
+    the target folder, fsync, rename into place, then the delete of the source. The
+    folders are synced by the caller, once per batch."""
     folder = os.path.dirname(dst)
     durable.make_dirs(folder)
     try:
@@ -172,12 +184,11 @@ def _move_local(src: str, dst: str, after_copy: Any) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        durable.fsync_path(folder)
+        durable.fsync_path(folder)  # the copy is whole before its source goes
         if after_copy is not None:
             after_copy()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(src)
         return
-    durable.fsync_path(folder)
     if after_copy is not None:
         after_copy()

@@ -337,7 +337,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Show each supervised program and the API's health answer."""
+    """Show each supervised program, the API's health answer and each pipeline's backlog."""
     from celeray import stack
 
     states, code, body = stack.status(settings)

@@ -80,5 +80,7 @@ def test_kill_during_the_moves_loses_none_and_commits_none_twice(
     assert sorted(p.name for p in landing.iterdir()) == ["bad.csv"]
     assert all((archive / f"{i:02d}.csv").read_text() == f"id,x\n{i},a\n{100 + i},b\n"
                for i in range(FILES))  # fmt: skip
+    status = fault_stack.celeray("status")
+    assert f"{name}: backlog 0 file(s)" in status.stdout, status.stdout + status.stderr
     committed = [f["url"] for e in Ledger(sink.as_uri()).entries() for f in e["inputs"]]
     assert len(committed) == len(set(committed)) == FILES  # no input committed twice
