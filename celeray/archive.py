@@ -90,26 +90,35 @@ def archive_batch(
 
 def finish_archives(
     ledger: Ledger, listed: Iterable[storage.FileInfo], entries: list[dict[str, Any]]
-) -> int:
-    """Finish the archiving a kill interrupted: inputs still listed whose committed entry
-    (in ``entries``, the ledger's) asked for them to be archived are archived now, and
-    their batches' records written. Returns how many. Call it with the pipeline's run lock
-    held (from the run's start)."""
+) -> dict[str, Any]:
+    """Finish the archiving a kill (or an error) interrupted: inputs still listed whose
+    committed entry (in ``entries``, the ledger's) asked for them to be archived are
+    archived now, and their batches' records written. Returns ``{"archived": n}``, with
+    ``archive_error`` when one failed: logged, and tried again by the next start, since a
+    target celeray may not write must not stop the pipeline's ingestion. Call it with the
+    pipeline's run lock held (from the run's start)."""
     owner: dict[str, dict[str, Any]] = {}
     for entry in entries:
         for url in archived_inputs(entry):
             owner[url] = entry
     if not owner:
-        return 0
+        return {"archived": 0}
     left: dict[str, list[str]] = {}
     for f in listed:
         if f.url in owner:
             left.setdefault(owner[f.url]["batch_id"], []).append(f.url)
     by_id = {e["batch_id"]: e for e in entries}
+    done = 0
     for batch_id, urls in sorted(left.items()):
         log.info("batch %s: finishing the archiving of %d input(s)", batch_id, len(urls))
-        archive_batch(ledger, by_id[batch_id], only=urls)
-    return sum(len(u) for u in left.values())
+        try:
+            archive_batch(ledger, by_id[batch_id], only=urls)
+        except Exception as exc:
+            log.error("batch %s: archiving its inputs failed: %s: %s", batch_id,
+                      type(exc).__name__, exc)  # fmt: skip
+            return {"archived": done, "archive_error": f"{type(exc).__name__}: {exc}"}
+        done += len(urls)
+    return {"archived": done}
 
 
 def archive_records(ledger: Ledger) -> dict[str, dict[str, Any]]:

@@ -276,6 +276,16 @@ class BatchFlow:
         }
         return result
 
+    def _archive(self, batch: ResolvedBatch) -> None:
+        """Archive the committed batch's inputs; a failure (a target it may not write) is
+        logged and left to the next run's start, never the batch's: its rows are in."""
+        ledger = Ledger(batch.sink)
+        try:
+            archive_batch(ledger, ledger.entry(batch.batch_id))
+        except Exception as exc:
+            log.error("batch %s: archiving its inputs failed (%s: %s); the next run's start "
+                      "tries again", batch.batch_id, type(exc).__name__, exc)  # fmt: skip
+
     def _heartbeat(self, batch: ResolvedBatch) -> AbstractContextManager[threading.Event]:
         """Keep the run's lock alive while the batch converts; the event is set if lost."""
         interval = max(1.0, self.settings.run_lock_ttl / 3)
@@ -288,8 +298,7 @@ class BatchFlow:
         fresh, remaining = runs.commit_result(batch, result, self.store,
                                               committed_by=self.hostname)  # fmt: skip
         if batch.pipeline.archive.action != "keep":  # only now: the batch is committed
-            ledger = Ledger(batch.sink)
-            archive_batch(ledger, ledger.entry(batch.batch_id))
+            self._archive(batch)
         runs.after_batch(batch.run_id, remaining, self.store, self.backend, self.chain)
         return {
             "batch_id": batch.batch_id,

@@ -130,8 +130,8 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
     listed = storage.list_source(pipeline.source)
     entries = ledger.entries()
     done = ledger.done_inputs(entries)
-    if pipeline.archive.action != "keep":  # moves a kill left unmade
-        repaired["archived"] = finish_archives(ledger, listed, entries)
+    if pipeline.archive.action != "keep":  # moves a kill (or an error) left unmade
+        repaired.update(finish_archives(ledger, listed, entries))
     plan = plan_batches(pipeline.name, listed, done, pipeline.batch_bytes, ledger.replays(),
                         max_files=pipeline.max_files_per_run,
                         max_bytes=pipeline.max_bytes_per_run)  # fmt: skip

@@ -114,12 +114,13 @@ def test_moves_are_recorded_and_finished_after_a_kill(tmp_path: Path) -> None:
     archive._move((landing / "a.csv").as_uri(), (arch / "a.csv").as_uri())
     assert archive.archive_records(ledger) == {}
     listed = list_source(landing.as_uri() + "/**/*.csv")
-    assert archive.finish_archives(ledger, listed, ledger.entries()) == 0  # no committed entry yet
+    finish = archive.finish_archives
+    assert finish(ledger, listed, ledger.entries()) == {"archived": 0}  # no entry yet
     ledger.commit_entry(entry)
     [a] = [f for f in file_history(sink.as_uri(), "*/a.csv") if f["state"] == "committed"]
     assert a["archived"] == {"action": "move", "to": (arch / "a.csv").as_uri(),
                              "archived_at": None, "pending": True}  # fmt: skip
-    assert archive.finish_archives(ledger, listed, ledger.entries()) == 2  # the two still in place
+    assert finish(ledger, listed, ledger.entries()) == {"archived": 2}  # the two in place
     assert sorted(p.relative_to(arch).as_posix() for p in arch.rglob("*.csv")) == [
         "a.csv", "c.csv", "sub/b.csv"]  # fmt: skip
     assert sorted(p.name for p in landing.rglob("*.csv")) == ["q.csv"]  # quarantined: kept
@@ -130,8 +131,8 @@ def test_moves_are_recorded_and_finished_after_a_kill(tmp_path: Path) -> None:
     history = {f["url"].rsplit("/", 1)[1]: f for f in file_history(sink.as_uri())}
     assert history["b.csv"]["archived"]["to"] == (arch / "sub" / "b.csv").as_uri()
     assert "pending" not in history["a.csv"]["archived"] and "archived" not in history["q.csv"]
-    assert archive.finish_archives(ledger, list_source(landing.as_uri() + "/**/*.csv"),
-                                   ledger.entries()) == 0
+    again = list_source(landing.as_uri() + "/**/*.csv")
+    assert finish(ledger, again, ledger.entries()) == {"archived": 0}
     # Done again (a redelivered commit): nothing moves, nothing is lost.
     archive.archive_batch(ledger, entry)
     assert len(list(arch.rglob("*.csv"))) == 3
@@ -147,3 +148,16 @@ def test_delete(tmp_path: Path) -> None:
         (landing / "a.csv").as_uri(): None}  # fmt: skip
     assert not (landing / "a.csv").exists()
     archive.archive_batch(Ledger(sink.as_uri()), entry)  # again: a no-op
+
+
+def test_a_target_it_may_not_write_is_reported_not_raised(tmp_path: Path) -> None:
+    landing, sink, arch = tmp_path / "in", tmp_path / "lake", tmp_path / "arch"
+    landing.mkdir()
+    arch.write_text("a file where the target folder should be")  # the move fails
+    (landing / "a.csv").write_text("x")
+    (landing / "b.csv").write_text("x")
+    ledger = Ledger(sink.as_uri())
+    ledger.commit_entry(_entry(landing, arch / "sub", ["a.csv", "b.csv"], "b3"))
+    out = archive.finish_archives(ledger, list_source(landing.as_uri() + "/*"), ledger.entries())
+    assert out["archived"] == 0 and "Error" in out["archive_error"], out
+    assert (landing / "a.csv").exists()  # nothing lost
