@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celeray import runs, storage
+from celeray.archive import archive_batch
+from celeray.backlog import Chain
 from celeray.batch import ResolvedBatch
 from celeray.batch_schema import plan_with_schema, settle
 from celeray.delta_table import drop_files
@@ -104,6 +106,7 @@ class BatchFlow:
     backend: runs.ResultBackend
     convert: Converter | None = None  # only the transform needs Ray
     hostname: str | None = None  # the Celery worker's node name, for the ledger entry
+    chain: Chain | None = None  # sends the next run when a run ends with a backlog
 
     def stage(self, batch: ResolvedBatch) -> BatchMessage:
         """Copy what Ray cannot read in place into staging (the run must still hold its
@@ -171,7 +174,7 @@ class BatchFlow:
 
     def fail(self, message: BatchMessage, error: str) -> None:
         """Count a batch that failed for good; end its run if it was the last."""
-        runs.fail_batch(message, error, self.store, self.backend)
+        runs.fail_batch(message, error, self.store, self.backend, self.chain)
 
     def commit_here(
         self, batch: ResolvedBatch, result: dict[str, Any], *, defer: Callable[..., Any]
@@ -273,6 +276,16 @@ class BatchFlow:
         }
         return result
 
+    def _archive(self, batch: ResolvedBatch) -> None:
+        """Archive the committed batch's inputs; a failure (a target it may not write) is
+        logged and left to the next run's start, never the batch's: its rows are in."""
+        ledger = Ledger(batch.sink)
+        try:
+            archive_batch(ledger, ledger.entry(batch.batch_id))
+        except Exception as exc:
+            log.error("batch %s: archiving its inputs failed (%s: %s); the next run's start "
+                      "tries again", batch.batch_id, type(exc).__name__, exc)  # fmt: skip
+
     def _heartbeat(self, batch: ResolvedBatch) -> AbstractContextManager[threading.Event]:
         """Keep the run's lock alive while the batch converts; the event is set if lost."""
         interval = max(1.0, self.settings.run_lock_ttl / 3)
@@ -280,10 +293,13 @@ class BatchFlow:
         return keep_lock(batch.name, batch.run_id, store=lambda: store, interval=interval)
 
     def _commit(self, batch: ResolvedBatch, result: dict[str, Any]) -> dict[str, Any]:
-        """The ledger entry, the count, and the run ended if this was its last batch."""
+        """The ledger entry, the count, the inputs archived (``after_commit``), and the run
+        ended if this was its last batch."""
         fresh, remaining = runs.commit_result(batch, result, self.store,
                                               committed_by=self.hostname)  # fmt: skip
-        runs.after_batch(batch.run_id, remaining, self.store, self.backend)
+        if batch.pipeline.archive.action != "keep":  # only now: the batch is committed
+            self._archive(batch)
+        runs.after_batch(batch.run_id, remaining, self.store, self.backend, self.chain)
         return {
             "batch_id": batch.batch_id,
             "committed": fresh,

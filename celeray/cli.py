@@ -214,6 +214,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("bytes", f"{format_size(s.get('bytes_in', 0))} in, "
                   f"{format_size(s.get('bytes_out', 0))} out"),
         ("time", f"{s.get('seconds', 0):.1f} s, {s.get('mb_per_s', 0)} MB/s"),
+        *([("backlog", f"{s['backlog_files']:,} file(s), "
+                       f"{format_size(s.get('backlog_bytes', 0))} left for the next run")]
+          if s.get("backlog_files") else []),
         ("sink", str(s.get("sink"))),
     ]
     versions = s.get("delta_versions") or {}
@@ -266,13 +269,15 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     names = [args.name] if args.name else sorted(pipelines)
     store = _store(settings)
     if args.name:
+        from celeray.backlog import backlog_of
         from celeray.cli_triage import cmd_runs_history
 
         states = {run_id: str((store.get(run_id) or {}).get("state", "expired"))
                   for run_id in store.recent(args.name, args.limit)}  # fmt: skip
-        return cmd_runs_history(args.name, args.limit, settings, states)
+        return cmd_runs_history(args.name, args.limit, settings, states,
+                                backlog_of(store, args.name))  # fmt: skip
     table = Table("run", "pipeline", "state", "started", "files", "quarantined", "rows out",
-                  "seconds")
+                  "seconds", "backlog")
     for name in names:
         for run_id in store.recent(name, args.limit):
             rec = store.get(run_id)
@@ -282,7 +287,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
             created = datetime.fromtimestamp(float(rec.get("created_at", 0)), UTC)
             table.add_row(run_id, name, str(rec.get("state")), created.strftime("%F %T"),
                           str(s["files_committed"]), str(s["files_quarantined"]),
-                          f"{s['rows_out']:,}", f"{s['seconds']:.1f}")
+                          f"{s['rows_out']:,}", f"{s['seconds']:.1f}",
+                          str(rec["backlog_files"]) if "backlog_files" in rec else "")
     console.print(table)
     return 0
 
@@ -304,6 +310,22 @@ def _print_stack(settings: Settings, info: Any) -> None:
     console.print(table)
 
 
+def _print_backlogs(settings: Settings) -> None:
+    """Each pipeline's backlog as its newest listing left it (nothing if unknown)."""
+    from celeray.backlog import backlog_of
+    from celeray.cli_triage import backlog_line
+    from celeray.pipelines import load_pipelines
+
+    try:
+        store = _store(settings)
+        for name in load_pipelines(settings.pipelines, **settings.pipeline_rules()):
+            found = backlog_of(store, name)
+            if found is not None:
+                console.print(backlog_line(name, found), highlight=False)
+    except Exception as exc:  # status must show what it can: the stack may be half up
+        err.print(f"backlog unknown: {type(exc).__name__}: {exc}", highlight=False)
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Start the whole stack under supervisord and wait until it is healthy."""
     from celeray import stack
@@ -315,7 +337,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Show each supervised program and the API's health answer."""
+    """Show each supervised program, the API's health answer and each pipeline's backlog."""
     from celeray import stack
 
     states, code, body = stack.status(settings)
@@ -328,6 +350,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     console.print(table)
     console.print(f"health: {code or 'no answer'}")
     console.print_json(json.dumps(body))
+    _print_backlogs(settings)
     return 0 if code == 200 else EXIT_FAILED
 
 

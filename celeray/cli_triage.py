@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeray.settings import Settings
+from celeray.sizes import format_size
 
 __all__ = ["add_parsers", "cli_user", "cmd_files", "cmd_quarantine", "cmd_runs_history"]
 
@@ -125,16 +126,23 @@ def cmd_files(args: argparse.Namespace, settings: Settings) -> int:
             rows = "" if f["rows_in"] is None else f"{f['rows_in']:,}"
         else:
             where, rows = f"{f['status']}: {f['kind']}: {str(f['reason'])[:120]}", ""
+        if f.get("archived"):
+            to = f["archived"]["to"]
+            where += f"\ninput moved to {to}" if to else "\ninput deleted"
         table.add_row(escape(f["url"]), f["state"], _when(f["committed_at"]),
                       str(f["run_id"]), f["batch_id"], rows, escape(where))  # fmt: skip
     console.print(table)
     return 0
 
 
-def cmd_runs_history(name: str, limit: int, settings: Settings, states: dict[str, str]) -> int:
+def cmd_runs_history(
+    name: str, limit: int, settings: Settings, states: dict[str, str],
+    backlog: dict[str, Any] | None = None,
+) -> int:
     """Print pipeline ``name``'s runs from its sink's ledger, newest first; ``states`` are
     the run records' states still in the state store (a run not found there shows
-    ``expired``; one found there alone, such as a run still planning, shows too)."""
+    ``expired``; one found there alone, such as a run still planning, shows too), and
+    ``backlog`` what the newest listing left (:func:`celeray.backlog.backlog_of`)."""
     from celeray.file_history import run_history
 
     history = run_history(_sink(settings, name), limit)
@@ -168,4 +176,12 @@ def cmd_runs_history(name: str, limit: int, settings: Settings, states: dict[str
         if run_id not in seen:
             table.add_row(run_id, state, "", "", "0", "0", "0", "0", "0")
     console.print(table)
+    if backlog is not None:
+        console.print(backlog_line(name, backlog), highlight=False)
     return 0
+
+
+def backlog_line(name: str, backlog: dict[str, Any]) -> str:
+    """One line: what pipeline ``name``'s newest listing left for the next runs."""
+    return (f"{name}: backlog {backlog['files']:,} file(s), {format_size(backlog['bytes'])} "
+            f"(as listed by run {backlog['run_id']})")  # fmt: skip

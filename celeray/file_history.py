@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celeray.archive import archive_records
+from celeray.archive_spec import archived_inputs, target_of
 from celeray.ledger import Ledger
 from celeray.quarantine import Triage, matches
 
@@ -22,12 +24,21 @@ def file_history(sink: str, glob: str | None = None) -> list[dict[str, Any]]:
     the batch's rows out, which a transform may not map to one file) and where its rows
     are: the batch's Parquet files, or the Delta version that published them. A
     quarantined input carries its reason and triage status instead of outputs; one that
-    was replayed and committed appears once, as committed.
+    was replayed and committed appears once, as committed. An input that ``after_commit``
+    deleted or moved says so in ``archived`` (``action``, ``to``: its URL now, or null;
+    ``pending`` while a kill left its move to the next run's start).
     """
     ledger = Ledger(sink)
+    archived = archive_records(ledger)
     out: dict[str, dict[str, Any]] = {}
+    pending: dict[str, dict[str, Any]] = {}
     for entry in ledger.entries():
         where = _where(entry)
+        for url in archived_inputs(entry):
+            spec = entry["after_commit"]
+            to = target_of(url, spec["source_root"], spec["to"]) if spec.get("to") else None
+            pending[url] = {"action": spec["action"], "to": to, "archived_at": None,
+                            "pending": True}  # fmt: skip
         for f in entry.get("inputs", []):
             if matches(f["url"], glob):
                 out[f["url"]] = {
@@ -47,6 +58,11 @@ def file_history(sink: str, glob: str | None = None) -> list[dict[str, Any]]:
             "committed_at": item["quarantined_at"], "kind": item["kind"],
             "reason": item["reason"], "line": item["line"],
         }  # fmt: skip
+    for url, item in out.items():
+        if url in archived:
+            item["archived"] = {k: archived[url][k] for k in ("action", "to", "archived_at")}
+        elif url in pending:
+            item["archived"] = pending[url]
     return sorted(out.values(), key=lambda f: (f["committed_at"] or 0, f["url"]))
 
 

@@ -3,7 +3,8 @@
 The fault suite (``tests/faults/test_delta_kills.py``) must kill the worker that commits a
 batch at an exact moment: right after the batch's ledger entry, before its Delta commit
 (``"after-ledger-entry"``), or right after the Delta commit, before its version is written
-down (``"after-delta-commit"``). A random SIGKILL from outside seldom lands there, so the
+down (``"after-delta-commit"``), or while a committed batch's inputs are being moved
+(``"during-archive"``). A random SIGKILL from outside seldom lands there, so the
 committing process kills itself when told to.
 
 It is told only through :data:`ENV`, an environment variable that no setting, no document
@@ -22,12 +23,15 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["AFTER_DELTA_COMMIT", "AFTER_LEDGER_ENTRY", "ENV", "POINTS", "reach"]
+__all__ = ["AFTER_DELTA_COMMIT", "AFTER_LEDGER_ENTRY", "DURING_ARCHIVE", "ENV", "POINTS", "reach"]
 
 ENV = "CELERAY_TESTONLY_KILL_FILE"  # set by the fault suite only; never in production
 AFTER_LEDGER_ENTRY = "after-ledger-entry"  # the entry written, the Delta commit not made
 AFTER_DELTA_COMMIT = "after-delta-commit"  # the Delta commit made, its version not recorded
-POINTS = (AFTER_LEDGER_ENTRY, AFTER_DELTA_COMMIT)
+POINTS = (AFTER_LEDGER_ENTRY, AFTER_DELTA_COMMIT)  # the Delta commit's points
+# A committed batch's inputs being archived (celeray.archive): the first one moved, the
+# others not yet, no archive record written.
+DURING_ARCHIVE = "during-archive"
 
 
 def reach(point: str, batch_id: str) -> None:

@@ -11,6 +11,7 @@ Layout::
     <sink>/_celeray/started/<run_id>.json       the inputs a run set out to commit
     <sink>/_celeray/delta/<batch_id>.json       a Delta sink's batch: its Delta version
     <sink>/_celeray/triage/<key>.json           a quarantined input's replay or dismissal
+    <sink>/_celeray/archive/<batch_id>.json     where ``after_commit`` moved its inputs
 
 A Delta sink (:mod:`celeray.delta_table`) has no staged data: its batch's files are written
 in place under names no committed version references, its entry records them as add
@@ -258,8 +259,11 @@ class Ledger:
                    for e in out]  # fmt: skip
         return sorted(out, key=lambda e: e.get("committed_at", 0))
 
-    def done_inputs(self) -> dict[str, dict[str, Any]]:
-        """Input URL -> its record (committed or quarantined) from every entry.
+    def done_inputs(
+        self, entries: list[dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Input URL -> its record (committed or quarantined) from every entry (``entries``:
+        :meth:`entries` read already).
 
         A quarantined input whose triage decision replays the batch that quarantined it is
         left out, so the next plan takes it again; quarantined by a later batch, it is done
@@ -267,7 +271,7 @@ class Ledger:
         """
         replays = self.replays()
         done: dict[str, dict[str, Any]] = {}
-        for entry in self.entries():
+        for entry in self.entries() if entries is None else entries:
             for f in entry.get("inputs", []):
                 done[f["url"]] = f
             for q in entry.get("quarantined", []):
@@ -276,6 +280,17 @@ class Ledger:
                 else:
                     done[q["url"]] = q
         return done
+
+    def entry(self, batch_id: str) -> dict[str, Any]:
+        """The committed entry of ``batch_id`` (FileNotFoundError when there is none)."""
+        url = self.entry_url(batch_id)
+        with _CACHE_LOCK:
+            found = _ENTRY_CACHE.get(url)
+        if found is None:
+            found = storage.read_json(url, self.storage_options)
+            with _CACHE_LOCK:
+                _ENTRY_CACHE[url] = found
+        return found
 
     def is_committed(self, batch_id: str) -> bool:
         """Whether the entry of ``batch_id`` exists."""

@@ -37,6 +37,7 @@ from celeray._pipeline_checks import (
     strip_slash,
     to_url,
 )
+from celeray.archive_spec import ARCHIVE_PROTOCOLS, AfterCommit, parse_after_commit
 from celeray.maintenance_spec import Maintenance, maintenance_value
 from celeray.ray_env import RayEnv
 from celeray.sizes import parse_size
@@ -61,6 +62,13 @@ DEFAULT_MAX_BAD_ROWS = 0.1  # a file with more bad rows than this share is likel
 ScheduleSpec = tuple[Literal["cron"], str] | tuple[Literal["interval"], float]
 DEFAULT_BATCH_BYTES = 256 * 1024**2  # one Ray task's worth of input: seconds of real work
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _inside(url: str, folder: str) -> bool:
+    """Whether ``url`` is ``folder`` or below it, on the same file system."""
+    (up, upath), (fp, fpath) = split_url(url), split_url(folder)
+    fpath = fpath.rstrip("/")
+    return up == fp and (upath.rstrip("/") == fpath or upath.startswith(fpath + "/"))
 
 
 class Pipeline(BaseModel):
@@ -104,6 +112,15 @@ class Pipeline(BaseModel):
     maintenance: Annotated[Maintenance, BeforeValidator(maintenance_value)] = Field(
         default_factory=Maintenance
     )
+    # Bounds of one run (celeray.run_bounds): None, unbounded, because a bound is a choice
+    # about the operator's backlog (how long one run may take, how soon the first rows of a
+    # backlog show) that no default can make; batches already bound each Ray task's work.
+    max_files_per_run: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_bytes_per_run: Annotated[int, BeforeValidator(parse_size)] | None = None
+    # What becomes of an input once committed (celeray.archive_spec): "keep" by default,
+    # since deleting or moving landed files is the operator's decision, never ours.
+    after_commit: str = "keep"
+    after_commit_quarantined: StrictBool = False  # quarantined files stay for a replay
 
     @field_validator("name")
     @classmethod
@@ -225,6 +242,54 @@ class Pipeline(BaseModel):
         if value and any(not c.strip() for c in value):
             raise ValueError("schema has an empty column name")
         return value
+
+    @field_validator("after_commit", mode="before")
+    @classmethod
+    def _check_after_commit(cls, value: Any, info: ValidationInfo) -> str:
+        spec = parse_after_commit(value)
+        if spec.action == "keep":
+            return "keep"
+        source = info.data.get("source")
+        if source is None:
+            return spec.action  # the source's own error is reported
+        protocol = split_url(source)[0]
+        if "::" in source or protocol not in ARCHIVE_PROTOCOLS:
+            raise ValueError(
+                f"after_commit {spec.action!r} needs a source on the local disk or S3; "
+                f"{source!r} is read-only to celeray"
+            )
+        if spec.target is None:
+            return spec.action
+        url = strip_slash(to_url(spec.target, info, "after_commit"))
+        if "::" in url or glob_start(url) is not None:
+            raise ValueError(f"after_commit move target {url!r} must be a plain folder URL")
+        if split_url(url)[0] != protocol:
+            raise ValueError(
+                f"after_commit move target {url!r} must be on the source's file system "
+                f"({protocol}://): a move is a copy and a delete there"
+            )
+        check_roots(url, info, "after_commit")
+        for key, root in (("source folder", root_of(source)), ("sink", info.data.get("sink"))):
+            if root and _inside(url, root):
+                raise ValueError(
+                    f"after_commit move target {url!r} is inside the {key} {root!r}"
+                    + (": moved files would be listed as new inputs" if key != "sink" else "")
+                    + "; put it outside"
+                )
+        return f"move:{url}"
+
+    @field_validator("after_commit_quarantined")
+    @classmethod
+    def _check_quarantined(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("after_commit") == "keep":
+            raise ValueError('after_commit_quarantined applies with after_commit = "delete" or '
+                             '"move:<url>"; the files are kept')  # fmt: skip
+        return value
+
+    @property
+    def archive(self) -> AfterCommit:
+        """``after_commit`` parsed: keep, delete, or move to a folder URL."""
+        return parse_after_commit(self.after_commit)
 
     @property
     def schedule_spec(self) -> ScheduleSpec | None:

@@ -53,6 +53,8 @@ def _issue(pipeline: str, error: Mapping[str, Any]) -> PipelineIssue:
     else:  # "Input should be a valid string" -> "expected a string, got integer 3"
         expected = error["msg"].replace("Input should be ", "").replace("a valid ", "a ")
         expected = _TOML_WORDS.get(expected, expected)
+        if expected.startswith(("a a", "a e", "a i", "a o", "a u")):  # "an integer"
+            expected = "an" + expected[1:]
         message = f"expected {expected}, got {show_value(error['input'])}"
     return PipelineIssue(pipeline, None if key == "name" else key, message)
 

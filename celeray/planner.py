@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celeray.ledger import batch_id_for
+from celeray.run_bounds import select_for_run
 from celeray.storage import FileInfo
 
 __all__ = ["IN_PLACE_PROTOCOLS", "Batch", "Plan", "needs_staging", "plan_batches"]
@@ -41,6 +42,8 @@ class Plan:
     listed: int = 0
     already_done: int = 0
     changed_after_commit: list[str] = field(default_factory=list)
+    backlog_files: int = 0  # new files left for the next run (max_files/bytes_per_run)
+    backlog_bytes: int = 0
 
     @property
     def files_total(self) -> int:
@@ -59,6 +62,9 @@ def plan_batches(
     done: dict[str, dict[str, Any]],
     batch_bytes: int,
     replays: dict[str, str] | None = None,
+    *,
+    max_files: int | None = None,
+    max_bytes: int | None = None,
 ) -> Plan:
     """Drop the files the ledger holds and group the rest, in listing order, by bytes.
 
@@ -66,7 +72,9 @@ def plan_batches(
     again. One whose size or mtime changed since is reported in ``changed_after_commit``
     and still skipped, so rows are never added twice. A file larger than ``batch_bytes``
     forms a batch of its own. A file in ``replays`` (:meth:`Ledger.replays`) carries
-    its entry as ``replay``, which its batch id takes in.
+    its entry as ``replay``, which its batch id takes in. With ``max_files`` or
+    ``max_bytes`` the run takes only the oldest new files within them
+    (:func:`celeray.run_bounds.select_for_run`) and the plan counts the rest as its backlog.
     """
     plan = Plan(listed=len(listed))
     current: list[dict[str, Any]] = []
@@ -78,6 +86,7 @@ def plan_batches(
             plan.batches.append(Batch(batch_id_for(pipeline, current), current))
         current, current_bytes = [], 0
 
+    new = []
     for f in listed:
         seen = done.get(f.url)
         if seen is not None:
@@ -85,6 +94,10 @@ def plan_batches(
             if "size" in seen and int(seen["size"]) != f.size:
                 plan.changed_after_commit.append(f.url)
             continue
+        new.append(f)
+    selection = select_for_run(new, max_files, max_bytes)
+    plan.backlog_files, plan.backlog_bytes = selection.backlog_files, selection.backlog_bytes
+    for f in selection.taken:
         if current and current_bytes + f.size > batch_bytes:
             close()
         planned = f.to_dict()

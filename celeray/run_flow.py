@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celeray import runs
+from celeray.backlog import Chain
 from celeray.errors import RunFailedError, UnknownPipelineError
 from celeray.messages import BatchMessage
 from celeray.pipelines import Pipeline, current_pipelines, get_pipeline
@@ -43,6 +44,7 @@ class RunFlow:
     store: RunStore
     settings: Settings
     backend: runs.ResultBackend
+    chain: Chain | None = None  # sends the next run when a run ends with a backlog
 
     def pipeline(self, name: str) -> Pipeline:
         """The pipeline called ``name`` in this worker's file (UnknownPipelineError)."""
@@ -108,7 +110,7 @@ class RunFlow:
             return False
         pending = store.pending(run_id)
         if not pending:
-            runs.after_batch(run_id, None, store, self.backend)
+            runs.after_batch(run_id, None, store, self.backend, self.chain)
             return False
         # Without this, the lock of a live run whose batches wait in a long queue would
         # expire and a new run (beat's, the reconciliation's) would supersede it, again and

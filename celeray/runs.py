@@ -17,6 +17,8 @@ import uuid
 from typing import Any, Protocol
 
 from celeray import delta_actions, delta_schema, delta_table, kill_points, storage
+from celeray.archive import after_commit_fields, finish_archives
+from celeray.backlog import Chain, chain_next
 from celeray.batch import ResolvedBatch
 from celeray.errors import LedgerError, LockLostError, RunActiveError, RunFailedError
 from celeray.ledger import Ledger
@@ -126,8 +128,13 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
     if table_format == DELTA:  # entries whose Delta commit a crash left unmade
         repaired["delta_republished"] = delta_table.republish(ledger)
     listed = storage.list_source(pipeline.source)
-    plan = plan_batches(pipeline.name, listed, ledger.done_inputs(), pipeline.batch_bytes,
-                        ledger.replays())  # fmt: skip
+    entries = ledger.entries()
+    done = ledger.done_inputs(entries)
+    if pipeline.archive.action != "keep":  # moves a kill (or an error) left unmade
+        repaired.update(finish_archives(ledger, listed, entries))
+    plan = plan_batches(pipeline.name, listed, done, pipeline.batch_bytes, ledger.replays(),
+                        max_files=pipeline.max_files_per_run,
+                        max_bytes=pipeline.max_bytes_per_run)  # fmt: skip
     jobs = []
     for b in plan.batches:
         message = BatchMessage(
@@ -149,6 +156,8 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
         files_skipped=plan.already_done,
         changed_after_commit=plan.changed_after_commit,
         listed_bytes=plan.bytes_total,
+        backlog_files=plan.backlog_files,
+        backlog_bytes=plan.backlog_bytes,
         sink=pipeline.sink,
         source=pipeline.source,
         ledger_repair=repaired,
@@ -158,6 +167,7 @@ def begin_run(run_id: str, pipeline: Pipeline, store: RunStore, *, trigger: str)
         "jobs": jobs,
         "listed": plan.listed,
         "skipped": plan.already_done,
+        "backlog_files": plan.backlog_files,
     }
 
 
@@ -215,6 +225,7 @@ def commit_result(
             "transform": (result.get("timings") or {}).get("transformed_by"),
             "commit": committed_by,
         },
+        **after_commit_fields(batch.pipeline),
     }
     if batch.is_delta:  # what the Delta commit after the entry adds (celeray.delta_table)
         partition_by = list(batch.pipeline.partition_by)
@@ -281,7 +292,8 @@ def _check_result(batch: ResolvedBatch, result: dict[str, Any]) -> None:
 
 
 def fail_batch(
-    message: BatchMessage, error: str, store: RunStore, backend: ResultBackend | None = None
+    message: BatchMessage, error: str, store: RunStore, backend: ResultBackend | None = None,
+    chain: Chain | None = None,
 ) -> int | None:
     """Count a batch as failed (its inputs stay uncommitted); return batches remaining.
 
@@ -289,7 +301,7 @@ def fail_batch(
     """
     remaining = store.finish_batch(message["run_id"], message["batch_id"], {}, error=error)
     if backend is not None:
-        after_batch(message["run_id"], remaining, store, backend)
+        after_batch(message["run_id"], remaining, store, backend, chain)
     return remaining
 
 
@@ -300,8 +312,12 @@ def publish_progress(run_id: str, store: RunStore, backend: ResultBackend) -> No
         backend.store_result(run_id, progress_of(record), "PROGRESS")
 
 
-def end_run(run_id: str, store: RunStore, backend: ResultBackend) -> None:
-    """End the run (:func:`finalize_run`): its summary, or its failure, goes to ``backend``."""
+def end_run(
+    run_id: str, store: RunStore, backend: ResultBackend, chain: Chain | None = None
+) -> None:
+    """End the run (:func:`finalize_run`): its summary, or its failure, goes to ``backend``;
+    a run that left a backlog sends the next one with ``chain``
+    (:func:`celeray.backlog.chain_next`)."""
     state, summary = finalize_run(run_id, store)
     if state == "SUCCESS":
         backend.store_result(run_id, summary, state)
@@ -313,10 +329,12 @@ def end_run(run_id: str, store: RunStore, backend: ResultBackend) -> None:
         )
         backend.store_result(run_id, exc, state)
     log.info("run %s ended %s: %s", run_id, state, {k: summary[k] for k in ("rows_out",)})
+    chain_next(run_id, store, chain)
 
 
 def after_batch(
-    run_id: str, remaining: int | None, store: RunStore, backend: ResultBackend
+    run_id: str, remaining: int | None, store: RunStore, backend: ResultBackend,
+    chain: Chain | None = None,
 ) -> None:
     """After a batch finished: end the run if it was the last, else show progress.
 
@@ -328,9 +346,9 @@ def after_batch(
     if remaining is None:
         record = store.get(run_id)  # None when Redis lost the run: nothing to end
         if record and not store.pending(run_id) and record.get("state") not in FINAL_STATES:
-            end_run(run_id, store, backend)
+            end_run(run_id, store, backend, chain)
     elif remaining == 0:
-        end_run(run_id, store, backend)
+        end_run(run_id, store, backend, chain)
     else:
         publish_progress(run_id, store, backend)
 
@@ -354,6 +372,8 @@ def summary_of(record: dict[str, Any]) -> dict[str, Any]:
         "status": "failed" if record.get("batches_failed") else "committed",
         "files_listed": int(record.get("files_listed") or 0),
         "files_skipped": int(record.get("files_skipped") or 0),
+        "backlog_files": int(record.get("backlog_files") or 0),
+        "backlog_bytes": int(record.get("backlog_bytes") or 0),
         "changed_after_commit": record.get("changed_after_commit") or [],
         "quarantined": record.get("quarantined", []),
         "errors": record.get("errors", []),

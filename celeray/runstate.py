@@ -280,6 +280,10 @@ class RunStore:
         """Set plain fields of the run record."""
         self.r.hset(self._run_key(run_id), mapping={k: _enc(v) for k, v in fields.items()})
 
+    def claim_field(self, run_id: str, name: str, value: Any) -> bool:
+        """Set field ``name`` of the run record unless it is set; whether this call set it."""
+        return bool(self.r.hsetnx(self._run_key(run_id), name, _enc(value)))
+
     def end(self, run_id: str, pipeline: str | None, **fields: Any) -> None:
         """Set plain fields of the run record (its final state) and drop the pipeline's
         lock if ``run_id`` holds it (no lock when ``pipeline`` is None): one round trip."""

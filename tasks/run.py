@@ -19,6 +19,7 @@ import redis.exceptions
 from celery import Task, chain
 
 from celeray import runs
+from celeray.backlog import sender
 from celeray.batch import ResolvedBatch, resolve
 from celeray.batch_flow import BatchFlow, commits_here
 from celeray.errors import (
@@ -105,13 +106,15 @@ def refused(task: str, task_id: str | None, exc: MessageRefusedError) -> Message
 
 def flow(task: Task) -> BatchFlow:
     """The core's batch flow for a task of this worker: its stores, backend and Ray side."""
-    return BatchFlow(run_store(), get_settings(), app.backend, convert=convert,
-                     hostname=task.request.hostname)  # fmt: skip
+    store = run_store()
+    return BatchFlow(store, get_settings(), app.backend, convert=convert,
+                     hostname=task.request.hostname, chain=sender(app, store))  # fmt: skip
 
 
 def run_flow() -> RunFlow:
     """The core's run flow for this worker: its store, settings and result backend."""
-    return RunFlow(run_store(), get_settings(), app.backend)
+    store = run_store()
+    return RunFlow(store, get_settings(), app.backend, chain=sender(app, store))
 
 
 def _resolve(task: Task, raw: Any) -> ResolvedBatch:

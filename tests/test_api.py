@@ -242,7 +242,7 @@ def test_pipelines_lists_schedule_source_sink_and_last_run(
     assert flights["name"] == "flights" and flights["schedule"] == "*/5 * * * *"
     assert flights["source"] == (tmp_path / "landing/flights").as_uri() + "/*.csv"
     assert flights["sink"] == (tmp_path / "lake/flights").as_uri()
-    assert flights["last_run"] is None
+    assert flights["last_run"] is None and flights["backlog"] is None
     assert weather["schedule"] == 300 and weather["format"] == "jsonl"
     last = weather["last_run"]
     assert (last["run_id"], last["state"], last["rows_out"]) == (run_id, "QUEUED", 0)
@@ -482,6 +482,21 @@ def test_metrics_of_a_finished_run(settings: Settings, client: FlaskClient, auth
     assert 'celeray_last_run_input_bytes{pipeline="flights"} 100.0' in text
     assert 'celeray_last_run_success{pipeline="flights"} 1.0' in text
     assert 'celeray_runs{pipeline="flights",state="SUCCESS"} 1.0' in text
+    assert "celeray_backlog_files{" not in text  # no run listed a backlog
+
+
+def test_backlog_in_metrics_and_pipelines(settings: Settings, client: FlaskClient, auth) -> None:
+    store = RunStore.from_url(settings.effective_state_url, lock_ttl=60, record_ttl=600)
+    store.create("r1", "flights")
+    store.plan("r1", ["b1"], backlog_files=1500, backlog_bytes=15_000)
+    store.create("r2", "flights")  # the next run, sent, not yet listed
+    text = client.get("/metrics", headers=auth).text
+    assert 'celeray_backlog_files{pipeline="flights"} 1500.0' in text
+    assert 'celeray_backlog_bytes{pipeline="flights"} 15000.0' in text
+    flights = client.get("/api/v1/pipelines", headers=auth).json["pipelines"][0]
+    assert flights["backlog"]["files"] == 1500 and flights["backlog"]["run_id"] == "r1"
+    assert flights["last_run"]["run_id"] == "r2"
+    assert (flights["max_files_per_run"], flights["after_commit"]) == (None, "keep")
 
 
 def test_openapi_describes_exactly_the_routes(app: Flask, client: FlaskClient, auth) -> None:

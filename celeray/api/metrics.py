@@ -3,9 +3,10 @@
 All values are gauges read from Redis at scrape time: celeray keeps no counters of its own
 that would survive a restart, and run records expire (``CELERAY_RESULT_EXPIRES``), so
 "totals" would go down. Per pipeline: runs by state among its last :data:`RECENT_RUNS`, and
-the numbers of its last finished run. Per queue: messages waiting (every priority list
-kombu keeps for it) and messages delivered but not yet acknowledged. A part whose Redis is
-down is left out and its ``*_up`` gauge is 0.
+the numbers of its last finished run, and its backlog (files and bytes its newest listing
+left for later runs: ``max_files_per_run``, ``max_bytes_per_run``). Per queue: messages
+waiting (every priority list kombu keeps for it) and messages delivered but not yet
+acknowledged. A part whose Redis is down is left out and its ``*_up`` gauge is 0.
 """
 
 from __future__ import annotations
@@ -101,15 +102,25 @@ def _runs(c: Connections, pipelines: dict[str, Pipeline]) -> list[Metric]:
                    ["pipeline"])  # fmt: skip
     success = _gauge("last_run_success", "1 when the last finished run succeeded",
                      ["pipeline"])  # fmt: skip
+    backlog = {
+        unit: _gauge(f"backlog_{unit}", f"{unit} of new input the newest listing left for "
+                     "later runs (max_files_per_run, max_bytes_per_run)", ["pipeline"])
+        for unit in ("files", "bytes")
+    }
     try:
         c.store.ping()
         for name in pipelines:
             counts = dict.fromkeys(STATES, 0)
             final: dict[str, Any] | None = None
+            listed = False
             for run_id in c.store.recent(name, RECENT_RUNS):
                 record = c.store.get(run_id)
                 if record is None:
                     continue
+                if not listed and "backlog_files" in record:  # the newest listing's
+                    listed = True
+                    for unit, gauge in backlog.items():
+                        gauge.add_metric([name], int(record.get(f"backlog_{unit}") or 0))
                 state = record_state(record)
                 counts[state] = counts.get(state, 0) + 1
                 if final is None and state in FINAL_STATES:
@@ -132,7 +143,7 @@ def _runs(c: Connections, pipelines: dict[str, Pipeline]) -> list[Metric]:
         up.add_metric([], 0)
         return [up]
     up.add_metric([], 1)
-    return [up, runs, *last.values(), seconds, ended, success]
+    return [up, runs, *last.values(), seconds, ended, success, *backlog.values()]
 
 
 def collect(c: Connections) -> list[Metric]:

@@ -1,5 +1,6 @@
-"""``GET /api/v1/pipelines``: each pipeline of the file, its schedule and its last run;
-``GET /api/v1/pipelines/<name>/schema``: its sink's table schema and the schema's history."""
+"""``GET /api/v1/pipelines``: each pipeline of the file, its schedule, its last run and its
+backlog; ``GET /api/v1/pipelines/<name>/schema``: its sink's table schema and the schema's
+history."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from werkzeug.exceptions import NotFound
 from celeray.api._connections import conns
 from celeray.api._runview import load_run
 from celeray.api.runs import PIPELINE_NAME
+from celeray.backlog import backlog_of
 from celeray.pipelines import Pipeline, get_pipeline
 from celeray.schema_log import SchemaLog
 
@@ -19,8 +21,11 @@ __all__ = ["bp", "describe"]
 bp = Blueprint("pipelines", __name__)
 
 
-def describe(pipeline: Pipeline, last_run: dict[str, Any] | None) -> dict[str, Any]:
-    """The public face of one pipeline; ``schedule`` is a cron string, seconds, or null."""
+def describe(
+    pipeline: Pipeline, last_run: dict[str, Any] | None, backlog: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The public face of one pipeline; ``schedule`` is a cron string, seconds, or null;
+    ``backlog`` what its newest listing left (:func:`celeray.backlog.backlog_of`)."""
     schedule = pipeline.schedule
     if isinstance(schedule, float) and schedule.is_integer():
         schedule = int(schedule)
@@ -30,7 +35,11 @@ def describe(pipeline: Pipeline, last_run: dict[str, Any] | None) -> dict[str, A
         "source": pipeline.source,
         "sink": pipeline.sink,
         "format": pipeline.format,
+        "max_files_per_run": pipeline.max_files_per_run,
+        "max_bytes_per_run": pipeline.max_bytes_per_run,
+        "after_commit": pipeline.after_commit,
         "last_run": last_run,
+        "backlog": backlog,
     }
 
 
@@ -46,7 +55,7 @@ def list_pipelines() -> Response:
             if view is not None:
                 last = {k: view[k] for k in ("run_id", "state", "created_at", "finished_at")}
                 last["rows_out"] = view["progress"]["rows_out"]
-        found.append(describe(pipeline, last))
+        found.append(describe(pipeline, last, backlog_of(c.store, name)))
     return jsonify({"pipelines": found})
 
 
