@@ -215,6 +215,8 @@ def test_replay_and_dismiss_from_the_quarantine_page(client: FlaskClient,
     good = client.get(f"/pipelines/flights/files/{quarantine_key(f'{sink}-landing/a.csv')}")
     assert good.status_code == 200 and "committed" in good.text
     assert client.get("/pipelines/flights/runs/r1").status_code == 200  # from the ledger alone
+    live = client.get("/pipelines/flights/runs/r1?part=live")  # what the page's script asks
+    assert live.status_code == 200 and 'data-final="1"' in live.text and "<html" not in live.text
     assert client.get("/pipelines/flights").status_code == 200
     r = client.get("/pipelines/nope")
     assert r.status_code == 404 and r.mimetype == "text/html"

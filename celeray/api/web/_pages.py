@@ -33,6 +33,7 @@ __all__ = [
     "pipeline_detail",
     "pipeline_rows",
     "run_detail",
+    "run_live",
     "throughput_points",
 ]
 
@@ -167,6 +168,17 @@ def _batch(entry: dict[str, Any]) -> dict[str, Any]:
         "workers": entry.get("workers") or {},
         "delta_version": entry.get("delta_version"),
     }
+
+
+def run_live(c: Connections, pipeline: Pipeline, run_id: str) -> dict[str, Any]:
+    """The run page's live part alone (what its script asks for every second): the state
+    store's view, no ledger read. A run the store no longer holds counts as ended."""
+    view = load_run(run_id, c.store, c.client)
+    if view is not None and view.get("pipeline") not in (None, pipeline.name):
+        view = None
+    state = view["state"] if view is not None else "SUCCESS"
+    return {"run_id": run_id, "pipeline": pipeline.name, "view": view, "state": state,
+            "final": view is None or state in FINAL_STATES}  # fmt: skip
 
 
 def run_detail(c: Connections, pipeline: Pipeline, run_id: str) -> dict[str, Any] | None:

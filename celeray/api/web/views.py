@@ -82,6 +82,8 @@ def run(name: str, run_id: str) -> str:
     pipeline = _pipeline(name)
     if not RUN_ID.fullmatch(run_id):
         raise NotFound("no such run")
+    if request.args.get("part") == "live":  # the page's script, every second: no ledger read
+        return render_template("_run_live.html", r=_pages.run_live(conns(), pipeline, run_id))
     detail = _pages.run_detail(conns(), pipeline, run_id)
     if detail is None:
         raise NotFound("no such run: neither the state store (CELERAY_RESULT_EXPIRES) nor the "
