@@ -18,6 +18,7 @@ from celeray.api.web._session import COOKIE, cross_site, csrf_ok, safe_next, ses
 from celeray.api.web._svg import HEIGHT, WIDTH, line_chart
 from celeray.ledger import Ledger, quarantine_key
 from celeray.pipelines import load_pipelines
+from celeray.runstate import RunStore
 from celeray.settings import Settings
 from tests import test_api as base
 from tests.test_quarantine import _bad, commit
@@ -54,6 +55,7 @@ def test_csrf_ok() -> None:
 
 @pytest.mark.parametrize(("target", "kept"), [
     ("/", True), ("/pipelines/flights", True), ("/quarantine?pipeline=a&kind=parse", True),
+    ("/quarantine?glob=*.csv", True),
     ("//evil.example/x", False), ("http://evil.example/", False), ("/\\evil.example", False),
     ("", False), (None, False), ("javascript:alert(1)", False), ("/a\nb", False),
 ])  # fmt: skip
@@ -220,6 +222,23 @@ def test_replay_and_dismiss_from_the_quarantine_page(client: FlaskClient,
     assert client.get("/pipelines/flights").status_code == 200
     r = client.get("/pipelines/nope")
     assert r.status_code == 404 and r.mimetype == "text/html"
+
+
+def test_a_run_page_while_its_batch_is_still_going(client: FlaskClient,
+                                                   settings: Settings) -> None:
+    store = RunStore.from_settings(settings)
+    store.create(base.UUID, "flights", trigger="web")
+    store.plan(base.UUID, ["b1"], files_total=2)
+    store.save_jobs(base.UUID, [{"batch_id": "b1", "files": [{"url": "file:///l/a.csv"},
+                                                             {"url": "file:///l/b.csv"}]}])
+    _login(client, settings)
+    page = client.get(f"/pipelines/flights/runs/{base.UUID}")
+    assert page.status_code == 200, page.text
+    assert "running" in page.text and "a.csv" in page.text and 'data-final="0"' in page.text
+    assert "Undefined" not in page.text
+    live = client.get(f"/pipelines/flights/runs/{base.UUID}?part=live")
+    assert 'id="run-state" class="state PROGRESS"' in live.text
+    assert client.get(f"/pipelines/weather/runs/{base.UUID}").status_code == 404  # not its run
 
 
 def _bearer(settings: Settings) -> dict[str, str]:

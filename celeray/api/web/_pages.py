@@ -199,9 +199,11 @@ def run_detail(c: Connections, pipeline: Pipeline, run_id: str) -> dict[str, Any
             batches.append({
                 "batch_id": batch_id,
                 "state": "running" if batch_id in pending else "not committed",
-                "files": [{"url": f["url"], "key": quarantine_key(f["url"])}
+                "files": [{"url": f["url"], "key": quarantine_key(f["url"]), "rows_in": None}
                           for f in job.get("files", [])],
-                "quarantined": [], "nodes": [], "workers": {},
+                "quarantined": [], "nodes": [], "workers": {}, "committed_at": None,
+                **dict.fromkeys(("rows_in", "rows_out", "bytes_in", "bytes_out", "seconds",
+                                 "units", "delta_version")),
             })  # fmt: skip
     history = next((r for r in run_history(pipeline.sink) if r["run_id"] == run_id), None)
     quarantined = [i for i in Triage(pipeline.sink).items(include_all=True)

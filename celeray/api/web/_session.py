@@ -43,7 +43,7 @@ COOKIE = "celeray_session"
 SESSION_LIFETIME = timedelta(hours=12)  # a working day: long enough not to annoy, then log in again
 _KEY_CONTEXT = b"celeray web session v1"  # domain separation: the key is not the token's hash
 _SAME = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values of our own page, or typed
-_NEXT = re.compile(r"/(?!/)[A-Za-z0-9/_.~%=&?+-]{0,1000}")  # a path of ours, never //host or \
+_NEXT = re.compile(r"/(?!/)[A-Za-z0-9/_.~%=&?+*,-]{0,1000}")  # a path of ours, never //host or \
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # who a decision is recorded as
 
 

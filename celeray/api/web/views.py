@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, render_template, request
+from jinja2 import Undefined
 from werkzeug.exceptions import BadRequest, NotFound
 
 from celeray.api._connections import conns
@@ -38,7 +39,7 @@ def when(t: float | None) -> str:
 @bp.app_template_filter("num")
 def num(value: float | None) -> str:
     """A count with thousands separators; empty for None."""
-    return "" if value is None else f"{value:,}"
+    return "" if value is None or isinstance(value, Undefined) else f"{value:,}"
 
 
 @bp.app_template_filter("basename")
