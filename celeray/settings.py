@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     flower_port: int = Field(
         default=DEFAULT_FLOWER_PORT, description="Flower's port (on 127.0.0.1)"
     )
+    flower_url: str | None = Field(
+        default=None,
+        description="Flower's address as a browser reaches it, for the web pages' links to "
+        "its task and worker pages; unset: `http://127.0.0.1:<flower_port>`",
+    )
     flower_user: str = Field(default=DEFAULT_FLOWER_USER, description="Flower's basic-auth user")
     flower_password: SecretStr | None = Field(
         default=None,
@@ -280,6 +285,9 @@ class Settings(BaseSettings):
                 f"CELERAY_S3_ENDPOINT_URL ({redact_url(self.s3_endpoint_url)}) must be an "
                 "http:// or https:// URL, e.g. https://s3.eu-west-1.amazonaws.com"
             )
+        if self.flower_url and urlsplit(self.flower_url).scheme not in ("http", "https"):
+            raise ValueError(f"CELERAY_FLOWER_URL ({redact_url(self.flower_url)}) must be an "
+                             "http:// or https:// URL")  # fmt: skip
         if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 f"CELERAY_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
@@ -294,6 +302,11 @@ class Settings(BaseSettings):
         if self.visibility_timeout is not None:
             return self.visibility_timeout
         return self.task_time_limit + DEFAULT_VISIBILITY_MARGIN
+
+    @property
+    def flower_link(self) -> str:
+        """The Flower address the web pages link to (no trailing ``/``)."""
+        return (self.flower_url or f"http://127.0.0.1:{self.flower_port}").rstrip("/")
 
     @property
     def effective_state_url(self) -> str:

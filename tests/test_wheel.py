@@ -35,6 +35,9 @@ def test_the_wheel_holds_every_part_the_stack_runs(wheel: zipfile.ZipFile) -> No
     for needed in ("tasks/__init__.py", "ray_jobs/__init__.py", "beat_schedule.py",
                    "celeray/api/openapi.json", "celeray/api/gunicorn_conf.py"):
         assert needed in names, needed
+    templates = ROOT / "celeray" / "api" / "web" / "templates"
+    for page in sorted(templates.glob("*.html")):  # the web pages' every template
+        assert f"celeray/api/web/templates/{page.name}" in names, page.name
 
 
 def test_the_stack_reads_the_conf_from_the_package() -> None:

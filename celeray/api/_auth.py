@@ -10,10 +10,22 @@ from flask import Flask, current_app, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-__all__ = ["check_auth", "given_token", "has_valid_token", "is_public", "public", "set_token"]
+__all__ = [
+    "PAGES",
+    "check_auth",
+    "given_token",
+    "has_valid_token",
+    "is_page",
+    "is_public",
+    "public",
+    "set_token",
+    "token_bytes",
+    "token_matches",
+]
 
 _TOKEN = "celeray.api_token"  # app.extensions key; kept out of app.config, which gets dumped
 _PUBLIC = "_celeray_public"
+PAGES = "web"  # the blueprint of the web pages (celeray.api.web): session cookie, not bearer
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -43,10 +55,27 @@ def given_token() -> str | None:
     return given.strip()
 
 
+def token_matches(given: str) -> bool:
+    """Whether ``given`` is the API token (compared in constant time)."""
+    return hmac.compare_digest(given.encode(), current_app.extensions[_TOKEN])
+
+
+def token_bytes() -> bytes:
+    """The API token of the current app (the web pages derive their session key from it)."""
+    found: bytes = current_app.extensions[_TOKEN]
+    return found
+
+
 def has_valid_token() -> bool:
     """Whether the request carries the right bearer token (compared in constant time)."""
     given = given_token()
-    return given is not None and hmac.compare_digest(given.encode(), current_app.extensions[_TOKEN])
+    return given is not None and token_matches(given)
+
+
+def is_page() -> bool:
+    """Whether the request is for a web page: those check a session cookie of their own
+    (``celeray.api.web``) instead of a bearer token, and redirect to the login page."""
+    return request.blueprint == PAGES
 
 
 def is_public() -> bool:
@@ -60,9 +89,10 @@ def is_public() -> bool:
 def check_auth() -> None:
     """Refuse the request with 401 unless it may pass; a ``before_request`` hook.
 
-    Unknown routes and wrong methods pass through, to be answered 404/405.
+    Unknown routes and wrong methods pass through, to be answered 404/405; the web pages
+    pass through to their own session check (:func:`is_page`).
     """
-    if request.url_rule is None or request.endpoint is None or is_public():
+    if request.url_rule is None or request.endpoint is None or is_public() or is_page():
         return
     if given_token() is None:
         raise _refuse("missing bearer token: send Authorization: Bearer <token>")

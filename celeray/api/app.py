@@ -12,6 +12,11 @@ slash added) build an absolute URL from the request's Host header, which the cli
 chooses. Merging is off, and any redirect the URL map would still give (a route ending in
 ``/`` asked without it) is answered 404 instead, so no URL the API gives is built from the
 Host header.
+
+The web pages (:mod:`celeray.api.web`) are the one exception, on purpose: a browser without
+the session cookie must land on the login page, and after a form's POST on the page it
+changed, so pages answer 303 with a *relative* ``Location`` (a path of ours, never built from
+the Host header nor taken from the client) and their errors as HTML.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
 from celeray import credentials, signing
-from celeray.api import health, metrics, openapi, pipelines, runs, triage
-from celeray.api._auth import check_auth, is_public, set_token
+from celeray.api import health, metrics, openapi, pipelines, runs, triage, web
+from celeray.api._auth import check_auth, is_page, is_public, set_token
 from celeray.api._connections import EXTENSION, Connections
 from celeray.api._errors import register_errors
 from celeray.api._ratelimit import limit_rate
@@ -62,8 +67,8 @@ def _read_body() -> None:
     the server, which drains it within its own deadline, so nobody without the token can
     hold a request open by sending a body slowly.
     """
-    if request.url_rule is None or is_public():
-        return
+    if request.url_rule is None or is_public() or is_page():
+        return  # a page's form is parsed by its view, within MAX_CONTENT_LENGTH all the same
     stream = request.stream
     while stream.read(_CHUNK):
         pass
@@ -121,5 +126,6 @@ def create_app(
     register_errors(app)
     for module in (runs, pipelines, triage, health, metrics, openapi):
         app.register_blueprint(module.bp)
+    web.install(app)
     psutil.cpu_percent(interval=None)  # starts the interval the health check's figure covers
     return app

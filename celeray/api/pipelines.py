@@ -16,7 +16,7 @@ from celeray.backlog import backlog_of
 from celeray.pipelines import Pipeline, get_pipeline
 from celeray.schema_log import SchemaLog
 
-__all__ = ["bp", "describe"]
+__all__ = ["bp", "describe", "last_run"]
 
 bp = Blueprint("pipelines", __name__)
 
@@ -43,6 +43,15 @@ def describe(
     }
 
 
+def last_run(name: str) -> dict[str, Any] | None:
+    """The full view (:func:`celeray.api._runview.view_of`) of ``name``'s most recent run
+    the state store still holds, or None."""
+    c = conns()
+    for run_id in c.store.recent(name, 1):
+        return load_run(run_id, c.store, c.client)
+    return None
+
+
 @bp.get("/api/v1/pipelines")
 def list_pipelines() -> Response:
     """Every pipeline in file order, each with its most recent run (or null)."""
@@ -50,11 +59,10 @@ def list_pipelines() -> Response:
     found = []
     for name, pipeline in c.pipelines().items():
         last = None
-        for run_id in c.store.recent(name, 1):
-            view = load_run(run_id, c.store, c.client)
-            if view is not None:
-                last = {k: view[k] for k in ("run_id", "state", "created_at", "finished_at")}
-                last["rows_out"] = view["progress"]["rows_out"]
+        view = last_run(name)
+        if view is not None:
+            last = {k: view[k] for k in ("run_id", "state", "created_at", "finished_at")}
+            last["rows_out"] = view["progress"]["rows_out"]
         found.append(describe(pipeline, last, backlog_of(c.store, name)))
     return jsonify({"pipelines": found})
 
