@@ -25,14 +25,14 @@ def test_the_scheme_names_the_broker(url: str, kind: str) -> None:
 
 @pytest.mark.parametrize("url", ["sqs://", "pyamqp://h//", "memory://", "127.0.0.1:6379"])
 def test_other_brokers_are_refused_by_name(url: str) -> None:
-    with pytest.raises(ValueError, match="CELERAY_BROKER_URL.*redis://, rediss://, amqp://"):
+    with pytest.raises(ValueError, match=r"CELERAY_BROKER_URL.*redis://, rediss://, amqp://"):
         Settings(broker_url=url)
 
 
 def test_results_and_run_state_stay_on_redis() -> None:
-    with pytest.raises(ValueError, match="CELERAY_RESULT_BACKEND .* must be a redis://"):
+    with pytest.raises(ValueError, match=r"CELERAY_RESULT_BACKEND .* must be a redis://"):
         Settings(broker_url=AMQP, result_backend="rpc://")
-    with pytest.raises(ValueError, match="CELERAY_STATE_URL .*amqp://celeray:\\*\\*\\*@"):
+    with pytest.raises(ValueError, match=r"CELERAY_STATE_URL .*amqp://celeray:\*\*\*@"):
         Settings(broker_url=AMQP, state_url=AMQP)
 
 
