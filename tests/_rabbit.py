@@ -71,14 +71,6 @@ class Vhost:
         ctl("set_permissions", "-p", self.name, USER, ".*", ".*", ".*")
         self.url = amqp_url(self.name)
 
-    def queue_depth(self, queue: str) -> int:
-        """Messages ready in ``queue`` (0 when it does not exist)."""
-        for line in ctl("list_queues", "-p", self.name, "name", "messages_ready").splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == queue:
-                return int(parts[1])
-        return 0
-
     def delete(self) -> None:
         ctl("delete_vhost", self.name)
 
