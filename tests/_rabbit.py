@@ -5,7 +5,7 @@ The machine's RabbitMQ (``CELERAY_TEST_RABBITMQ_HOST``/``_PORT``, default 127.0.
 user ``CELERAY_TEST_RABBITMQ_USER``/``_PASSWORD``, default guest/guest) is never restarted
 or reconfigured: each test stack makes a vhost of its own with ``rabbitmqctl``
 (``CELERAY_TEST_RABBITMQCTL``, e.g. ``docker exec rabbitmq rabbitmqctl`` where the broker is
-a container), gives the user rights on it, and deletes it (and all in it) when done.
+a container), and a user with a random password, and deletes both (and all in the vhost) when done.
 """
 
 from __future__ import annotations
@@ -63,16 +63,22 @@ def amqp_url(vhost: str, *, host: str = HOST, port: int = PORT, user: str = USER
 
 
 class Vhost:
-    """A vhost of a test's own on the machine's RabbitMQ, deleted by :meth:`delete`."""
+    """A vhost of a test's own on the machine's RabbitMQ, and a user of its own with a
+    random password (so a test can look for the password in every log), both deleted by
+    :meth:`delete`."""
 
     def __init__(self, prefix: str = "celeray-test") -> None:
-        self.name = f"{prefix}-{secrets.token_hex(4)}"
+        suffix = secrets.token_hex(4)
+        self.name = f"{prefix}-{suffix}"
+        self.user, self.password = f"{prefix}-{suffix}", f"pw{secrets.token_hex(12)}"
         ctl("add_vhost", self.name)
-        ctl("set_permissions", "-p", self.name, USER, ".*", ".*", ".*")
-        self.url = amqp_url(self.name)
+        ctl("add_user", self.user, self.password)
+        ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        self.url = amqp_url(self.name, user=self.user, password=self.password)
 
     def delete(self) -> None:
         ctl("delete_vhost", self.name)
+        ctl("delete_user", self.user)
 
 
 class RabbitNode:

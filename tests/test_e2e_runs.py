@@ -337,3 +337,23 @@ def test_watchdog_resends_batches_whose_messages_were_lost(
     assert result.state == "SUCCESS", result.result
     _assert_sink_matches(sink, files)
     assert "silent for" in stack.io.proc.log.read_text()
+
+
+def test_the_rabbitmq_password_is_in_no_log_or_output(rabbit_stack: Stack, flights_df,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """The broker URL holds a password (of a user made for the session's vhost): after runs,
+    a watchdog, kills and beat, no log of the stack and no CLI output holds it."""
+    stack = rabbit_stack
+    password = stack.vhost.password  # type: ignore[attr-defined]
+    landing, sink = tmp_path / "landing", tmp_path / "lake"
+    write_landing(flights_df.iloc[:5_000], landing, 1)
+    _pipeline(stack, "masked", landing, sink)
+    outputs = [stack.celeray("run", "masked", "--wait"), stack.celeray("runs", "masked"),
+               stack.celeray("status")]  # fmt: skip
+    assert outputs[0].returncode == 0, outputs[0].stdout + outputs[0].stderr
+    for out in outputs:
+        assert password not in out.stdout + out.stderr
+    logs = [p for p in stack.root.rglob("*") if p.is_file() and p.suffix in (".log", ".txt", "")]
+    assert any(p.name.startswith("worker-") for p in logs)
+    leaked = [str(p) for p in logs if password in p.read_text(errors="replace")]
+    assert leaked == []
