@@ -34,7 +34,7 @@ from celeray.pipelines import Pipeline
 from celeray.planner import needs_staging
 from celeray.run_flow import RunFlow
 from celeray.settings import get_settings
-from tasks._ray import convert
+from tasks._ray import convert, ensure_ray
 from tasks.app import app, run_store
 
 __all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch", "watch_run"]
@@ -106,7 +106,7 @@ def refused(task: str, task_id: str | None, exc: MessageRefusedError) -> Message
 def flow(task: Task) -> BatchFlow:
     """The core's batch flow for a task of this worker: its stores, backend and Ray side."""
     return BatchFlow(run_store(), get_settings(), app.backend, convert=convert,
-                     hostname=task.request.hostname)  # fmt: skip
+                     connect=ensure_ray, hostname=task.request.hostname)  # fmt: skip
 
 
 def run_flow() -> RunFlow:
