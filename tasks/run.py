@@ -170,7 +170,7 @@ def dispatch(message: BatchMessage | dict[str, Any], pipeline: Pipeline) -> None
     ``commit_batch``).
 
     The chain's shape is all that is decided here; each task checks the message itself
-    when it arrives (a resent one comes from Redis), so it is not resolved here too.
+    when it arrives (a resent one comes from the broker), so it is not resolved here too.
     """
     tail = [] if commits_here(pipeline.sink) else [commit_batch.s()]
     if any(needs_staging(str(f.get("url"))) for f in message.get("files") or []):
@@ -199,7 +199,8 @@ def watch_run(self: Task, run_id: str) -> None:
     :func:`watch_interval` seconds: when no batch of the run has progressed for a whole
     visibility timeout (longer than any task may run), the pending batches are sent
     again; batch ids, output names and the once-only finish make a duplicate harmless.
-    It stops when the run has ended.
+    It stops when the run has ended. On RabbitMQ, which loses no message this way, it
+    stays on: as harmless, and a purged or dropped message is still sent again.
     """
     try:
         parse_run_id(run_id)
