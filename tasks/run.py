@@ -230,7 +230,11 @@ def transform_batch(self: Task, message: Any) -> dict[str, Any]:
         return flow(self).transform(batch, retried=bool(self.request.retries),
                                     defer=commit_batch.apply_async)  # fmt: skip
     except BatchBusyError as exc:  # not a failure: it waits until the other start ends
-        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS, max_retries=None) from None
+        # Task.retry reads max_retries=None as the task's own limit (RETRY's 5: 25 s), not
+        # as none; one more than done so far never runs out. Seen on RabbitMQ with a 40 s
+        # time limit: a start waiting out a lease (held up to the time limit) failed.
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS,
+                         max_retries=self.request.retries + 1) from None
 
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, throws=REFUSALS, **RETRY)
