@@ -54,9 +54,12 @@ class BenchStack:
         self._token: str | None = None
 
     @classmethod
-    def start(cls, root: Path, redis_port: int = REDIS_PORT, data: Path = DATA) -> BenchStack:
+    def start(cls, root: Path, redis_port: int = REDIS_PORT, data: Path = DATA,
+              broker_url: str | None = None) -> BenchStack:
         """``celeray up`` in ``root/home`` with the bench's Redis databases and free ports;
-        ``data`` (the data sets and the runs' sinks) is one of its local roots."""
+        ``data`` (the data sets and the runs' sinks) is one of its local roots.
+        ``broker_url``: another broker than Redis db 9 (a RabbitMQ ``amqp://`` URL; its
+        vhost should be the bench's alone); results stay in Redis db 10."""
         import redis
 
         for db in (BROKER_DB, BACKEND_DB):
@@ -68,7 +71,7 @@ class BenchStack:
             "CELERAY_PIPELINES": str(root / "pipelines.toml"),
             # the data sets and their outputs live beside the bench, not in the stack's root
             "CELERAY_LOCAL_ROOTS": os.pathsep.join([str(root), str(data)]),
-            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{redis_port}/{BROKER_DB}",
+            "CELERAY_BROKER_URL": broker_url or f"redis://{REDIS_HOST}:{redis_port}/{BROKER_DB}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{redis_port}/{BACKEND_DB}",
             "CELERAY_RAY_PORT": str(listen_port()),
             "CELERAY_API_PORT": str(listen_port()),

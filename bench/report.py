@@ -159,6 +159,8 @@ def print_overhead(console: Console, overhead: dict[str, Any]) -> None:
     """Per-run and per-batch overhead of the tiny runs with each sink format, their
     breakdown, and the Delta sink's cost over the Parquet sink per run and per batch."""
     names = {"parquet": "Parquet sink", "delta": "Delta sink"}
+    if overhead.get("broker"):
+        console.print(f"broker: {overhead['broker']}")
     for table_format, name in names.items():
         one = overhead[table_format]
         parts = one["breakdown_median"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import time
@@ -68,6 +69,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-port", type=int, default=REDIS_PORT,
                    help="port of the Redis on 127.0.0.1 whose databases 9 and 10 the "
                    "started stack uses (flushed first)")
+    p.add_argument("--broker-url", help="the started stack's broker instead of Redis db 9: "
+                   "e.g. a RabbitMQ amqp://user:password@host:5672/vhost (a vhost of the "
+                   "bench's own); results stay on Redis. Read from CELERAY_BENCH_BROKER_URL "
+                   "when unset, so the password need not be on the command line")
+    p.add_argument("--overhead-only", action="store_true",
+                   help="measure the per-run and per-batch overhead only, no jobs (to "
+                   "compare brokers)")
     return p.parse_args(argv)
 
 
@@ -205,6 +213,15 @@ def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engin
     return rows
 
 
+def _broker_of(stack: BenchStack) -> str:
+    """The stack's broker kind, and its URL without a password."""
+    from celeray.broker import broker_kind
+    from celeray.settings import redact_url
+
+    url = stack.env.get("CELERAY_BROKER_URL", "")
+    return f"{broker_kind(url)} ({redact_url(url)})"
+
+
 def _installed(engines: list[str], console: Console) -> list[str]:
     """``engines`` less the peers whose library is not installed (said once, not failed)."""
     import importlib.util
@@ -240,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     load_start = report.load()
     console.print(f"load at start: {load_start}")
-    sets = ensure_sets(sets_chosen, scale=scale, data=data_root, say=console.print)
+    sets = {} if args.overhead_only else ensure_sets(sets_chosen, scale=scale, data=data_root,
+                                                      say=console.print)  # fmt: skip
     tiny = ensure_tiny(data_root)
     out = data_root / "out" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -251,14 +269,19 @@ def main(argv: list[str] | None = None) -> int:
             stack = BenchStack.attach(args.home)
         else:
             root = temp_root()
+            broker = args.broker_url or os.environ.get("CELERAY_BENCH_BROKER_URL")
             with console.status("celeray up (Redis dbs 9, 10; free ports) ..."):
-                stack = BenchStack.start(root, redis_port=args.redis_port, data=data_root)
+                stack = BenchStack.start(root, redis_port=args.redis_port, data=data_root,
+                                         broker_url=broker)  # fmt: skip
         try:
-            console.print("per-run overhead:")
+            console.print(f"per-run overhead (broker: {_broker_of(stack)}):")
             overhead = _overhead(stack, pipelines, overhead_runs, console)
-            console.print("jobs:")
-            rows = _measure(stack, sets, jobs, engines, repeat, pipelines, out, console,
-                            smoke=args.smoke)
+            overhead["broker"] = _broker_of(stack)
+            rows: list[dict[str, Any]] = []
+            if not args.overhead_only:
+                console.print("jobs:")
+                rows = _measure(stack, sets, jobs, engines, repeat, pipelines, out, console,
+                                smoke=args.smoke)
         finally:
             with console.status("celeray down ..."):
                 stack.close()
@@ -269,12 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
     load_end = report.load()
-    report.print_table(console, rows)
-    report.print_profile(console, rows)
+    found: list[dict[str, Any]] = []
+    memory: dict[str, Any] = {}
+    checks: Any = None
+    if rows:
+        report.print_table(console, rows)
+        report.print_profile(console, rows)
     report.print_overhead(console, overhead)
-    found = targets.print_leads(console, rows)
-    memory = targets.print_memory(console, rows)
-    checks = targets.print_targets(console, found, memory, overhead)
+    if rows:
+        found = targets.print_leads(console, rows)
+        memory = targets.print_memory(console, rows)
+        checks = targets.print_targets(console, found, memory, overhead)
     console.print(f"load at start: {load_start}\nload at end:   {load_end}")
     if args.smoke:
         console.print("smoke run: a check that every part of the bench works; its figures "

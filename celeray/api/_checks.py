@@ -14,11 +14,13 @@ from urllib.parse import unquote, urlsplit
 
 import psutil
 
-from celeray.api._connections import Connections
+from celeray.api._connections import PING_TIMEOUT, Connections
+from celeray.broker import amqp_queue_depths, is_amqp
 from celeray.celeryconfig import IO_QUEUE, RAY_QUEUE, TASK_NAMES
 from celeray.errors import PipelineFileError
 
-__all__ = ["INSPECT_TIMEOUT", "RAY_WAIT", "ping", "pipelines", "ray", "system", "workers"]
+__all__ = ["INSPECT_TIMEOUT", "RAY_WAIT", "broker", "ping", "pipelines", "ray", "system",
+           "workers"]
 
 INSPECT_TIMEOUT = 1.0  # seconds workers get to answer a broadcast; a live one needs ms
 RAY_WAIT = 5.0  # seconds to wait for tasks.ray_status
@@ -36,6 +38,19 @@ def ping(c: Connections, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         c.quick_redis(url).ping()
+    except Exception as exc:
+        return _failed(exc)
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def broker(c: Connections) -> dict[str, Any]:
+    """PING a Redis broker, or open (and close) a connection to a RabbitMQ one."""
+    url = c.settings.broker_url
+    if not is_amqp(url):
+        return ping(c, url)
+    started = time.perf_counter()
+    try:
+        amqp_queue_depths(c.settings, (), timeout=PING_TIMEOUT)
     except Exception as exc:
         return _failed(exc)
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}

@@ -1,6 +1,7 @@
 """The API process's connections, made once on first use and kept on the Flask app.
 
-Every connection gets short timeouts: a request must answer (503) while Redis is down, not
+Every connection gets short timeouts: a request must answer (503) while Redis (or a
+RabbitMQ broker) is down, not
 hang until the WSGI server kills its worker. Nothing here connects at import or in
 ``create_app``, so a forking server forks before any socket exists.
 
@@ -19,6 +20,7 @@ from typing import Any
 import redis
 from flask import current_app
 
+from celeray.broker import is_amqp
 from celeray.celeryconfig import make_client
 from celeray.pipelines import Pipeline, current_pipelines
 from celeray.redis_tls import redis_client
@@ -82,9 +84,12 @@ class Connections:
                 if self._client is None:
                     client = make_client(self.settings)
                     transport = dict(client.conf.broker_transport_options or {})
-                    transport.update(
-                        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
-                    )
+                    if is_amqp(self.settings.broker_url):  # py-amqp's names for the same
+                        transport.update(read_timeout=SOCKET_TIMEOUT,
+                                         write_timeout=SOCKET_TIMEOUT)  # fmt: skip
+                    else:
+                        transport.update(socket_connect_timeout=CONNECT_TIMEOUT,
+                                         socket_timeout=SOCKET_TIMEOUT)  # fmt: skip
                     client.conf.update(_CLIENT_CONF, broker_transport_options=transport)
                     self._client = client
         return self._client

@@ -3,7 +3,8 @@
 Without a valid token the answer says only ``ok`` overall and per part: worker host names,
 paths, addresses and error messages are internals, shown to token holders alone.
 
-Parts: ``broker``, ``backend``, ``state_store`` (Redis pings), ``pipelines`` (the file is
+Parts: ``broker`` (a Redis ping, or a RabbitMQ connection), ``backend``, ``state_store``
+(Redis pings), ``pipelines`` (the file is
 valid), ``workers`` (someone consumes ``io`` and ``ray``), ``ray`` (asked through the ``ray``
 worker) and ``system`` (psutil). The pings and the file check run side by side with the
 worker broadcast; Ray is asked last, and only when a ``ray`` worker exists, so the answer
@@ -99,7 +100,7 @@ def health_report(c: Connections, *, details: bool = False) -> dict[str, Any]:
             "pipelines": pool.submit(_checks.pipelines, c, details=details),
             "system": pool.submit(_checks.system, c),
         }
-        broker = _checks.ping(c, s.broker_url)
+        broker = _checks.broker(c)
         if broker["ok"]:
             workers = _checks.workers(c)
         else:

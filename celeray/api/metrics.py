@@ -1,12 +1,15 @@
 """``GET /metrics``: Prometheus text exposition, built fresh on every scrape.
 
-All values are gauges read from Redis at scrape time: celeray keeps no counters of its own
-that would survive a restart, and run records expire (``CELERAY_RESULT_EXPIRES``), so
-"totals" would go down. Per pipeline: runs by state among its last :data:`RECENT_RUNS`, and
-the numbers of its last finished run, and its backlog (files and bytes its newest listing
-left for later runs: ``max_files_per_run``, ``max_bytes_per_run``). Per queue: messages
-waiting (every priority list kombu keeps for it) and messages delivered but not yet
-acknowledged. A part whose Redis is down is left out and its ``*_up`` gauge is 0.
+All values are gauges read at scrape time from Redis (and a RabbitMQ broker): celeray keeps
+no counters of its own that would survive a restart, and run records expire
+(``CELERAY_RESULT_EXPIRES``), so "totals" would go down. Per pipeline: runs by state among
+its last :data:`RECENT_RUNS`, the numbers of its last finished run, and its backlog (files
+and bytes its newest listing left for later runs: ``max_files_per_run``,
+``max_bytes_per_run``). Per queue: messages waiting (on Redis every priority list kombu
+keeps for it; on RabbitMQ the ready messages a passive queue declare counts) and, on Redis,
+messages delivered but not yet acknowledged (AMQP does not tell those: RabbitMQ's
+management API and Prometheus plugin do). A part that is down is left out and its ``*_up``
+gauge is 0.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from kombu.transport.redis import Channel as RedisChannel
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from celeray.api._connections import Connections, conns
+from celeray.api._connections import PING_TIMEOUT, Connections, conns
 from celeray.api._runview import record_state
+from celeray.broker import amqp_queue_depths, is_amqp
 from celeray.celeryconfig import IO_QUEUE, RAY_QUEUE
 from celeray.errors import PipelineFileError
 from celeray.pipelines import Pipeline
@@ -61,8 +65,25 @@ def _queue_keys(c: Connections, queue: str) -> list[str]:
     return [prefix + (f"{queue}{sep}{pri}" if pri else queue) for pri in steps]
 
 
+def _amqp_broker(c: Connections) -> list[Metric]:
+    up = _gauge("broker_up", "1 when the broker answered this scrape")
+    length = _gauge("queue_length", "messages waiting in the queue", ["queue"])
+    try:
+        depths = amqp_queue_depths(c.settings, (IO_QUEUE, RAY_QUEUE), timeout=PING_TIMEOUT)
+    except Exception as exc:
+        log.warning("metrics: broker unreachable: %s: %s", type(exc).__name__, exc)
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    for queue, depth in depths.items():
+        length.add_metric([queue], depth)
+    return [up, length]
+
+
 def _broker(c: Connections) -> list[Metric]:
-    up = _gauge("broker_up", "1 when the broker's Redis answered this scrape")
+    if is_amqp(c.settings.broker_url):
+        return _amqp_broker(c)
+    up = _gauge("broker_up", "1 when the broker answered this scrape")
     length = _gauge("queue_length", "messages waiting in the queue", ["queue"])
     unacked = _gauge("unacked_messages", "messages delivered to workers, not yet acknowledged")
     try:

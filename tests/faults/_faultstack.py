@@ -1,5 +1,9 @@
 """The stack the fault suite breaks: `celeray up` under supervisord, on a Redis of its own.
 
+With ``CELERAY_TEST_FAULT_BROKER=amqp`` the broker is RabbitMQ instead (a vhost of the
+suite's own on the machine's RabbitMQ, deleted at the end); the Redis keeps the results
+and run state.
+
 Redis here is a private ``redis-server`` (no persistence) on a free port, started by the
 suite, so the suite may kill it and bring it back empty without touching anyone else's.
 Everything else is the real stack as users run it: supervisord with the Ray head, the io
@@ -90,6 +94,13 @@ class FaultStack:
         self.pipelines_file.write_text("")
         self._pipelines: dict[str, str] = {}
         self.redis = RedisServer(root, free_port())
+        # CELERAY_TEST_FAULT_BROKER=amqp: the broker is a vhost of the suite's own on the
+        # machine's RabbitMQ (tests/_rabbit.py); results and run state stay on the Redis.
+        self.vhost = None
+        if os.environ.get("CELERAY_TEST_FAULT_BROKER", "redis") == "amqp":
+            from tests import _rabbit
+
+            self.vhost = _rabbit.Vhost("celeray-faults")
         # The test-only kill points (celeray.kill_points): inert until a trial writes the file.
         self.kill_file = root / "kill-point"
         redis_url = f"redis://127.0.0.1:{self.redis.port}"
@@ -100,7 +111,7 @@ class FaultStack:
                 # Every test's landing and sink lie in its own folder beside the stack's.
                 "CELERAY_LOCAL_ROOTS": str(root.parent),
                 "CELERAY_PIPELINES": str(self.pipelines_file),
-                "CELERAY_BROKER_URL": f"{redis_url}/0",
+                "CELERAY_BROKER_URL": self.vhost.url if self.vhost else f"{redis_url}/0",
                 "CELERAY_RESULT_BACKEND": f"{redis_url}/1",
                 "CELERAY_RAY_PORT": str(free_port()),
                 "CELERAY_API_PORT": str(free_port()),
@@ -218,6 +229,9 @@ class FaultStack:
         if (self.home / "supervisord.pid").exists():
             self.celeray("down", timeout=300)
         self.redis.stop()
+        if self.vhost is not None:
+            self.vhost.delete()
+            self.vhost = None
 
 
 def _cmdline(p: psutil.Process) -> str:
