@@ -59,13 +59,20 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ledger_nodes(sink: Path) -> dict[str, int]:
+def _ledger_timings(sink: Path) -> dict[str, Any]:
+    """Units and Ray seconds by node, the batches' fan-out seconds (``transform_s``), from
+    the sink's ledger entries."""
     units: dict[str, int] = {}
+    busy: dict[str, float] = {}
+    transform = 0.0
     for entry in (sink / "_celeray" / "ledger").glob("*.json"):
-        for node, seen in (json.loads(entry.read_text())["timings"] or {}).get(
-                "nodes", {}).items():
+        timings = json.loads(entry.read_text())["timings"] or {}
+        transform += float(timings.get("transform_s") or 0.0)
+        for node, seen in timings.get("nodes", {}).items():
             units[node] = units.get(node, 0) + seen["units"]
-    return units
+            busy[node] = round(busy.get(node, 0.0) + float(seen.get("seconds") or 0.0), 3)
+    return {"units_by_node": units, "seconds_by_node": busy,
+            "transform_s": round(transform, 3)}
 
 
 def _run(stack: Any, name: str, data: DataSet, out: Path) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def _run(stack: Any, name: str, data: DataSet, out: Path) -> dict[str, Any]:
     run_id = done.stdout.split("run ", 1)[1].split()[0]
     summary = dict(stack.client.AsyncResult(run_id).result)
     return {"pipeline": name, "seconds": summary["seconds"], "rows_in": summary["rows_in"],
-            "bytes_in": summary["bytes_in"], "units_by_node": _ledger_nodes(sink)}
+            "bytes_in": summary["bytes_in"], **_ledger_timings(sink)}
 
 
 def _measure(nodes: int, data: DataSet, tiny: DataSet, repeat: int, root: Path,
@@ -100,8 +107,10 @@ def _measure(nodes: int, data: DataSet, tiny: DataSet, repeat: int, root: Path,
         runs = []
         for i in range(repeat):
             runs.append(_run(stack, f"scale-{i}", data, folder / "out"))
-            say(f"  run {i}: {runs[-1]['seconds']:.2f} s, units by node "
-                f"{sorted(runs[-1]['units_by_node'].values(), reverse=True)}")
+            run = runs[-1]
+            say(f"  run {i}: {run['seconds']:.2f} s (Ray fan-out {run['transform_s']:.2f} s), "
+                f"units by node {sorted(run['units_by_node'].values(), reverse=True)}, "
+                f"their seconds {sorted(run['seconds_by_node'].values(), reverse=True)}")
     finally:
         stack.stop()
     seconds = statistics.median(r["seconds"] for r in runs)

@@ -81,11 +81,14 @@ def convert_batch(
 
 
 def nodes_of(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Ray node id -> its host and how many of the batch's units ran there."""
+    """Ray node id -> its host, how many of the batch's units ran there and their
+    ``seconds`` (summed; against the batch's ``transform_s`` it shows a node's idle time)."""
     nodes: dict[str, dict[str, Any]] = {}
     for r in results:
         if r.get("node"):
-            seen = nodes.setdefault(r["node"], {"host": r.get("host"), "units": 0})
+            seen = nodes.setdefault(r["node"], {"host": r.get("host"), "units": 0,
+                                                "seconds": 0.0})  # fmt: skip
             seen["units"] += 1
+            seen["seconds"] = round(seen["seconds"] + float(r.get("seconds") or 0.0), 4)
     return nodes
 

@@ -264,7 +264,14 @@ class _UnitRun:
     def _add_small(
         self, index: int, file: dict[str, Any], table: pa.Table, conformer: Conformer
     ) -> None:
-        if self.group:
+        if self.group and self.group_schema is not None and table.schema.equals(
+            self.group_schema, check_metadata=True
+        ):  # the usual case, without unify_schemas' ~0.4 ms a file
+            unified = self.group_schema
+            if self.group_bytes + table.nbytes > GROUP_BYTES:
+                self._flush_group()
+                unified = table.schema
+        elif self.group:
             try:
                 unified = pa.unify_schemas(
                     [self.group_schema, table.schema], promote_options="permissive"

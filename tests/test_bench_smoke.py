@@ -96,3 +96,7 @@ def test_scale_smoke(tmp_path: Path) -> None:
     assert [r["nodes"] for r in doc["results"]] == [1, 2]
     assert all(sum(run["units_by_node"].values()) >= 1 for r in doc["results"]
                for run in r["runs"])
+    # each node's Ray seconds beside the batches' fan-out seconds: where a node idled
+    assert all(set(run["seconds_by_node"]) == set(run["units_by_node"])
+               and run["transform_s"] > 0 for r in doc["results"] for run in r["runs"])
+    assert re.search(r"run 0: [\d.]+ s \(Ray fan-out [\d.]+ s\)", out), out

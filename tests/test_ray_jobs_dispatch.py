@@ -282,7 +282,22 @@ def test_a_large_compressed_file_runs_as_ranges_on_every_cpu(
         max_in_flight=4, min_free_memory=0.0, deadline=None,
     )  # fmt: skip
     assert result["timings"]["units"] == 2 and result["quarantined"] == []
+    nodes = result["timings"]["nodes"]  # one local node ran both, their seconds summed
+    assert [n["units"] for n in nodes.values()] == [2]
+    assert sum(n["seconds"] for n in nodes.values()) == pytest.approx(
+        result["timings"]["units_s"], abs=1e-3)
     assert result["files"] == [{"url": url, "rows_in": 200_000, "bytes_in": size}]
     got = pa.concat_tables(pq.read_table(tmp_path / "out" / o["path"]) for o in result["outputs"])
     whole = pacsv.read_csv(io.BytesIO(text.encode()))
     assert got.sort_by("k").to_pylist() == whole.sort_by("k").to_pylist()
+
+
+def test_nodes_of_counts_units_and_sums_seconds_per_node() -> None:
+    from ray_jobs.convert import nodes_of
+
+    results = [{"node": "a", "host": "h1", "seconds": 0.5},
+               {"node": "b", "host": "h2", "seconds": 0.25},
+               {"node": "a", "host": "h1", "seconds": 1.0},
+               {"seconds": 2.0}]  # a poison quarantine: ran nowhere  # fmt: skip
+    assert nodes_of(results) == {"a": {"host": "h1", "units": 2, "seconds": 1.5},
+                                 "b": {"host": "h2", "units": 1, "seconds": 0.25}}  # fmt: skip

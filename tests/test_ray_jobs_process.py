@@ -198,6 +198,21 @@ def test_incompatible_small_files_are_written_as_separate_groups(landing: Landin
     assert result["rows_out"] == 150
 
 
+def test_small_files_of_one_schema_share_groups_up_to_the_group_size(
+    landing: Landing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [landing.file(f"f{i}.csv", csv_of(rows(100 * i, 100))) for i in range(5)]
+    one = pa.Table.from_pylist(rows(0, 100)).nbytes
+    monkeypatch.setattr(process, "GROUP_BYTES", 2 * one + one // 2)  # two files a group
+    result = process_unit(make_plan(schema=None), landing.unit(files))
+    names = sorted({Path(o["path"]).name.rsplit("-", 1)[0] for o in result["outputs"]})
+    prefix = unit_prefix("b-42", 3, files)
+    assert names == [f"{prefix}-s0", f"{prefix}-s1", f"{prefix}-s2"]
+    assert [f["rows_in"] for f in result["files"]] == [100] * 5
+    assert sorted(landing.table().column("dep_delay").to_pylist()) == sorted(
+        r["dep_delay"] for r in rows(0, 500))
+
+
 def test_large_file_bad_midway_is_quarantined_and_its_outputs_removed(
     landing: Landing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
