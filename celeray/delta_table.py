@@ -283,7 +283,11 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCo
     table = open_table(sink)
     if table is None:
         if _create(sink, schema, entry, partition_by, _delta_actions(actions, now_ms)):
-            return DeltaCommit(0, True)
+            # Not always version 0: delta-rs retries a create that lost version 0 to another
+            # batch's create as the next version, so the version is looked up by its txn.
+            table = open_table(sink)
+            stop = table.version() if table is not None else 0
+            return DeltaCommit(_find_version(sink, batch_id, 0, stop), True)
         table = open_table(sink)
     for _ in range(COMMIT_TRIES):
         if _committed(table, batch_id):

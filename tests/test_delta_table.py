@@ -232,6 +232,33 @@ def test_concurrent_publishers_of_one_batch_commit_once(sink: str) -> None:
     assert _delta_rows(sink) == [0, 1, 2, 3, 4, 100]
 
 
+def test_batches_creating_the_table_at_once_each_record_their_own_version(sink: str) -> None:
+    """Two batches find no table and create it at once: delta-rs commits the loser's create
+    as version 1, so each batch's version is the one holding its app transaction."""
+    entries = [_batch(sink, f"c{i}", _rows(2, start=10 * i)) for i in range(3)]
+    schema = SchemaLog(sink).current().table  # type: ignore[union-attr]
+    start = threading.Barrier(len(entries))
+    made: dict[str, Any] = {}
+
+    def go(entry: dict[str, Any]) -> None:
+        start.wait()
+        made[entry["batch_id"]] = delta_table.commit_entry(sink, entry, schema)
+
+    threads = [threading.Thread(target=go, args=(e,)) for e in entries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    versions = {b: c.version for b, c in made.items()}
+    assert sorted(versions.values()) == [0, 1, 2], versions
+    table = delta_table.open_table(sink)
+    for batch_id, version in versions.items():
+        assert delta_table._find_version(sink, batch_id, version, version) == version
+        ids = pa.table(delta_table.open_table(sink, version).to_pyarrow_table())["id"]
+        assert 10 * int(batch_id[1]) in ids.to_pylist()
+    assert _delta_rows(sink) == [0, 1, 10, 11, 20, 21] and table.version() == 2
+
+
 def test_new_columns_join_the_delta_schema(sink: str) -> None:
     ledger = Ledger(sink)
     delta_table.publish(ledger, _batch(sink, "b1", _rows(2)))
