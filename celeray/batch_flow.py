@@ -111,6 +111,7 @@ class BatchFlow:
     # a head that is still coming back; on Redis the visibility timeout hid this.
     connect: Callable[[], None] | None = None
     hostname: str | None = None  # the Celery worker's node name, for the ledger entry
+    task_id: str | None = None  # the Celery task's id, for the ledger entry (Flower's page)
     chain: Chain | None = None  # sends the next run when a run ends with a backlog
 
     def stage(self, batch: ResolvedBatch) -> BatchMessage:
@@ -280,6 +281,7 @@ class BatchFlow:
             "transform_s": round(time.perf_counter() - started, 4),
             **result.get("timings", {}),
             "transformed_by": self.hostname,
+            "transform_task": self.task_id,
         }
         return result
 
@@ -303,7 +305,8 @@ class BatchFlow:
         """The ledger entry, the count, the inputs archived (``after_commit``), and the run
         ended if this was its last batch."""
         fresh, remaining = runs.commit_result(batch, result, self.store,
-                                              committed_by=self.hostname)  # fmt: skip
+                                              committed_by=self.hostname,
+                                              commit_task=self.task_id)  # fmt: skip
         if batch.pipeline.archive.action != "keep":  # only now: the batch is committed
             self._archive(batch)
         runs.after_batch(batch.run_id, remaining, self.store, self.backend, self.chain)

@@ -182,13 +182,14 @@ def _check_fence(store: RunStore, batch: ResolvedBatch) -> None:
 
 def commit_result(
     batch: ResolvedBatch, result: dict[str, Any], store: RunStore, *,
-    committed_by: str | None = None,
+    committed_by: str | None = None, commit_task: str | None = None,
 ) -> tuple[bool, int | None]:
     """Write the batch's ledger entry and count it; return (newly committed, remaining).
 
     ``committed_by`` (the Celery worker's node name) goes into the entry's ``workers``
-    beside ``transformed_by`` from the result's timings. Refuses with LockLostError when a
-    newer run holds the lock (the fencing check).
+    beside ``transformed_by`` from the result's timings, and ``commit_task`` (the Celery
+    task id) into its ``tasks`` beside ``transform_task``: the batch's task pages in
+    Flower. Refuses with LockLostError when a newer run holds the lock (the fencing check).
     ``remaining`` is None when this batch was already counted (a redelivered commit).
     """
     _check_fence(store, batch)
@@ -224,6 +225,10 @@ def commit_result(
         "workers": {
             "transform": (result.get("timings") or {}).get("transformed_by"),
             "commit": committed_by,
+        },
+        "tasks": {
+            "transform": (result.get("timings") or {}).get("transform_task"),
+            "commit": commit_task,
         },
         **after_commit_fields(batch.pipeline),
     }

@@ -108,7 +108,8 @@ def flow(task: Task) -> BatchFlow:
     """The core's batch flow for a task of this worker: its stores, backend and Ray side."""
     store = run_store()
     return BatchFlow(store, get_settings(), app.backend, convert=convert, connect=ensure_ray,
-                     hostname=task.request.hostname, chain=sender(app, store))  # fmt: skip
+                     hostname=task.request.hostname, task_id=task.request.id,
+                     chain=sender(app, store))  # fmt: skip
 
 
 def run_flow() -> RunFlow:

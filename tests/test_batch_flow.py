@@ -87,15 +87,17 @@ def test_a_local_batch_is_converted_once_committed_and_ends_its_run(
     settings: Settings, store: RunStore
 ) -> None:
     batch, backend, convert = _batch(settings, store), Backend(), Converter()
-    flow = BatchFlow(store, settings, backend, convert=convert, hostname="ray@h")
+    flow = BatchFlow(store, settings, backend, convert=convert, hostname="ray@h",
+                     task_id="t-1")
     out = flow.transform(batch, retried=False, defer=_never)
     assert out == {"batch_id": batch.batch_id, "committed": True, "files": 1,
                    "quarantined": 0, "rows_out": 0}  # fmt: skip
     assert convert.calls == 1
     [entry] = Ledger(batch.sink).entries()
     assert entry["workers"] == {"transform": "ray@h", "commit": "ray@h"}
+    assert entry["tasks"] == {"transform": "t-1", "commit": "t-1"}  # Flower's task pages
     assert set(entry["timings"]) == {"transform_s", "units_s", "units", "nodes",
-                                     "transformed_by"}  # fmt: skip
+                                     "transformed_by", "transform_task"}  # fmt: skip
     assert [(i, s) for i, _, s in backend.stored] == [(RUN, "SUCCESS")]
     # the lease was given back: another start may claim the batch
     assert store.claim_batch(batch.name, batch.batch_id, "next", 60) is None

@@ -154,6 +154,9 @@ def test_a_run_from_trigger_to_replay(
     reason = row.locator(".reason").inner_text()
     assert reason.strip(), "a quarantined file shows its reason"
     expect(page.locator("#batches")).to_contain_text("good1.csv")
+    # Each committed batch links to its transform's and its commit's task pages in Flower.
+    expect(page.locator("#batches a.task").first).to_have_attribute(
+        "href", re.compile(r"/task/[0-9a-f]{8}-[0-9a-f-]{27}$"))
     page.screenshot(path=str(shots / "run.png"), full_page=True)
 
     page.click(f'table.quarantine tr[data-key="{key}"] a.url')

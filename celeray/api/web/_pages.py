@@ -167,6 +167,7 @@ def _batch(entry: dict[str, Any]) -> dict[str, Any]:
         "units": timings.get("units"),
         "nodes": sorted({str(n.get("host") or node_id) for node_id, n in nodes.items()}),
         "workers": entry.get("workers") or {},
+        "tasks": entry.get("tasks") or {},
         "delta_version": entry.get("delta_version"),
     }
 
@@ -202,7 +203,8 @@ def run_detail(c: Connections, pipeline: Pipeline, run_id: str) -> dict[str, Any
                 "state": "running" if batch_id in pending else "not committed",
                 "files": [{"url": f["url"], "key": quarantine_key(f["url"]), "rows_in": None}
                           for f in job.get("files", [])],
-                "quarantined": [], "nodes": [], "workers": {}, "committed_at": None,
+                "quarantined": [], "nodes": [], "workers": {}, "tasks": {},
+                "committed_at": None,
                 **dict.fromkeys(("rows_in", "rows_out", "bytes_in", "bytes_out", "seconds",
                                  "units", "delta_version")),
             })  # fmt: skip
