@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,19 @@ def test_the_rate_limit_holds_across_gunicorn_workers(server: tuple[int, str]) -
     assert codes[:30] == [200] * 30, codes
     # The window slides: a second or two later, one more request may fit.
     assert codes.count(429) >= 9, codes
+
+
+def test_an_s3_sink_is_read_by_the_served_api(tmp_path: Path, s3: Any) -> None:
+    """A pipeline whose sink is on S3: its quarantine, files and the pages read it through
+    the gevent worker (fsspec's loop thread made before gevent's patch)."""
+    prefix = f"served-{uuid.uuid4().hex[:8]}"
+    with api_server(tmp_path, s3.env) as api:
+        (tmp_path / "pipelines.toml").write_text(
+            f'[pipelines.ons3]\nsource = "s3://landing/{prefix}/*.csv"\n'
+            f'sink = "s3://lake/{prefix}/out"\n'
+        )
+        auth = {"Authorization": f"Bearer {api.token}"}
+        for path in ("/api/v1/pipelines/ons3/quarantine", "/api/v1/pipelines/ons3/files",
+                     "/api/v1/pipelines/ons3/runs"):  # fmt: skip
+            status, body = _get(api.port, path, auth)
+            assert status == 200, (path, body[:300])

@@ -62,4 +62,11 @@ class JsonErrorGeventWorker(GeventWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error
+        # fsspec's async file systems (s3fs) run their calls on an event loop of fsspec's
+        # own thread. Made after gevent patches threading, that thread is a greenlet of this
+        # one, and every S3 call from a request fails ("Calling sync() from within a running
+        # loop"). Made here, before the patch, it is a real thread; requests wait for it.
+        import fsspec.asyn
+
+        fsspec.asyn.get_loop()
         super().init_process()

@@ -8,6 +8,7 @@ comes from the same core call they make (:mod:`celeray.file_history`,
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import tomllib
@@ -37,6 +38,8 @@ __all__ = [
     "run_live",
     "throughput_points",
 ]
+
+log = logging.getLogger(__name__)
 
 HISTORY_RUNS = 50  # runs on a pipeline's page and in its chart: a screenful, a readable chart
 
@@ -86,9 +89,20 @@ def pipeline_rows(c: Connections) -> list[dict[str, Any]]:
             "running": holder,
             "next_run_at": next_run_at(pipeline, now),
             "last": _last_counts(view),
-            "quarantined": len(Triage(pipeline.sink).items()),
+            "quarantined": _quarantined(pipeline),
         })  # fmt: skip
     return rows
+
+
+def _quarantined(pipeline: Pipeline) -> int | None:
+    """How many of the pipeline's inputs are in quarantine; None (shown as unknown) when its
+    sink cannot be read now: one unreachable sink does not take the overview down."""
+    try:
+        return len(Triage(pipeline.sink).items())
+    except Exception as exc:
+        log.warning("pipeline %s: its sink's quarantine could not be read: %s: %s",
+                    pipeline.name, type(exc).__name__, exc)  # fmt: skip
+        return None
 
 
 def throughput_points(runs: list[dict[str, Any]], busy: dict[str, float]) -> list[tuple[float,
