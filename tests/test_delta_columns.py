@@ -58,6 +58,26 @@ def _state(**over: Any) -> TableState:
 # -- pure logic ---------------------------------------------------------------------------
 
 
+def _commit_at_once(sink: str, entries: list[dict[str, Any]]) -> list[Any]:
+    """Commit each entry from a thread of its own, all at once: each result, or the
+    exception it raised (collected, so an assertion shows it)."""
+    results: list[Any] = []
+
+    def go(entry: dict[str, Any]) -> None:
+        schema = SchemaLog(sink).at(int(entry["schema_version"])).table  # type: ignore[union-attr]
+        try:
+            results.append(delta_table.commit_entry(sink, entry, schema))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=go, args=(e,)) for e in entries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_paths_are_encoded_as_delta_rs_encodes_them() -> None:
     assert delta_log.encode_path("year=2013/part-b1-a0.parquet") == "year=2013/part-b1-a0.parquet"
     # seen in a log delta-rs 1.6.6 wrote for the path "p=q%2Fr s/new file%.parquet"
@@ -172,20 +192,7 @@ def test_concurrent_batches_adding_different_columns_all_land(sink: str) -> None
         _batch(sink, f"c{i}", _rows(2, start=10 * i, **({f"col{i}": [i, i]} if i % 3 else {})))
         for i in range(1, 7)
     ]  # batches 3 and 6 bring no column: delta-rs commits them, racing ours
-    results: list[Any] = []
-
-    def go(entry: dict[str, Any]) -> None:
-        schema = SchemaLog(sink).at(int(entry["schema_version"])).table  # type: ignore[union-attr]
-        try:
-            results.append(delta_table.commit_entry(sink, entry, schema))
-        except Exception as exc:  # collected: the assertion below shows it
-            results.append(exc)
-
-    threads = [threading.Thread(target=go, args=(e,)) for e in entries]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _commit_at_once(sink, entries)
     assert all(isinstance(r, delta_table.DeltaCommit) and r.fresh for r in results), results
     table = delta_table.open_table(sink)
     assert table.version() == 6  # one version per batch, none for columns
@@ -319,20 +326,7 @@ def test_column_adding_commits_on_s3(s3: Any) -> None:
     delta_table.publish(ledger, _batch(sink, "b0", _rows(1, start=100)))
     entries = [_batch(sink, f"c{i}", _rows(2, start=10 * i, **{f"col{i}": [i, i]}))
                for i in (1, 2)]  # fmt: skip
-    results: list[Any] = []
-
-    def go(entry: dict[str, Any]) -> None:
-        schema = SchemaLog(sink).at(int(entry["schema_version"])).table  # type: ignore[union-attr]
-        try:
-            results.append(delta_table.commit_entry(sink, entry, schema))
-        except Exception as exc:  # collected: the assertion below shows it
-            results.append(exc)
-
-    threads = [threading.Thread(target=go, args=(e,)) for e in entries]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _commit_at_once(sink, entries)
     assert sorted(r.version for r in results) == [1, 2], results
     table = delta_table.open_table(sink)
     assert {"col1", "col2"} <= set(pa.schema(table.schema().to_arrow()).names)
