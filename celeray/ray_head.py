@@ -54,6 +54,10 @@ RAYLET_START_TIMEOUT = 90.0
 # s: ray start's own drain of its processes (its SIGTERM handler); below supervisor's
 # stopwaitsecs (45) for ray-head, so the wrapper's own KILL of leftovers comes first
 STOP_GRACE = 35.0
+# s: the same after the raylet died: a head without its raylet serves nobody, and ray start
+# heeds SIGTERM only when its --block loop next wakes (up to ~15 s later), to stop the very
+# processes the group KILL stops; supervisor starts the head again this much sooner
+RAYLET_GONE_GRACE = 5.0
 EXIT_RAYLET_GONE = 3  # the raylet died while ray start lived on (or never appeared)
 _PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
 
@@ -85,7 +89,8 @@ def _die_with_parent() -> None:
 
 
 def _say(message: str) -> None:
-    print(f"celeray ray-head: {message}", file=sys.stderr, flush=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} celeray ray-head: {message}", file=sys.stderr, flush=True)
 
 
 def _find_raylet(ray_start: psutil.Process, exe: Path) -> psutil.Process | None:
@@ -183,6 +188,6 @@ def _run(ray_args: list[str], env: dict[str, str]) -> int:
             code = EXIT_RAYLET_GONE
             break
         time.sleep(CHECK_INTERVAL)
-    _stop_group(child, STOP_GRACE)
+    _stop_group(child, RAYLET_GONE_GRACE)
     _say(f"the Ray head's process group is stopped; exiting {code}")
     return code
