@@ -22,6 +22,8 @@ import socket
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
+from celeray.api import _gevent_io
+
 __all__ = ["MAX_ECHO", "JsonErrorGeventWorker", "error_message", "write_json_error"]
 
 MAX_ECHO = 200  # characters of gunicorn's message kept: it may quote what the client sent
@@ -62,11 +64,9 @@ class JsonErrorGeventWorker(GeventWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error
-        # fsspec's async file systems (s3fs) run their calls on an event loop of fsspec's
-        # own thread. Made after gevent patches threading, that thread is a greenlet of this
-        # one, and every S3 call from a request fails ("Calling sync() from within a running
-        # loop"). Made here, before the patch, it is a real thread; requests wait for it.
-        import fsspec.asyn
+        self._io_loop = _gevent_io.native_loop()  # before the patch: see _gevent_io
+        super().init_process()  # patch(), then serve
 
-        fsspec.asyn.get_loop()
-        super().init_process()
+    def patch(self) -> None:
+        super().patch()
+        _gevent_io.hand_loop_to_fsspec(self._io_loop)
