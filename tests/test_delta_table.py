@@ -313,7 +313,7 @@ def test_delta_on_s3(s3: Any) -> None:
 
 
 def test_the_demo_tells_how_to_read_the_table() -> None:
-    from celeray.cli import reading_hints
+    from celeray.cli_stack import reading_hints
 
     hints = reading_hints("/srv/lake/flights", 7)
     text = "\n".join(hints)
