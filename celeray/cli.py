@@ -186,7 +186,7 @@ def _follow(client: Any, store: Any, run_id: str, timeout: float | None) -> int:
         return 0
     err.print(f"[red]run {run_id} {state}[/red]: {result.result}", highlight=False)
     if record:
-        from celeray.runs import summary_of
+        from celeray.run_record import summary_of
 
         print_summary(summary_of(record))
     return EXIT_FAILED
@@ -196,7 +196,7 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     """List recent runs, newest first, from the run records; with a pipeline's name, its
     runs' history from its sink's ledger (which outlives the run records)."""
     from celeray.pipelines import load_pipelines
-    from celeray.runs import summary_of
+    from celeray.run_record import summary_of
 
     pipelines = load_pipelines(settings.pipelines, **settings.pipeline_rules())
     names = [args.name] if args.name else sorted(pipelines)

@@ -24,7 +24,7 @@ def _kept(s: dict[str, Any]) -> str:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    """A run summary (``celeray.runs.summary_of``) as a table, then what it quarantined,
+    """A run summary (``celeray.run_record.summary_of``) as a table, then what it quarantined,
     what failed and what it did to the table schema."""
     table = Table(title=f"run {s.get('run_id')} of {s.get('pipeline')}", show_header=False)
     table.add_column(style="bold")

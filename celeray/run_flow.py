@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celeray import runs
+from celeray import run_record, runs
 from celeray.backlog import Chain
 from celeray.errors import RunFailedError, UnknownPipelineError
 from celeray.messages import BatchMessage
@@ -98,7 +98,7 @@ class RunFlow:
         """
         store = self.store
         record = store.get(run_id)
-        if not record or record.get("state") in runs.FINAL_STATES:
+        if not record or record.get("state") in run_record.FINAL_STATES:
             return False
         name = str(record.get("pipeline"))
         newer = store.superseded(name, run_id)

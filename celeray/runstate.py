@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from celeray import _runstate_lua as _lua
+
 if TYPE_CHECKING:
     from celeray.settings import Settings
 
@@ -40,108 +42,6 @@ COUNTERS = (  # the summed fields of a run record
     "values_rescued",
 )
 
-# Keep the lock if it is ours; take it if it is free and no newer run ever took it (the
-# pipeline's "latest" key names the last run that acquired it); refuse otherwise. A run
-# superseded by a newer one can never take the lock back, while the current run (whose
-# lock merely expired, or whose Redis restarted empty) can.
-# KEYS: lock, latest. ARGV: run id, lock ttl ms, latest ttl s.
-_HOLDS = """
-local function holds()
-  local v = redis.call('GET', KEYS[1])
-  if v == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 1
-  elseif not v then
-    local latest = redis.call('GET', KEYS[2])
-    if (not latest) or latest == ARGV[1] then
-      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-      redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
-      return 1
-    end
-  end
-  return 0
-end
-"""
-_HOLD = _HOLDS + "return holds()\n"
-# Count one more start of a batch's transform; return the earlier starts that died. With
-# a run id, only when that run holds the lock (renewed, as _HOLD; else -1 and nothing is
-# counted), and a field of the run record is set unless set before: the fencing check, the
-# attempt and the run's first-unit time in one round trip.
-# KEYS: lock, latest, run, attempts. ARGV: run id or "", lock ttl ms, latest ttl s,
-# field or "", time, batch id, attempts ttl s.
-_BEGIN_ATTEMPT = _HOLDS + """
-if ARGV[1] ~= '' then
-  if holds() == 0 then
-    return -1
-  end
-  if ARGV[4] ~= '' then
-    redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5])
-  end
-end
-local started = redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':started', 1)
-local ended = tonumber(redis.call('HGET', KEYS[4], ARGV[6] .. ':ended') or '0')
-redis.call('EXPIRE', KEYS[4], ARGV[7])
-return started - 1 - ended
-"""
-# A new run: take the lock if it is free (or already ours) and become the latest run.
-_ACQUIRE = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-elseif not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# End a run in one step: set fields of its record, drop the lock if the run holds it.
-# KEYS: run, lock (absent: no lock to drop). ARGV: run id, then field/value pairs.
-_END = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
-end
-return 1
-"""
-# Finish a batch exactly once, in one step: take it off the pending set and add its counts,
-# so a worker killed in between can neither lose the counts nor add them twice; then mark
-# the run's progress time and renew its keys' lifetime. Returns the batches still pending,
-# or -1 when the batch was finished before (a redelivered task: nothing is changed).
-# KEYS: pending, run, progress, quarantined, errors, then every key of the run record (to
-# renew). ARGV: batch id, "done" field, error record or "", progress time, record ttl s,
-# number of counters n, n name/value pairs, then quarantine records.
-_FINISH = """
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then
-  return -1
-end
-local n = tonumber(ARGV[6])
-for i = 0, n - 1 do
-  redis.call('HINCRBY', KEYS[2], ARGV[7 + 2 * i], ARGV[8 + 2 * i])
-end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-redis.call('HDEL', KEYS[3], ARGV[1])
-if ARGV[3] ~= '' then
-  redis.call('RPUSH', KEYS[5], ARGV[3])
-end
-for i = 7 + 2 * n, #ARGV do
-  redis.call('RPUSH', KEYS[4], ARGV[i])
-end
-redis.call('HSET', KEYS[2], 'progress_at', ARGV[4])
-for i = 6, #KEYS do
-  redis.call('EXPIRE', KEYS[i], ARGV[5])
-end
-return redis.call('SCARD', KEYS[1])
-"""
-
-
 class RunStore:
     """Locks and records of runs in one Redis database."""
 
@@ -149,12 +49,12 @@ class RunStore:
         self.r = client
         self.lock_ttl_ms = lock_ttl * 1000
         self.record_ttl = record_ttl
-        self._hold = client.register_script(_HOLD)
-        self._begin_attempt = client.register_script(_BEGIN_ATTEMPT)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._finish = client.register_script(_FINISH)
-        self._end = client.register_script(_END)
+        self._hold = client.register_script(_lua.HOLD)
+        self._begin_attempt = client.register_script(_lua.BEGIN_ATTEMPT)
+        self._acquire = client.register_script(_lua.ACQUIRE)
+        self._release = client.register_script(_lua.RELEASE)
+        self._finish = client.register_script(_lua.FINISH)
+        self._end = client.register_script(_lua.END)
 
     @classmethod
     def from_url(cls, url: str, *, lock_ttl: int, record_ttl: int, **options: Any) -> RunStore:

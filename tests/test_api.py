@@ -30,7 +30,7 @@ from celeray.api._ratelimit import KEY_PREFIX
 from celeray.api._runview import view_of
 from celeray.celeryconfig import make_client
 from celeray.errors import RunFailedError
-from celeray.runs import progress_of
+from celeray.run_record import progress_of
 from celeray.runstate import RunStore
 from celeray.settings import Settings
 from tests._stack import REDIS_HOST, REDIS_PORT, free_port, signing_env

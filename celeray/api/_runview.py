@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celeray.celeryconfig import TASK_NAMES
-from celeray.runs import FINAL_STATES, progress_of, summary_of
+from celeray.run_record import FINAL_STATES, progress_of, summary_of
 from celeray.runstate import RunStore
 
 __all__ = ["PROGRESS_KEYS", "load_run", "record_state", "view_of"]

@@ -30,7 +30,7 @@ from celeray.broker import amqp_queue_depths, is_amqp
 from celeray.celeryconfig import IO_QUEUE, RAY_QUEUE
 from celeray.errors import PipelineFileError
 from celeray.pipelines import Pipeline
-from celeray.runs import FINAL_STATES
+from celeray.run_record import FINAL_STATES
 
 __all__ = ["RECENT_RUNS", "bp", "collect"]
 

@@ -25,7 +25,7 @@ from celeray.file_history import file_history, ledger_entries, run_history
 from celeray.ledger import quarantine_key
 from celeray.pipelines import Pipeline
 from celeray.quarantine import Triage
-from celeray.runs import FINAL_STATES
+from celeray.run_record import FINAL_STATES
 from celeray.schema_log import SchemaLog
 
 __all__ = [
