@@ -63,6 +63,8 @@ elseif not v then
 end
 return 0
 """
+# Delete a lock only while it holds this owner's value (RunStore's and maintenance's).
+# KEYS: lock. ARGV: owner.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])

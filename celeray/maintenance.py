@@ -37,6 +37,7 @@ from typing import Any, Literal
 import redis
 
 from celeray import delta_table, storage
+from celeray._runstate_lua import RELEASE
 from celeray.compaction import CompactionLog, compaction_id_for, output_path, plan_groups
 from celeray.errors import LedgerError, LockLostError, MaintenanceBusyError
 from celeray.ledger import Ledger
@@ -62,12 +63,6 @@ TableFormat = Literal["delta", "parquet"]
 # ``out_url``, in order, with the pipeline's codec and level; one call per group, all at once.
 Rewrite = Callable[[list[tuple[list[str], str]]], list[dict[str, Any]]]
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -108,7 +103,7 @@ class MaintenanceLock:
     def __init__(self, client: redis.Redis, *, ttl: float) -> None:
         self.r = client
         self.ttl_ms = max(1000, int(ttl * 1000))
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE)
         self._renew = client.register_script(_RENEW)
 
     @staticmethod
