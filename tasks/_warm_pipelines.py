@@ -1,0 +1,55 @@
+"""Each worker process reads the pipeline file once before its first task.
+
+A run's first step in a process validates the pipeline file, and a pipeline with ``sql``
+has it parsed by DuckDB's parser: the first time in a process that imports DuckDB and
+opens its first database, which is most of a run's start. Doing it when the process is
+ready moves that off the first run's clock (per process cost in ``bench/RESULTS.md``).
+
+Nothing is imported that the file does not need: a file without ``sql`` never imports
+DuckDB here. A missing or broken file is left for the run, which says what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready
+
+from celeray.pipelines import current_pipelines
+from celeray.settings import get_settings
+
+__all__: list[str] = []
+
+log = logging.getLogger(__name__)
+
+
+def read_pipeline_file() -> int:
+    """Read and validate the server's pipeline file into this process's cache; how many
+    pipelines it holds, or -1 when it cannot be read now (the run that needs it says why)."""
+    settings = get_settings()
+    try:
+        return len(current_pipelines(settings.pipelines, **settings.pipeline_rules()))
+    except Exception as exc:  # a read ahead never stops a worker; the run reports it
+        log.info("pipeline file not read ahead of the first run (pid %d): %s", os.getpid(), exc)
+        return -1
+
+
+@worker_process_init.connect
+def _in_each_pool_child(**_: Any) -> None:
+    """Prefork children (the ``io`` worker): each reads the file once, after the fork."""
+    read_pipeline_file()
+
+
+@worker_ready.connect
+def _in_a_threads_worker(sender: Any = None, **_: Any) -> None:
+    """A threads (or solo) pool runs tasks in the main process: read the file there, on a
+    thread of its own so the worker starts consuming at once.
+
+    A prefork parent is left alone: DuckDB is not imported into a process that forks.
+    """
+    pool = type(getattr(sender, "pool", None)).__module__
+    if not pool.endswith(".prefork"):
+        threading.Thread(target=read_pipeline_file, name="read-pipelines", daemon=True).start()
