@@ -80,11 +80,14 @@ def _published_state(message: dict[str, Any]) -> str | None:
         return None
 
 
-def run_pipeline(stack: BenchStack, name: str, sink: Path) -> dict[str, Any]:
+def run_pipeline(stack: BenchStack, name: str, sink: Path, keep_sink: bool = False
+                 ) -> dict[str, Any]:
     """Trigger ``name``, wait for SUCCESS; return seconds, rows, bytes, peak and breakdown.
 
-    The sink is measured (Parquet bytes, ledger entries) and then removed.
+    The sink is measured (its bytes; the ledger entries this run wrote) and then removed,
+    unless ``keep_sink`` (a pipeline's later runs add to it).
     """
+    before = _entry_files(sink)
     with TreeSampler(stack.supervisord_pid, include_root=False) as sampler:
         t0 = time.time()
         run_id = _trigger(stack, name)
@@ -97,7 +100,7 @@ def run_pipeline(stack: BenchStack, name: str, sink: Path) -> dict[str, Any]:
     seconds = float(finished) - t0 if finished else polled
     result = doc["result"]
     try:
-        ledger = _ledger(sink)
+        ledger = _ledger(sink, before)
         out = {
             "run_id": run_id,
             "seconds": seconds,
@@ -114,12 +117,18 @@ def run_pipeline(stack: BenchStack, name: str, sink: Path) -> dict[str, Any]:
             "breakdown": breakdown(stack, run_id, t0, int(ledger["entries"])),
         }
     finally:
-        shutil.rmtree(sink, ignore_errors=True)
+        if not keep_sink:
+            shutil.rmtree(sink, ignore_errors=True)
     return out
 
 
-def _ledger(sink: Path) -> dict[str, Any]:
-    entries = [json.loads(p.read_text()) for p in (sink / "_celeray" / "ledger").glob("*.json")]
+def _entry_files(sink: Path) -> set[Path]:
+    return set((sink / "_celeray" / "ledger").glob("*.json"))
+
+
+def _ledger(sink: Path, before: set[Path]) -> dict[str, Any]:
+    """The ledger entries written since ``before`` (the files there when the run began)."""
+    entries = [json.loads(p.read_text()) for p in sorted(_entry_files(sink) - before)]
     return {
         "entries": len(entries),
         "outputs": sum(len(e.get("outputs", [])) for e in entries),

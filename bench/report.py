@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.datasets import DataSet
+from bench.overhead import KINDS
 
 __all__ = ["add_ratios", "derive", "failed_row", "fmt", "load", "machine", "print_overhead",
            "print_profile", "print_table"]
@@ -156,38 +157,40 @@ def print_profile(console: Console, rows: list[dict[str, Any]]) -> None:
 
 
 def print_overhead(console: Console, overhead: dict[str, Any]) -> None:
-    """Per-run and per-batch overhead of the tiny runs with each sink format, their
-    breakdown, and the Delta sink's cost over the Parquet sink per run and per batch."""
+    """Per-run and per-batch overhead of the 1-row runs, for each kind (a new sink's first
+    run, a pipeline's later runs) and sink format, their breakdown, and the Delta sink's
+    cost over the Parquet sink per run and per batch."""
     names = {"parquet": "Parquet sink", "delta": "Delta sink"}
     if overhead.get("broker"):
         console.print(f"broker: {overhead['broker']}")
-    for table_format, name in names.items():
-        one = overhead[table_format]
-        parts = one["breakdown_median"]
+    for kind, said in KINDS.items():
+        console.print(f"[bold]{said}[/]:")
+        for table_format, name in names.items():
+            one = overhead[kind][table_format]
+            parts = one["breakdown_median"]
+            console.print(
+                f"  per-run overhead ({name}, 1-row CSV, trigger -> SUCCESS, median of "
+                f"{len(one['runs'])}): [bold]{one['per_run_ms']:.0f} ms[/]  "
+                f"(first, cold run: {one['cold_ms']:.0f} ms)"
+            )
+            console.print(
+                "    made of (ms, Flower task events): "
+                + ", ".join(f"{k} {v * 1000:.0f}" for k, v in parts.items() if v is not None)
+            )
+            console.print(
+                f"  per-batch overhead ({name}; the run's one batch, first task sent -> "
+                f"its commit done, Ray work of one row included): "
+                f"[bold]{fmt(one['per_batch_ms'], 0)} ms[/]  of which the Ray task's own work "
+                f"(ledger's timings.units_s): {fmt(one.get('per_batch_work_ms'), 1)} ms"
+            )
+        cost = overhead["delta_cost"][kind]
         console.print(
-            f"per-run overhead ({name}, 1-row CSV, trigger -> SUCCESS, median of "
-            f"{len(one['runs'])}): [bold]{one['per_run_ms']:.0f} ms[/]  "
-            f"(first, cold run: {one['cold_ms']:.0f} ms)"
+            f"  Delta sink's cost over a Parquet sink: per run [bold]"
+            f"{_signed(cost['per_run_ms'])} ms[/], per batch [bold]"
+            f"{_signed(cost['per_batch_ms'])} ms[/]"
         )
-        console.print(
-            "  made of (ms, Flower task events): "
-            + ", ".join(f"{k} {v * 1000:.0f}" for k, v in parts.items() if v is not None)
-        )
-        console.print(
-            f"per-batch overhead ({name}; the tiny run's one batch, first task sent -> "
-            "its commit done, Ray work of one row included): "
-            f"[bold]{fmt(one['per_batch_ms'], 0)} ms[/]"
-        )
-        console.print(
-            "  of which the Ray task's own work (read, write one row; from the ledger's "
-            f"timings.units_s): {fmt(one.get('per_batch_work_ms'), 1)} ms"
-        )
-    cost = overhead["delta_cost"]
-    console.print(
-        f"Delta sink's cost over a Parquet sink: per run [bold]{_signed(cost['per_run_ms'])} "
-        f"ms[/], per batch [bold]{_signed(cost['per_batch_ms'])} ms[/]  (throughput runs: "
-        f"{names[overhead['throughput_table_format']]}s, the default for a new sink)"
-    )
+    console.print(f"(throughput runs: {names[overhead['throughput_table_format']]}s, the "
+                  "default for a new sink)")
 
 
 def _signed(value: float | None) -> str:

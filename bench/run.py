@@ -1,7 +1,8 @@
 """``python -m bench``: make the data, run every job through celeray and its peers, report.
 
-Order: data sets; the stack (started, or ``--home``); one warm-up run; the per-run overhead
-runs over a 1-row CSV, alternately into a Parquet sink and a Delta one; then for each set
+Order: data sets; the stack (started, or ``--home``); the per-run overhead runs over 1-row
+CSVs, alternately into a Parquet sink and a Delta one, each first into new sinks and then
+as a pipeline's later runs (:mod:`bench.overhead`); then for each set
 (its files read once first, so every engine finds them in the page cache) and job, celeray
 and then each peer, one after another, never two at a time. Each celeray run is a pipeline
 of its own with a fresh sink (a second run of a pipeline would commit nothing); each peer
@@ -16,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ from bench.celeray_stack import REDIS_PORT, BenchStack, temp_root
 from bench.datasets import DATA, SETS, DataSet, ensure_sets, ensure_tiny
 from bench.isolated import PeerFailedError, run_isolated
 from bench.jobs import JOBS, SQL
+from bench.overhead import measure as measure_overhead
+from bench.overhead import pipelines as overhead_pipelines
 from bench.peers import ENGINES
 
 __all__ = ["main"]
@@ -39,11 +41,6 @@ SMOKE_RAYDATA = ("32-jsonl", "sql")  # --smoke: Ray Data's one pair (~20 s for i
 QUICK_SETS = ("one-csv", "32-zst", "small-csv")
 OVERHEAD_RUNS = 15  # tiny runs, ~0.5 s each: enough that one load spike hardly moves the median
 SMOKE_OVERHEAD_RUNS = 2  # --smoke: the code path, not a median
-# The overhead runs measure both sink formats (issue 16's targets hold "with a Delta sink as
-# with a Parquet sink"); the throughput runs name none, so their new sinks are Delta tables,
-# the default for new pipelines (celeray.table_format).
-OVERHEAD_FORMATS = ("parquet", "delta")
-THROUGHPUT_FORMAT = "delta"
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,12 +105,7 @@ def _warm_cache(data: DataSet) -> None:
 
 def _pipelines(sets: dict[str, DataSet], jobs: list[str], repeat: int, tiny: DataSet,
                out: Path, overhead_runs: int) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for table_format in OVERHEAD_FORMATS:
-        for i in ["warm", *map(str, range(overhead_runs))]:
-            name = f"b-tiny-{table_format}-{i}"
-            found[name] = {"source": tiny.source_url, "sink": (out / name).as_uri(),
-                           "table_format": table_format}  # fmt: skip
+    found = overhead_pipelines(tiny, out, overhead_runs)
     for data in sets.values():
         for job in jobs:
             for rep in range(repeat):
@@ -133,52 +125,6 @@ def _run(stack: BenchStack, pipelines: dict[str, dict[str, Any]], name: str) -> 
     """
     stack.write_pipelines({name: pipelines[name]})
     return run_pipeline(stack, name, Path(pipelines[name]["sink"].removeprefix("file://")))
-
-
-def _overhead(stack: BenchStack, pipelines: dict[str, dict[str, Any]], runs_wanted: int,
-              console: Console) -> dict[str, Any]:
-    """The per-run and per-batch overhead with a Parquet sink and with a Delta sink, and the
-    Delta sink's cost over the Parquet one (``delta_cost``: ms per run and per batch).
-
-    The tiny runs of the two formats alternate (parquet 0, delta 0, parquet 1, ...), so a
-    load spike on the machine falls on both alike; each format has its own cold run first.
-    """
-    cold = {f: _run(stack, pipelines, f"b-tiny-{f}-warm") for f in OVERHEAD_FORMATS}
-    runs: dict[str, list[dict[str, Any]]] = {f: [] for f in OVERHEAD_FORMATS}
-    for i in range(runs_wanted):
-        for f in OVERHEAD_FORMATS:
-            runs[f].append(_run(stack, pipelines, f"b-tiny-{f}-{i}"))
-            console.print(f"  tiny run {i} ({f} sink): {runs[f][-1]['seconds'] * 1000:.0f} ms")
-    out: dict[str, Any] = {f: _overhead_of(runs[f], cold[f]) for f in OVERHEAD_FORMATS}
-    out["delta_cost"] = {
-        k: None if out["delta"][k] is None or out["parquet"][k] is None
-        else out["delta"][k] - out["parquet"][k]
-        for k in ("per_run_ms", "per_batch_ms")
-    }
-    out["throughput_table_format"] = THROUGHPUT_FORMAT
-    return out
-
-
-def _overhead_of(runs: list[dict[str, Any]], cold: dict[str, Any]) -> dict[str, Any]:
-    """One format's figures: medians of its tiny runs, their breakdown, the cold run."""
-    keys = [k for k in runs[0]["breakdown"] if k not in ("tasks_seen", "batch_chain")]
-    parts = {k: _median_or_none([r["breakdown"][k] for r in runs]) for k in keys}
-    per_batch = _median_or_none([r["breakdown"]["batch_chain"] for r in runs])
-    work = _median_or_none([r["ledger"].get("units_s") for r in runs])
-    return {
-        "cold_ms": cold["seconds"] * 1000,
-        "per_run_ms": statistics.median(r["seconds"] for r in runs) * 1000,
-        "per_batch_ms": None if per_batch is None else per_batch * 1000,
-        "per_batch_work_ms": None if work is None else work * 1000,
-        "breakdown_median": parts,
-        "runs": runs,
-        "cold": cold,
-    }
-
-
-def _median_or_none(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(statistics.median(known), 4) if known else None
 
 
 def _measure(stack: BenchStack, sets: dict[str, DataSet], jobs: list[str], engines: list[str],
@@ -275,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                          broker_url=broker)  # fmt: skip
         try:
             console.print(f"per-run overhead (broker: {_broker_of(stack)}):")
-            overhead = _overhead(stack, pipelines, overhead_runs, console)
+            overhead = measure_overhead(stack, pipelines, tiny, overhead_runs, console.print)
             overhead["broker"] = _broker_of(stack)
             rows: list[dict[str, Any]] = []
             if not args.overhead_only:

@@ -25,6 +25,8 @@ RAYDATA_X = 5.0  # issue 16: celeray >= 5x Ray Data on every pair
 PER_RUN_MS = 50  # issue 16: per-run overhead
 PER_BATCH_MS = 20  # issue 16: per-batch overhead
 SINKS = (("parquet", "Parquet"), ("delta", "Delta"))  # issue 16: the overheads hold for both
+# a new sink's first run and a pipeline's later runs: issue 16 names neither, so both count
+OVERHEAD_KINDS = ("new", "later")
 TOP_PROCESSES = 4  # processes named per set in the memory table
 
 
@@ -135,10 +137,11 @@ def print_targets(console: Console, found: list[dict[str, Any]],
         ("celeray peak MB, largest process over sets",
          None if None in tops or not tops else max(t for t in tops if t is not None),
          "<", MEMORY_MB),
-        *((f"per-run overhead ms ({name} sink)", overhead[f].get("per_run_ms"), "<",
-           PER_RUN_MS) for f, name in SINKS),
-        *((f"per-batch overhead ms ({name} sink)", overhead[f].get("per_batch_ms"), "<",
-           PER_BATCH_MS) for f, name in SINKS),
+        *((f"per-run overhead ms ({name} sink, {kind})", overhead[kind][f].get("per_run_ms"),
+           "<", PER_RUN_MS) for kind in OVERHEAD_KINDS for f, name in SINKS),
+        *((f"per-batch overhead ms ({name} sink, {kind})",
+           overhead[kind][f].get("per_batch_ms"), "<", PER_BATCH_MS)
+          for kind in OVERHEAD_KINDS for f, name in SINKS),
     ]
     table = Table(title="targets of issue 16 (printed, not asserted)")
     for col in ("target", "measured", "goal", "met"):

@@ -14,7 +14,6 @@ from typing import Any
 import pyarrow as pa
 
 from celeray import delta_log
-from celeray.delta_location import open_table
 from celeray.errors import TableFormatError
 
 __all__ = [
@@ -84,7 +83,7 @@ def new_fields(current: pa.Schema, schema: pa.Schema) -> list[dict[str, Any]]:
     return list(json.loads(delta_schema(pa.schema(missing)).to_json())["fields"])
 
 
-def check_schema(sink: str, table_seen: pa.Schema | None) -> None:
+def check_schema(sink: str, table_seen: pa.Schema | None, table: Any) -> None:
     """Refuse, before its ledger entry, a batch whose rows a Delta table cannot take.
 
     A column type Delta lacks (unsigned integers, float16), or a column whose type would
@@ -92,7 +91,9 @@ def check_schema(sink: str, table_seen: pa.Schema | None) -> None:
     Delta sink a widening is a mismatch (see docs/schema.md). A new column, in a table whose
     protocol asks for something celeray's column-adding commit does not write
     (:func:`celeray.delta_log.unsupported`). ``TableFormatError`` names the columns; the
-    batch fails and its files stay uncommitted.
+    batch fails and its files stay uncommitted. ``table`` is the sink's ``DeltaTable`` as
+    loaded for this batch's commit (:func:`celeray.delta_location.open_table`), None when
+    the sink has no table yet.
     """
     if table_seen is None:
         return
@@ -107,7 +108,6 @@ def check_schema(sink: str, table_seen: pa.Schema | None) -> None:
             f"Delta tables have no type for {', '.join(bad)}: cast the column in the "
             "pipeline's SQL (e.g. CAST(x AS BIGINT)) or declare its type in [schema]"
         )
-    table = open_table(sink)
     if table is None:
         return
     current = arrow_schema(table.schema())

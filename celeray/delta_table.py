@@ -59,7 +59,7 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +98,15 @@ BATCH_KEY = "celeray.batch_id"  # in the commit's commitInfo, for people reading
 # means another commit landed, so this bounds how many batches of one table may commit at
 # the same moment before this one fails (transiently: the task retries it).
 COMMIT_TRIES = 16
+CHECKPOINT_KEY = "delta.checkpointInterval"
 # delta-rs's checkpoint interval when the table sets none (``delta.checkpointInterval``):
 # a version celeray writes itself gets the checkpoint delta-rs would have made there.
 CHECKPOINT_INTERVAL = 100
+# The interval a table celeray creates gets (the Delta protocol's reference default; a
+# table's own setting, changed by any engine, wins): a table is loaded from its last
+# checkpoint plus the commits after it, and every batch's commit loads it, so at most ten
+# commits to replay instead of delta-rs's hundred (load and commit costs: bench/RESULTS.md).
+NEW_TABLE_CHECKPOINT_INTERVAL = 10
 
 
 def app_id(batch_id: str) -> str:
@@ -169,19 +175,46 @@ def _committed(table: Any, batch_id: str) -> bool:
 def _find_version(sink: str, batch_id: str, start: int, stop: int) -> int | None:
     """The version in ``[start, stop]`` (searched from ``stop`` down) whose commit carries
     the batch's app transaction; None when it is not there (a log cleaned up by then)."""
+    carries = _log_reader(sink, batch_id)
+    for version in range(stop, max(start, 0) - 1, -1):
+        found = carries(version)
+        if found is None:
+            return None
+        if found:
+            return version
+    return None
+
+
+def _find_from(sink: str, batch_id: str, start: int) -> int | None:
+    """The first version from ``start`` on whose commit carries the batch's app transaction
+    (the log read forward to its end): the version a commit just made, without loading
+    the table again."""
+    carries = _log_reader(sink, batch_id)
+    version = max(start, 0)
+    while (found := carries(version)) is not None:
+        if found:
+            return version
+        version += 1
+    return None
+
+
+def _log_reader(sink: str, batch_id: str) -> Callable[[int], bool | None]:
+    """A reader of the table's log: whether a version's commit carries the batch's app
+    transaction, None when that version's log file is not there."""
     fs, root = storage.open_fs(sink)
     folder = posixpath.join(root.rstrip("/"), DELTA_LOG)
     want = app_id(batch_id)
-    for version in range(stop, max(start, 0) - 1, -1):
+
+    def carries(version: int) -> bool | None:
         try:
             with fs.open(f"{folder}/{version:020d}.json", "rb") as f:
                 text = f.read().decode()
         except FileNotFoundError:
             return None
-        for line in text.splitlines():
-            if want in line and json.loads(line).get("txn", {}).get("appId") == want:
-                return version
-    return None
+        return any(want in line and json.loads(line).get("txn", {}).get("appId") == want
+                   for line in text.splitlines())
+
+    return carries
 
 
 def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: list[str],
@@ -194,6 +227,7 @@ def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: l
         create_table_with_add_actions(
             delta_uri(sink), delta_schema(schema), actions, mode="error",
             partition_by=partition_by or None,
+            configuration={CHECKPOINT_KEY: str(NEW_TABLE_CHECKPOINT_INTERVAL)},
             storage_options=storage_options(sink) or None,
             commit_properties=_commit_properties(entry),
         )  # fmt: skip
@@ -257,8 +291,8 @@ def _append_with_columns(sink: str, table: Any, entry: dict[str, Any],
 def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None]) -> None:
     """The checkpoint delta-rs writes after its own commits, when ``version`` is due one;
     a failure is only logged (the next due version writes one)."""
-    interval = int(configuration.get("delta.checkpointInterval") or CHECKPOINT_INTERVAL)
-    if version % interval:
+    interval = int(configuration.get(CHECKPOINT_KEY) or CHECKPOINT_INTERVAL)
+    if (version + 1) % interval:  # after every interval-th commit, as delta-rs: 9, 19, ...
         return
     try:
         open_table(sink, version).create_checkpoint()
@@ -266,11 +300,15 @@ def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None]
         log.warning("checkpoint of %s at version %s failed: %s", sink, version, exc)
 
 
-def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCommit:
+def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
+                 start: Any = None) -> DeltaCommit:  # fmt: skip
     """Publish the files of a committed ledger ``entry`` in one Delta commit (at most once).
 
     ``schema`` is the table schema of the entry's schema version: its columns the Delta
-    table lacks join the table's schema in the same commit. See the module docstring for
+    table lacks join the table's schema in the same commit. ``start``: the table as loaded
+    moments ago for this batch (its schema check), to begin from instead of loading it
+    again; a commit that meets a newer version loads the table afresh, as it does when
+    another commit lands between any load and the commit. See the module docstring for
     the steps and why each is safe to repeat.
     """
     actions = entry.get("delta_actions") or []
@@ -280,7 +318,7 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCo
     _check_files(sink, actions)
     batch_id = entry["batch_id"]
     now_ms = int(time.time() * 1000)
-    table = open_table(sink)
+    table = start if start is not None else open_table(sink)
     if table is None:
         if _create(sink, schema, entry, partition_by, _delta_actions(actions, now_ms)):
             # Not always version 0: delta-rs retries a create that lost version 0 to another
@@ -299,9 +337,7 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema) -> DeltaCo
             if _append_with_columns(sink, table, entry, actions, fields, now_ms):
                 return DeltaCommit(before + 1, True)
         elif _append(sink, table, entry, actions, partition_by, now_ms):
-            latest = open_table(sink)
-            stop = latest.version() if latest is not None else before + 1
-            return DeltaCommit(_find_version(sink, batch_id, before + 1, stop), True)
+            return DeltaCommit(_find_from(sink, batch_id, before + 1), True)
         table = open_table(sink)  # another commit took the version: start from the newest
     raise TransientIOError(f"Delta commit of batch {batch_id} to {sink} lost its version to "
                            f"other commits {COMMIT_TRIES} times")  # fmt: skip
@@ -317,16 +353,17 @@ def drop_files(sink: str, outputs: list[dict[str, Any]]) -> None:
             storage.remove_file(storage.join(sink, path))
 
 
-def publish(ledger: Ledger, entry: dict[str, Any]) -> DeltaCommit:
+def publish(ledger: Ledger, entry: dict[str, Any], start: Any = None) -> DeltaCommit:
     """Make a committed Delta batch visible, once, and write its version beside its entry.
 
     A batch already published (its version written down) is not looked at again.
+    ``start``: as for :func:`commit_entry`.
     """
     known = ledger.delta_marker(entry["batch_id"])
     if known is not None:
         return DeltaCommit(known.get("delta_version"), False)
     schema = _schema_of(ledger.sink, entry)
-    done = commit_entry(ledger.sink, entry, schema) if schema is not None else DeltaCommit(
+    done = commit_entry(ledger.sink, entry, schema, start) if schema is not None else DeltaCommit(
         None, False)
     if done.fresh:  # the fault suite's kill between the Delta commit and its record
         kill_points.reach(kill_points.AFTER_DELTA_COMMIT, entry["batch_id"])

@@ -202,8 +202,10 @@ def commit_result(
     # The schema first: a crash before the entry leaves a column no row has yet, never a
     # row with a column the schema lacks. SchemaConflictError: read the batch again.
     schemas = result.get("schemas") or {}
+    table = None  # a Delta sink's table, loaded once for its check and its commit
     if batch.is_delta:  # TableFormatError: rows a Delta table cannot take (no entry made)
-        delta_schema.check_schema(batch.sink, _schema(schemas.get("table")))
+        table = delta_table.open_table(batch.sink)
+        delta_schema.check_schema(batch.sink, _schema(schemas.get("table")), table)
     version, changes = SchemaLog(batch.sink).record(
         _schema(schemas.get("input")), _schema(schemas.get("table")),
         batch_id=batch.batch_id, run_id=batch.run_id,
@@ -243,7 +245,7 @@ def commit_result(
     published: dict[str, int] = {}
     if stored.get("table_format") == DELTA:  # the entry as stored: an earlier one if not fresh
         kill_points.reach(kill_points.AFTER_LEDGER_ENTRY, batch.batch_id)  # tests only
-        done = delta_table.publish(ledger, stored)
+        done = delta_table.publish(ledger, stored, table)
         published[f"{DELTA_VERSION}{batch.batch_id}:{done.version}"] = 1
     remaining = store.finish_batch(
         batch.run_id,

@@ -151,12 +151,13 @@ def test_format_of_sinks_on_disk(tmp_path: Path) -> None:
 def test_widening_is_refused_for_delta(sink: str) -> None:
     delta_table.publish(Ledger(sink), _batch(sink, "b1", _rows(2)))
     narrow = pa.schema([("id", pa.int64()), ("year", pa.int64()), ("month", pa.int64())])
-    delta_schema.check_schema(sink, narrow)  # same types: fine
-    delta_schema.check_schema(sink, narrow.append(pa.field("new", pa.string())))  # a new column
+    table = delta_table.open_table(sink)
+    delta_schema.check_schema(sink, narrow, table)  # same types: fine
+    delta_schema.check_schema(sink, narrow.append(pa.field("new", pa.string())), table)  # new
     with pytest.raises(TableFormatError, match="id: long -> double"):
-        delta_schema.check_schema(sink, narrow.set(0, pa.field("id", pa.float64())))
+        delta_schema.check_schema(sink, narrow.set(0, pa.field("id", pa.float64())), table)
     with pytest.raises(TableFormatError, match="no type for u"):
-        delta_schema.check_schema(sink, narrow.append(pa.field("u", pa.uint32())))
+        delta_schema.check_schema(sink, narrow.append(pa.field("u", pa.uint32())), table)
 
 
 # -- the commit --------------------------------------------------------------------------
@@ -179,6 +180,44 @@ def test_batches_commit_once_each_and_read_back(sink: str) -> None:
     assert pl.read_delta(path, version=0).height == 4  # time travel: before batch b2
     assert celeray.reading.dataset(sink).count_rows() == 7
     assert celeray.reading.dataset(sink, version=second.version - 1).count_rows() == 4
+
+
+def test_a_new_table_is_checkpointed_every_ten_commits(sink: str, tmp_path: Path) -> None:
+    """A table celeray creates says ``delta.checkpointInterval = 10``, so a load (one at
+    every batch's commit) replays at most ten commits; each batch's version is recorded."""
+    import polars as pl
+
+    ledger = Ledger(sink)
+    done = [delta_table.publish(ledger, _batch(sink, f"b{i:02d}", _rows(1, start=i)))
+            for i in range(23)]
+    assert [d.version for d in done] == list(range(23))
+    table = delta_table.open_table(sink)
+    assert table.metadata().configuration["delta.checkpointInterval"] == "10"
+    log = tmp_path / "lake" / "_delta_log"
+    # after the 10th and 20th commits (versions 9 and 19), where delta-rs writes them
+    assert sorted(int(p.name.split(".")[0]) for p in log.glob("*.checkpoint.parquet")) == [9, 19]
+    assert {e["batch_id"]: e["delta_version"] for e in ledger.entries()} == {
+        f"b{i:02d}": i for i in range(23)}
+    assert sorted(pl.read_delta(delta_table.delta_uri(sink))["id"].to_list()) == list(range(23))
+
+
+def test_a_commit_from_a_stale_load_lands_after_the_newer_versions(sink: str) -> None:
+    """A batch's commit starts from the table as loaded for its schema check; another
+    batch's commit landing in between moves it to the next version, once."""
+    ledger = Ledger(sink)
+    delta_table.publish(ledger, _batch(sink, "b1", _rows(2)))
+    stale = delta_table.open_table(sink)
+    delta_table.publish(ledger, _batch(sink, "b2", _rows(2, start=10)))
+    late = delta_table.publish(ledger, _batch(sink, "b3", _rows(2, start=20)), stale)
+    assert (late.version, late.fresh) == (2, True)
+    # b2 once more from the load before its commit (a redelivered commit racing it): Delta's
+    # conflict check refuses the append, and the fresh load finds b2's transaction
+    b2 = ledger.entries()[1]
+    schema = SchemaLog(sink).at(int(b2["schema_version"])).table
+    again = delta_table.commit_entry(sink, b2, schema, stale)
+    assert (again.version, again.fresh) == (1, False)
+    assert _delta_rows(sink) == [0, 1, 10, 11, 20, 21]
+    assert _commits(sink) == 3
 
 
 def test_crash_between_entry_and_delta_commit(sink: str) -> None:
@@ -274,7 +313,7 @@ def test_timestamps_of_any_unit_are_delta_timestamps(sink: str) -> None:
 
     when = [dt.datetime(2013, 1, 1, 5, tzinfo=dt.UTC), dt.datetime(2013, 1, 2, 6, tzinfo=dt.UTC)]
     stamps = pa.array(when, pa.timestamp("s", tz="UTC"))
-    delta_schema.check_schema(sink, pa.schema([("t", stamps.type)]))
+    delta_schema.check_schema(sink, pa.schema([("t", stamps.type)]), None)  # no table yet
     delta_table.publish(Ledger(sink), _batch(sink, "b1", _rows(2, t=stamps)))
     table = pa.table(delta_table.open_table(sink).to_pyarrow_table()).sort_by("id")
     assert table["t"].to_pylist() == when
