@@ -1,0 +1,82 @@
+"""``python -m bench.delta_load``: a Delta commit as the table grows, by checkpoint interval.
+
+Every batch's commit loads the table (:func:`celeray.delta_location.open_table`): from its
+last checkpoint and the commits after it. On a local table, ``--commits`` one-file batches
+are committed the way celeray commits them (one load for the schema check and the commit,
+:func:`celeray.delta_table.commit_entry`), once on a table with ``delta.checkpointInterval``
+10 (what celeray gives a table it creates) and once with 100 (delta-rs's default); the
+load and the whole commit (load included) are timed, and their mean and worst printed per
+window of ``--window`` commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INTERVALS = (10, 100)
+
+
+def _batch(folder: Path, i: int) -> dict[str, Any]:
+    """One batch's entry: a 2-row file written into the table folder, its add action."""
+    name = f"part-{i:06d}.parquet"
+    pq.write_table(pa.table({"id": [i, i + 1]}), folder / name)
+    action = {"path": name, "size": (folder / name).stat().st_size, "partition_values": {},
+              "rows": 2}  # fmt: skip
+    return {"batch_id": f"b{i}", "run_id": "bench", "delta_actions": [action],
+            "delta": {"partition_by": []}}  # fmt: skip
+
+
+def run(commits: int, interval: int) -> tuple[list[float], list[float]]:
+    """Per-commit seconds of the table load and of the whole commit, ``commits`` commits."""
+    from celeray import delta_table
+
+    schema = pa.schema([("id", pa.int64())])
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-delta-load-{interval}-"))
+    sink = folder.as_uri()
+    try:
+        delta_table.commit_entry(sink, _batch(folder, 0), schema)
+        table = delta_table.open_table(sink)
+        table.alter.set_table_properties({delta_table.CHECKPOINT_KEY: str(interval)})
+        loads, whole = [], []
+        for i in range(1, commits + 1):
+            entry = _batch(folder, i)
+            t0 = time.perf_counter()
+            start = delta_table.open_table(sink)
+            t1 = time.perf_counter()
+            delta_table.commit_entry(sink, entry, schema, start)
+            t2 = time.perf_counter()
+            loads.append(t1 - t0)
+            whole.append(t2 - t0)
+        return loads, whole
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print, per interval and window of commits, the load's and the commit's mean and worst."""
+    p = argparse.ArgumentParser(prog="python -m bench.delta_load", description=__doc__)
+    p.add_argument("--commits", type=int, default=300, help="batches committed per table")
+    p.add_argument("--window", type=int, default=100, help="commits per printed line")
+    args = p.parse_args(argv)
+    print(f"{'interval':>8} {'commits':>9} {'load ms mean/worst':>20} {'commit ms mean/worst':>22}")
+    for interval in INTERVALS:
+        loads, whole = run(args.commits, interval)
+        for lo in range(0, args.commits, args.window):
+            a, b = loads[lo:lo + args.window], whole[lo:lo + args.window]
+            print(f"{interval:>8} {f'{lo + 1}-{lo + len(a)}':>9} "
+                  f"{statistics.mean(a) * 1000:>11.1f} / {max(a) * 1000:<6.1f} "
+                  f"{statistics.mean(b) * 1000:>13.1f} / {max(b) * 1000:<6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
