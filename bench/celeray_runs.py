@@ -24,6 +24,7 @@ from typing import Any
 from bench.celeray_stack import BenchStack
 from bench.isolated import folder_bytes
 from bench.memory import TreeSampler
+from bench.out_types import kinds_of
 
 __all__ = ["RunFailedError", "run_pipeline"]
 
@@ -109,6 +110,7 @@ def run_pipeline(stack: BenchStack, name: str, sink: Path, keep_sink: bool = Fal
             "rows_in": result.get("rows_in"),
             "rows_out": result.get("rows_out"),
             "bytes_out": folder_bytes(sink),
+            "kinds": kinds_of(sink),
             "files": result.get("files_committed"),
             "batches": result.get("batches_total"),
             "ledger": ledger,

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.datasets import DataSet
 from bench.memory import TreeSampler
+from bench.out_types import kinds_of
 
 __all__ = ["PeerFailedError", "run_isolated"]
 
@@ -72,6 +73,7 @@ def run_isolated(engine: str, job: str, data: DataSet, out_root: Path) -> dict[s
             raise PeerFailedError(f"{engine} {job} on {data.name} exited {code}:\n{tail}")
         result = json.loads((work / "result.json").read_text())
         return {**result, "process_seconds": round(wall, 3),
-                "bytes_out": folder_bytes(work / "out"), "peak": sampler.peak()}
+                "bytes_out": folder_bytes(work / "out"), "kinds": kinds_of(work / "out"),
+                "peak": sampler.peak()}
     finally:
         shutil.rmtree(work, ignore_errors=True)

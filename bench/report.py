@@ -79,6 +79,7 @@ def derive(set_: DataSet, job: str, engine: str, runs: list[dict[str, Any]]) -> 
         "peak_process": top.get("name"),
         "rows_out": runs[0].get("rows_out"),
         "bytes_out": runs[0].get("bytes_out"),
+        "kinds": runs[0].get("kinds"),
         "runs": runs,
     }
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import report, targets
+from bench import out_types, report, targets
 from bench.celeray_runs import RunFailedError, run_pipeline
 from bench.celeray_stack import REDIS_PORT, BenchStack, temp_root
 from bench.datasets import DATA, SETS, DataSet, ensure_sets, ensure_tiny
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     load_end = report.load()
     found: list[dict[str, Any]] = []
+    unlike: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
     checks: Any = None
     if rows:
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     report.print_overhead(console, overhead)
     if rows:
         found = targets.print_leads(console, rows)
+        unlike = out_types.print_differences(console, rows)
         memory = targets.print_memory(console, rows)
         checks = targets.print_targets(console, found, memory, overhead)
     console.print(f"load at start: {load_start}\nload at end:   {load_end}")
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "stack": "attached" if args.home else "started",
         "machine": report.machine(), "load_start": load_start, "load_end": load_end,
         "sets": [d.meta() for d in sets.values()],
-        "overhead": overhead, "rows": rows, "leads": found, "memory": memory,
+        "overhead": overhead, "rows": rows, "leads": found, "unlike": unlike, "memory": memory,
         "targets": checks,
     }
     args.results.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
                      r"[+-]\d+ ms", out), out
     assert "throughput runs: Delta sinks" in out
     assert "targets of issue 16" in out
+    # with their defaults Polars leaves the ISO timestamps as text: said, not hidden
+    assert re.search(r"^  \S+ +\S+ +polars +.*time_hour: text, timestamp", out, re.M), out
     doc = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     assert doc["smoke"] is True and len(doc["leads"]) == n
     for kind in ("new", "later"):  # a new sink's first run, a pipeline's later runs
