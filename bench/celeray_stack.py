@@ -55,11 +55,14 @@ class BenchStack:
 
     @classmethod
     def start(cls, root: Path, redis_port: int = REDIS_PORT, data: Path = DATA,
-              broker_url: str | None = None) -> BenchStack:
+              broker_url: str | None = None,
+              pipelines: dict[str, dict[str, Any]] | None = None) -> BenchStack:
         """``celeray up`` in ``root/home`` with the bench's Redis databases and free ports;
         ``data`` (the data sets and the runs' sinks) is one of its local roots.
         ``broker_url``: another broker than Redis db 9 (a RabbitMQ ``amqp://`` URL; its
-        vhost should be the bench's alone); results stay in Redis db 10."""
+        vhost should be the bench's alone); results stay in Redis db 10. ``pipelines``:
+        the pipeline file the stack starts with, as a deployment's workers start with its
+        pipelines (each worker process reads the file once before its first task)."""
         import redis
 
         for db in (BROKER_DB, BACKEND_DB):
@@ -78,7 +81,7 @@ class BenchStack:
             "CELERAY_FLOWER_PORT": str(listen_port()),
             "COLUMNS": "200",
         })
-        (root / "pipelines.toml").write_text(MARK)
+        (root / "pipelines.toml").write_text(_pipeline_text(pipelines or {}))
         stack = cls(home, env, owned=True, redis_port=redis_port)
         done = stack._celeray("up", timeout=600)
         if done.returncode != 0:
@@ -133,13 +136,8 @@ class BenchStack:
 
     def write_pipelines(self, pipelines: dict[str, dict[str, Any]]) -> None:
         """Write ``[pipelines.<name>]`` tables (string values only) as the pipeline file."""
-        lines = [MARK]
-        for name, keys in pipelines.items():
-            lines.append(f"[pipelines.{name}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
-            lines.append("")
         tmp = self.pipelines_file.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines))
+        tmp.write_text(_pipeline_text(pipelines))
         tmp.replace(self.pipelines_file)
 
     @property
@@ -181,3 +179,13 @@ class BenchStack:
 def temp_root() -> Path:
     """A fresh folder for a stack's home and pipeline file (short: Ray's sockets live near)."""
     return Path(tempfile.mkdtemp(prefix="celeray-bench-"))
+
+
+def _pipeline_text(pipelines: dict[str, dict[str, Any]]) -> str:
+    """The bench's pipeline file: its mark, then a ``[pipelines.<name>]`` table each."""
+    lines = [MARK]
+    for name, keys in pipelines.items():
+        lines.append(f"[pipelines.{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+        lines.append("")
+    return "\n".join(lines)

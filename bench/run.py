@@ -32,7 +32,7 @@ from bench.isolated import PeerFailedError, run_isolated
 from bench.jobs import JOBS, SQL
 from bench.overhead import measure as measure_overhead
 from bench.overhead import pipelines as overhead_pipelines
-from bench.peers import ENGINES
+from bench.peers import ENGINES, EXTRA_ENGINES
 
 __all__ = ["main"]
 
@@ -57,8 +57,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder of the results JSON (bench/results)")
     p.add_argument("--sets", help=f"comma list of {', '.join(SETS)} (default: all)")
     p.add_argument("--jobs", default=",".join(JOBS), help="comma list of convert, sql")
-    p.add_argument("--engines", help="comma list of peers to run (default: all); "
-                   "celeray always runs ('celeray' alone: no peer)")
+    p.add_argument("--engines", help=f"comma list of peers to run (default: {', '.join(ENGINES)}"
+                   f"; also {', '.join(EXTRA_ENGINES)}); celeray always runs ('celeray' alone: "
+                   "no peer)")
     p.add_argument("--repeat", type=int, default=1, help="runs per engine, set and job; "
                    "the median is shown")
     p.add_argument("--home", type=Path, help="use the stack already up for this "
@@ -90,7 +91,9 @@ def _peers(data: DataSet, job: str, chosen: list[str], smoke: bool = False) -> l
     only on the many-small-files set; with ``smoke``, Ray Data (a local Ray of its own per
     run, 10-25 s on two busy cores) only on ``SMOKE_RAYDATA``: its JSON reader and its SQL
     step (its CSV reader is the same call)."""
-    peers = [p for p in ENGINES if p != "pyarrow-loop" or SETS[data.name].small]
+    peers = [p for p in (*ENGINES, *EXTRA_ENGINES)
+             if (p != "pyarrow-loop" or SETS[data.name].small)
+             and (p != "polars-typed" or data.fmt == "csv")]
     if smoke and (data.name, job) != SMOKE_RAYDATA:
         peers.remove("raydata")
     return [p for p in peers if p in chosen]
@@ -172,7 +175,7 @@ def _installed(engines: list[str], console: Console) -> list[str]:
     """``engines`` less the peers whose library is not installed (said once, not failed)."""
     import importlib.util
 
-    needs = {"duckdb": "duckdb", "polars": "polars", "raydata": "ray"}
+    needs = {"duckdb": "duckdb", "polars": "polars", "polars-typed": "polars", "raydata": "ray"}
     kept = []
     for engine in engines:
         module = needs.get(engine)
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = "smoke" if args.smoke else "quick" if args.quick else "full"
     sets_chosen = _split(args.sets, list(SETS), QUICK_SETS if args.quick else tuple(SETS))
     jobs = _split(args.jobs, JOBS, JOBS)
-    engines = _installed(_split(args.engines, ("celeray", *ENGINES), ENGINES), console)
+    engines = _installed(_split(args.engines, ("celeray", *ENGINES, *EXTRA_ENGINES), ENGINES),
+                         console)  # fmt: skip
     repeat = 1 if args.smoke else max(1, args.repeat)
     overhead_runs = SMOKE_OVERHEAD_RUNS if args.smoke else OVERHEAD_RUNS
     data_root = args.data.resolve()
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             broker = args.broker_url or os.environ.get("CELERAY_BENCH_BROKER_URL")
             with console.status("celeray up (Redis dbs 9, 10; free ports) ..."):
                 stack = BenchStack.start(root, redis_port=args.redis_port, data=data_root,
-                                         broker_url=broker)  # fmt: skip
+                                         broker_url=broker, pipelines=pipelines)  # fmt: skip
         try:
             console.print(f"per-run overhead (broker: {_broker_of(stack)}):")
             overhead = measure_overhead(stack, pipelines, tiny, overhead_runs, console.print)
