@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,8 @@ import pytest
 
 from tests._api_server import api_server
 from tests._api_server import request as api_request
+
+GRACEFUL_TIMEOUT = 30  # s: gunicorn's graceful_timeout (its default), then it kills workers
 
 
 @pytest.fixture
@@ -86,3 +91,15 @@ def test_an_s3_sink_is_read_by_the_served_api(tmp_path: Path, s3: Any) -> None:
                      "/api/v1/pipelines/ons3/runs"):  # fmt: skip
             status, body = _get(api.port, path, auth)
             assert status == 200, (path, body[:300])
+        # A stop (supervisor's TERM) ends every worker on its own. Before, the S3 client's
+        # SSL context, made on fsspec's loop through asyncio's executor, left a "thread" of
+        # that executor for the worker's exit to join, forever: gunicorn killed the worker
+        # after its graceful timeout, 30 s into every stop.
+        os.killpg(api.proc.pid, signal.SIGTERM)
+        try:
+            code = api.proc.popen.wait(timeout=GRACEFUL_TIMEOUT - 10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the API was still stopping {GRACEFUL_TIMEOUT - 10} s after TERM")
+        assert code == 0
+        log = (tmp_path / "api.log").read_text()
+        assert log.count("Worker exiting") == 2 and "Shutting down: Master" in log
