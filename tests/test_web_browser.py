@@ -79,13 +79,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def page(web: dict[str, Any], browser: Any, shots: Path) -> Iterator[Any]:
-    """A page of a browser context logged in as ``tester`` (the wrong token refused first).
-
-    ``web`` before ``browser``: fixtures end in the reverse order, so the browser and its
-    open connections (the run page's event stream) are gone before gunicorn is stopped,
-    which otherwise waits out its graceful timeout (30 s) for them.
-    """
+def page(browser: Any, web: dict[str, Any], shots: Path) -> Iterator[Any]:
+    """A page of a browser context logged in as ``tester`` (the wrong token refused first)."""
     context = browser.new_context()
     pg = context.new_page()
     pg.goto(web["base"] + "/")
