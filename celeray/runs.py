@@ -47,6 +47,7 @@ __all__ = [
     "commit_result",
     "end_run",
     "fail_batch",
+    "final_result",
     "finalize_run",
     "new_run_id",
     "publish_progress",
@@ -313,10 +314,37 @@ def fail_batch(
 
 
 def publish_progress(run_id: str, store: RunStore, backend: ResultBackend) -> None:
-    """Store the run's aggregated progress as its PROGRESS state, unless it has ended."""
+    """Store the run's aggregated progress as its PROGRESS state, unless it has ended.
+
+    Two batches of a run can end at once (a threads pool runs them side by side): the
+    last one may end the run between this call's look at the record and its write, and a
+    PROGRESS stored over the final state would stand for good (``celeray run --wait``
+    then waits forever). So the run's state is read again after the write, and an ended
+    run's final result is stored again: whichever write lands last, it is the final one.
+    """
     record = store.get(run_id)
-    if record and record.get("state") not in FINAL_STATES:
-        backend.store_result(run_id, progress_of(record), "PROGRESS")
+    if not record or record.get("state") in FINAL_STATES:
+        return
+    backend.store_result(run_id, progress_of(record), "PROGRESS")
+    if store.state(run_id) in FINAL_STATES:
+        ended = store.get(run_id)
+        if ended:
+            backend.store_result(run_id, *final_result(ended))
+
+
+def final_result(record: dict[str, Any]) -> tuple[Any, str]:
+    """What the result backend holds for an ended run, as ``(result, state)``: its summary,
+    or the :class:`RunFailedError` that says why it failed."""
+    summary = summary_of(record)
+    if record.get("state") == "SUCCESS":
+        return summary, "SUCCESS"
+    if record.get("error"):  # ended before or without its batches (aborted, superseded)
+        return RunFailedError(str(record["error"])), "FAILURE"
+    errors = "; ".join(e["error"] for e in summary["errors"][:3])
+    return RunFailedError(
+        f"{summary['batches_failed']} of {summary['batches_total']} batch(es) failed; "
+        f"their files stay uncommitted for the next run: {errors}"
+    ), "FAILURE"
 
 
 def end_run(
@@ -325,17 +353,10 @@ def end_run(
     """End the run (:func:`finalize_run`): its summary, or its failure, goes to ``backend``;
     a run that left a backlog sends the next one with ``chain``
     (:func:`celeray.backlog.chain_next`)."""
-    state, summary = finalize_run(run_id, store)
-    if state == "SUCCESS":
-        backend.store_result(run_id, summary, state)
-    else:
-        errors = "; ".join(e["error"] for e in summary["errors"][:3])
-        exc = RunFailedError(
-            f"{summary['batches_failed']} of {summary['batches_total']} batch(es) failed; "
-            f"their files stay uncommitted for the next run: {errors}"
-        )
-        backend.store_result(run_id, exc, state)
-    log.info("run %s ended %s: %s", run_id, state, {k: summary[k] for k in ("rows_out",)})
+    record = finalize_run(run_id, store)
+    result, state = final_result(record)
+    backend.store_result(run_id, result, state)
+    log.info("run %s ended %s: %s", run_id, state, {"rows_out": record.get("rows_out", 0)})
     chain_next(run_id, store, chain)
 
 
@@ -366,8 +387,8 @@ def abort_run(run_id: str, pipeline: str, error: str, store: RunStore) -> None:
     store.end(run_id, pipeline, state="FAILURE", finished_at=time.time(), error=error)
 
 
-def finalize_run(run_id: str, store: RunStore) -> tuple[str, dict[str, Any]]:
-    """End a run whose batches are all finished: state, summary, lock released.
+def finalize_run(run_id: str, store: RunStore) -> dict[str, Any]:
+    """End a run whose batches are all finished (state set, lock released); its record.
 
     A run with every batch committed drops its record of started inputs from the ledger; a
     failed one keeps it, so the reconciliation pass retries the files it left.
@@ -380,4 +401,4 @@ def finalize_run(run_id: str, store: RunStore) -> tuple[str, dict[str, Any]]:
         Ledger(str(record["sink"])).drop_start(run_id)
     store.end(run_id, pipeline, state=state, finished_at=finished)  # and the lock released
     record.update(state=state, finished_at=finished)
-    return state, summary_of(record)
+    return record

@@ -236,6 +236,11 @@ class RunStore:
         )
         return None if remaining < 0 else remaining
 
+    def state(self, run_id: str) -> str | None:
+        """The run's state alone (QUEUED, RUNNING, SUCCESS, FAILURE), None for no record."""
+        raw = self.r.hget(self._run_key(run_id), "state")
+        return None if raw is None else str(_dec(str(raw)))
+
     def get(self, run_id: str) -> dict[str, Any] | None:
         """The run's record with counters as ints and live progress folded in."""
         key = self._run_key(run_id)

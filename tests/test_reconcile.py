@@ -110,13 +110,13 @@ def test_a_successful_run_drops_its_record_a_failed_one_keeps_it(
         f["url"] for j in jobs for f in j["files"]
     )
     store.set_fields("r1", batches_failed=1)
-    assert finalize_run("r1", store)[0] == "FAILURE"
+    assert finalize_run("r1", store)["state"] == "FAILURE"
     assert [r["run_id"] for r in ledger.started()] == ["r1"]  # its files are retried
 
     jobs = begin_run("r2", pipeline, store, trigger="api")["jobs"]
     for job in jobs:
         _commit(pipeline, [f["url"] for f in job["files"]], job["batch_id"])
-    assert finalize_run("r2", store)[0] == "SUCCESS"
+    assert finalize_run("r2", store)["state"] == "SUCCESS"
     assert [r["run_id"] for r in ledger.started()] == ["r1"]
 
 
