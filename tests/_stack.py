@@ -494,7 +494,14 @@ class Stack:
         self.pipelines_file.write_text("\n".join(self._pipelines.values()))
 
     def celeray(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        """Run the ``celeray`` command as a user would, with the stack's environment."""
+        """Run the ``celeray`` command as a user would, with the stack's environment.
+
+        ``run --wait`` without ``--timeout`` gets one a little under ``timeout``: a run
+        that never ends then fails the test with the command's own output (and the
+        workers' logs, see conftest) instead of a kill by the timeout.
+        """
+        if "--wait" in args and "--timeout" not in args:
+            args = (*args, "--timeout", str(int(max(timeout - 15, timeout * 0.8))))
         return subprocess.run(
             [str(VENV_BIN / "celeray"), *args], env={**self.env, "COLUMNS": "200"},
             cwd=self.root, capture_output=True, text=True, timeout=timeout,

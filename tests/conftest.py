@@ -102,4 +102,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failed test on a stack shows its workers' last log lines: CI keeps no files, and
+    a run that never ends says why only there."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    stacks = {id(v): v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Stack)}
+    for s in stacks.values():
+        for part in (s.io, s.rayw):
+            report.sections.append((f"{part.proc.log.name} (last 60 lines)", part.proc.tail(60)))
+
+
 __all__ = ["Path"]
