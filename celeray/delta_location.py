@@ -38,10 +38,11 @@ def open_table(sink: str, version: int | None = None) -> Any:
     """The sink's ``DeltaTable`` (its newest version, or ``version``), or None when it has
     none yet."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
-    uri, options = delta_uri(sink), storage_options(sink)
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
+    try:  # one load: ``DeltaTable.is_deltatable`` first would list the log a second time
+        return DeltaTable(delta_uri(sink), version=version, storage_options=storage_options(sink))
+    except TableNotFoundError:
         return None
-    return DeltaTable(uri, version=version, storage_options=options)
 
 

@@ -1,4 +1,5 @@
-"""A Delta commit that celeray writes into the table's log itself: new columns and files at once.
+"""A Delta commit that celeray writes into the table's log itself: a batch's files, and its
+new columns in the same version.
 
 A batch that brings new columns must change the table's schema in the same commit that adds
 its files, or readers could see a version with the columns and none of the batch's rows.
@@ -14,10 +15,12 @@ delta-rs cannot make that commit from files written elsewhere (checked on the pi
 - ``alter.add_columns`` is a commit of its own; ``write_deltalake(schema_mode="merge")``
   writes its own data files.
 
-So for such a batch celeray writes version ``N + 1`` itself, as the Delta protocol lays it
-down: ``commitInfo`` (a ``WRITE`` in ``Append`` mode), ``protocol`` when a new column needs
-a table feature (``timestamp_ntz`` needs ``timestampNtz``), ``metaData`` with the merged
-schema, the batch's app transaction ``txn`` and its ``add`` actions, in one JSON file created
+So celeray writes version ``N + 1`` itself, as the Delta protocol lays it down (a batch
+without new columns too: one file, where delta-rs's append loads the table again):
+``commitInfo`` (a ``WRITE`` in ``Append`` mode), ``protocol`` when a new column needs a
+table feature (``timestamp_ntz`` needs ``timestampNtz``), ``metaData`` with the merged
+schema when there are new columns, the batch's app transaction ``txn`` and its ``add``
+actions, in one JSON file created
 with put-if-absent (:func:`celeray.storage.create_file`: ``link`` on a local disk,
 ``If-None-Match: *`` on S3, the same primitives delta-rs commits with). Of two committers of
 version ``N + 1`` exactly one gets it; the other reads the table again and retries on the new
@@ -173,11 +176,12 @@ def encode_path(path: str) -> str:
     return "".join(out)
 
 
-def commit_bytes(state: TableState, *, schema: Mapping[str, Any], adds: Sequence[Mapping[str, Any]],
-                 app_id: str, app_version: int, now_ms: int,
+def commit_bytes(state: TableState, *, schema: Mapping[str, Any] | None,
+                 adds: Sequence[Mapping[str, Any]], app_id: str, app_version: int, now_ms: int,
                  info: Mapping[str, Any]) -> bytes:  # fmt: skip
     """The JSON lines of version ``state.version + 1``: commitInfo, protocol (if needed),
-    metaData with ``schema``, the app transaction and one add action per file.
+    metaData with ``schema`` (none when ``schema`` is None: a plain append), the app
+    transaction and one add action per file.
 
     ``adds`` are as :func:`celeray.delta_actions.add_actions` makes them (path relative to
     the table, size, partition values, rows, stats); ``info`` goes into commitInfo as
@@ -188,20 +192,21 @@ def commit_bytes(state: TableState, *, schema: Mapping[str, Any], adds: Sequence
         "timestamp": now_ms, "operation": "WRITE",
         "operationParameters": {"mode": "Append",
                                 "partitionBy": json.dumps(list(state.partition_columns))},
-        "readVersion": state.version, "isBlindAppend": False, "engineInfo": ENGINE,
+        "readVersion": state.version, "isBlindAppend": schema is None, "engineInfo": ENGINE,
         "operationMetrics": {"num_added_files": len(adds), "num_added_rows": rows},
         **info,
     }}]  # fmt: skip
-    protocol = protocol_for(state, schema)
+    protocol = protocol_for(state, schema) if schema is not None else None
     if protocol is not None:
         lines.append({"protocol": protocol})
-    lines.append({"metaData": {
-        "id": state.table_id, "name": state.name, "description": state.description,
-        "format": {"provider": "parquet", "options": {}},
-        "schemaString": json.dumps(schema, separators=(",", ":")),
-        "partitionColumns": list(state.partition_columns),
-        "createdTime": state.created_time, "configuration": dict(state.configuration),
-    }})  # fmt: skip
+    if schema is not None:
+        lines.append({"metaData": {
+            "id": state.table_id, "name": state.name, "description": state.description,
+            "format": {"provider": "parquet", "options": {}},
+            "schemaString": json.dumps(schema, separators=(",", ":")),
+            "partitionColumns": list(state.partition_columns),
+            "createdTime": state.created_time, "configuration": dict(state.configuration),
+        }})  # fmt: skip
     lines.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now_ms}})
     for a in adds:
         lines.append({"add": {

@@ -16,10 +16,11 @@ them, and nothing is copied or moved. A batch is then committed in these steps:
 3. :func:`publish`: the entry's files checked (each must exist with its recorded size,
    since a Delta commit names a path without looking), then ONE Delta commit that adds
    every file of the batch, carries the app transaction ``celeray-<batch_id>`` version 1,
-   and, when the batch brings new columns, the new schema too. A batch without new columns
-   is committed by delta-rs (``create_write_transaction``); one with new columns by
-   :mod:`celeray.delta_log`, which writes the version's log file itself (delta-rs drops a
-   wider schema from an append, delta-rs#3934);
+   and, when the batch brings new columns, the new schema too. :mod:`celeray.delta_log`
+   writes the version's log file itself (delta-rs drops a wider schema from an append,
+   delta-rs#3934, and its append reloads what celeray has already loaded); delta-rs
+   (``create_write_transaction``) commits only plain appends to a table whose protocol
+   celeray's commit does not write;
 4. the Delta version, published beside the entry (``_celeray/delta/<batch_id>.json``).
 
 Why no crash between two steps loses or doubles a row:
@@ -68,6 +69,7 @@ import pyarrow as pa
 from celeray import delta_log, kill_points, storage
 from celeray.delta_location import delta_uri, open_table, storage_options
 from celeray.delta_schema import arrow_schema, check_protocol, delta_schema, new_fields
+from celeray.delta_snapshot import newest
 from celeray.errors import LedgerError, TransientIOError
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
@@ -99,6 +101,7 @@ BATCH_KEY = "celeray.batch_id"  # in the commit's commitInfo, for people reading
 # the same moment before this one fails (transiently: the task retries it).
 COMMIT_TRIES = 16
 CHECKPOINT_KEY = "delta.checkpointInterval"
+LOG_CLEANUP_KEY = "delta.enableExpiredLogCleanup"
 # delta-rs's checkpoint interval when the table sets none (``delta.checkpointInterval``):
 # a version celeray writes itself gets the checkpoint delta-rs would have made there.
 CHECKPOINT_INTERVAL = 100
@@ -240,9 +243,10 @@ def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: l
 
 def _append(sink: str, table: Any, entry: dict[str, Any], actions: list[dict[str, Any]],
             partition_by: list[str], now_ms: int) -> bool:  # fmt: skip
-    """Commit the batch's files through delta-rs (no new columns); False when another
-    commit won in a way delta-rs does not retry over (one that changed the metadata, or
-    made this batch's commit)."""
+    """Commit the batch's files (no new columns) through delta-rs, for a table whose
+    protocol celeray's own commit does not write (:func:`celeray.delta_log.unsupported`);
+    False when another commit won in a way delta-rs does not retry over (one that changed
+    the metadata, or made this batch's commit)."""
     from deltalake.exceptions import CommitFailedError
 
     try:
@@ -262,18 +266,17 @@ def _append(sink: str, table: Any, entry: dict[str, Any], actions: list[dict[str
     return True
 
 
-def _append_with_columns(sink: str, table: Any, entry: dict[str, Any],
-                         actions: list[dict[str, Any]], fields: list[dict[str, Any]],
-                         now_ms: int) -> bool:  # fmt: skip
-    """Commit the batch's files and its new columns as one version that celeray writes
-    (:mod:`celeray.delta_log`); False when another commit took that version first."""
-    state = delta_log.TableState.of(table)
-    check_protocol(sink, state)
+def _write_commit(sink: str, state: delta_log.TableState, entry: dict[str, Any],
+                  actions: list[dict[str, Any]], fields: list[dict[str, Any]],
+                  now_ms: int) -> bool:  # fmt: skip
+    """Commit the batch's files, and its new columns if any, as one version that celeray
+    writes (:mod:`celeray.delta_log`); False when another commit took that version first."""
     names = [str(f["name"]) for f in fields]
     data = delta_log.commit_bytes(
-        state, schema=delta_log.merged_schema(state.schema, fields), adds=actions,
-        app_id=app_id(entry["batch_id"]), app_version=APP_VERSION, now_ms=now_ms,
-        info={**_custom_metadata(entry), "celeray.added_columns": names},
+        state, schema=delta_log.merged_schema(state.schema, fields) if fields else None,
+        adds=actions, app_id=app_id(entry["batch_id"]), app_version=APP_VERSION,
+        now_ms=now_ms,
+        info={**_custom_metadata(entry), **({"celeray.added_columns": names} if names else {})},
     )  # fmt: skip
     version = state.version + 1
     try:
@@ -282,21 +285,28 @@ def _append_with_columns(sink: str, table: Any, entry: dict[str, Any],
         log.info("Delta version %s of %s: %s", version, sink, exc)
         return False
     if made:
-        log.info("Delta table %s: batch %s added column(s) %s in version %s", sink,
-                 entry["batch_id"], ", ".join(names), version)  # fmt: skip
+        if names:
+            log.info("Delta table %s: batch %s added column(s) %s in version %s", sink,
+                     entry["batch_id"], ", ".join(names), version)  # fmt: skip
         _checkpoint(sink, version, state.configuration)
     return made
 
 
 def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None]) -> None:
-    """The checkpoint delta-rs writes after its own commits, when ``version`` is due one;
-    a failure is only logged (the next due version writes one)."""
+    """What delta-rs does after its own commits, when ``version`` is due a checkpoint: the
+    checkpoint, then the log files older than the table's log retention (30 days unless
+    ``delta.logRetentionDuration`` says otherwise) deleted, unless the table turns that off
+    (``delta.enableExpiredLogCleanup``). A failure is only logged: a table without them is
+    slower to load, not wrong, and the next due version tries again."""
     interval = int(configuration.get(CHECKPOINT_KEY) or CHECKPOINT_INTERVAL)
     if (version + 1) % interval:  # after every interval-th commit, as delta-rs: 9, 19, ...
         return
     try:
-        open_table(sink, version).create_checkpoint()
-    except Exception as exc:  # a table without a checkpoint is slower to load, not wrong
+        table = open_table(sink, version)
+        table.create_checkpoint()
+        if str(configuration.get(LOG_CLEANUP_KEY) or "true").lower() != "false":
+            table.cleanup_metadata()
+    except Exception as exc:
         log.warning("checkpoint of %s at version %s failed: %s", sink, version, exc)
 
 
@@ -318,27 +328,28 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
     _check_files(sink, actions)
     batch_id = entry["batch_id"]
     now_ms = int(time.time() * 1000)
-    table = start if start is not None else open_table(sink)
+    table = start if start is not None else newest(sink)
     if table is None:
         if _create(sink, schema, entry, partition_by, _delta_actions(actions, now_ms)):
             # Not always version 0: delta-rs retries a create that lost version 0 to another
-            # batch's create as the next version, so the version is looked up by its txn.
-            table = open_table(sink)
-            stop = table.version() if table is not None else 0
-            return DeltaCommit(_find_version(sink, batch_id, 0, stop), True)
-        table = open_table(sink)
+            # batch's create as the next version, so the log is read forward for its txn.
+            return DeltaCommit(_find_from(sink, batch_id, 0), True)
+        table = newest(sink)
     for _ in range(COMMIT_TRIES):
         if _committed(table, batch_id):
             return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
                                              table.version()), False)  # fmt: skip
         before = table.version()
         fields = new_fields(arrow_schema(table.schema()), schema)
+        state = delta_log.TableState.of(table)
         if fields:
-            if _append_with_columns(sink, table, entry, actions, fields, now_ms):
+            check_protocol(sink, state)
+        if fields or not delta_log.unsupported(state):
+            if _write_commit(sink, state, entry, actions, fields, now_ms):
                 return DeltaCommit(before + 1, True)
         elif _append(sink, table, entry, actions, partition_by, now_ms):
             return DeltaCommit(_find_from(sink, batch_id, before + 1), True)
-        table = open_table(sink)  # another commit took the version: start from the newest
+        table = newest(sink)  # another commit took the version: start from the newest
     raise TransientIOError(f"Delta commit of batch {batch_id} to {sink} lost its version to "
                            f"other commits {COMMIT_TRIES} times")  # fmt: skip
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from celeray import delta_actions, delta_schema, delta_table, kill_points, storage
+from celeray import delta_actions, delta_schema, delta_snapshot, delta_table, kill_points, storage
 from celeray.archive import after_commit_fields, finish_archives
 from celeray.backlog import Chain, chain_next
 from celeray.batch import ResolvedBatch
@@ -205,7 +205,7 @@ def commit_result(
     schemas = result.get("schemas") or {}
     table = None  # a Delta sink's table, loaded once for its check and its commit
     if batch.is_delta:  # TableFormatError: rows a Delta table cannot take (no entry made)
-        table = delta_table.open_table(batch.sink)
+        table = delta_snapshot.newest(batch.sink)
         delta_schema.check_schema(batch.sink, _schema(schemas.get("table")), table)
     version, changes = SchemaLog(batch.sink).record(
         _schema(schemas.get("input")), _schema(schemas.get("table")),

@@ -40,6 +40,7 @@ __all__ = [
     "read_json",
     "remove_file",
     "remove_tree",
+    "signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,20 @@ def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = open_fs(url, storage_options)
     fs.invalidate_cache()
     return bool(fs.exists(path))
+
+
+def signature(url: str, storage_options: dict[str, Any] | None = None
+              ) -> tuple[int, float | None, str | None] | None:  # fmt: skip
+    """``(size, mtime, etag)`` of the file at ``url`` as the store says now (no cached
+    listing), None when it is not there: what tells a rewritten file from the one seen."""
+    fs, path = open_fs(url, storage_options)
+    if not is_local(fs):
+        fs.invalidate_cache(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return int(info.get("size") or 0), _mtime(info), _etag(info)
 
 
 def read_json(url: str, storage_options: dict[str, Any] | None = None) -> Any:

@@ -257,26 +257,36 @@ def test_concurrent_publishers_of_one_column_adding_batch_commit_once(sink: str)
     assert _delta_rows(sink) == [0, 1, 2, 100]
 
 
+@pytest.mark.parametrize("writer", ["celeray", "delta-rs"])
 def test_an_append_that_loses_to_a_column_commit_is_tried_again(
-    sink: str, monkeypatch: pytest.MonkeyPatch
+    sink: str, monkeypatch: pytest.MonkeyPatch, writer: str
 ) -> None:
-    """delta-rs refuses an append whose snapshot a metadata change overtook ("Metadata
-    changed since last commit"): the batch reads the table again and lands next."""
+    """An append whose snapshot a column-adding commit overtook loses its version (celeray's
+    own commit: the version's file exists; delta-rs's, for a protocol celeray does not
+    write: "Metadata changed since last commit"): the batch reads the table again and
+    lands next."""
     ledger = Ledger(sink)
     delta_table.publish(ledger, _batch(sink, "b0", _rows(1, start=100)))
-    plain = _batch(sink, "p1", _rows(2, start=10))  # no new column: delta-rs appends it
+    plain = _batch(sink, "p1", _rows(2, start=10))  # no new column: a plain append
     wide = _batch(sink, "w1", _rows(2, start=20, note=["a", "b"]))
-    real = delta_table._append
+    name = "_write_commit" if writer == "celeray" else "_append"
+    real, real_unsupported = getattr(delta_table, name), delta_log.unsupported
     tries: list[int] = []
 
     def overtaken(sink_: str, table: Any, *args: Any) -> bool:
-        tries.append(table.version())
+        tries.append(table.version() if writer == "delta-rs" else table.version)
         if len(tries) == 1:  # the column-adding batch commits after p1 read the table
             schema = SchemaLog(sink).at(int(wide["schema_version"])).table  # type: ignore[union-attr]
-            assert delta_table.commit_entry(sink, wide, schema).version == 1
-        return real(sink_, table, *args)
+            with monkeypatch.context() as m:
+                m.setattr(delta_table, name, real)
+                m.setattr(delta_log, "unsupported", real_unsupported)
+                assert delta_table.commit_entry(sink, wide, schema).version == 1
+        return bool(real(sink_, table, *args))
 
-    monkeypatch.setattr(delta_table, "_append", overtaken)
+    monkeypatch.setattr(delta_table, name, overtaken)
+    if writer == "delta-rs":  # a protocol celeray's commit does not write: delta-rs appends
+        monkeypatch.setattr(delta_log, "unsupported",
+                            lambda st: real_unsupported(st) or ["a feature (test)"])
     schema = SchemaLog(sink).at(int(plain["schema_version"])).table  # type: ignore[union-attr]
     assert delta_table.commit_entry(sink, plain, schema) == delta_table.DeltaCommit(2, True)
     assert tries == [0, 1]
@@ -307,6 +317,25 @@ def test_a_checkpoint_where_one_is_due(sink: str, tmp_path: Path) -> None:
     log = tmp_path / "lake" / "_delta_log"
     assert [p.name for p in log.glob("*.checkpoint.parquet")] == [f"{2:020d}.checkpoint.parquet"]
     assert _delta_rows(sink) == [0, 1, 5, 6]
+
+
+@pytest.mark.parametrize("cleanup", ["true", "false"])
+def test_log_files_past_their_retention_go_at_a_checkpoint(
+    sink: str, tmp_path: Path, cleanup: str
+) -> None:
+    """As after delta-rs's own commits: a due checkpoint, then the log files older than
+    ``delta.logRetentionDuration`` deleted, unless ``delta.enableExpiredLogCleanup`` is off."""
+    ledger = Ledger(sink)
+    delta_table.publish(ledger, _batch(sink, "b0", _rows(1)))
+    delta_table.open_table(sink).alter.set_table_properties({
+        "delta.checkpointInterval": "3", "delta.logRetentionDuration": "interval 0 seconds",
+        "delta.enableExpiredLogCleanup": cleanup})  # version 1  # fmt: skip
+    for i in range(1, 5):  # versions 2..5; 2 and 5 are due checkpoints
+        delta_table.publish(ledger, _batch(sink, f"b{i}", _rows(1, start=10 * i)))
+    log = tmp_path / "lake" / "_delta_log"
+    versions = sorted(int(p.name.split(".")[0]) for p in log.glob("*.json"))
+    assert versions == ([5] if cleanup == "true" else [0, 1, 2, 3, 4, 5])
+    assert _delta_rows(sink) == [0, 10, 20, 30, 40]
 
 
 def test_a_protocol_the_commit_cannot_honour_is_refused_before_the_entry(sink: str) -> None:
