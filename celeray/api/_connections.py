@@ -46,6 +46,11 @@ _CLIENT_CONF: dict[str, Any] = {
     },
     "redis_socket_connect_timeout": CONNECT_TIMEOUT,
     "redis_socket_timeout": SOCKET_TIMEOUT,
+    # One result backend (and its connection pool) for the process. Celery keeps a backend
+    # per thread otherwise, and under gevent every request is a "thread": each run poll
+    # made a backend and a new Redis connection (HELLO, AUTH, SELECT; a TLS handshake on
+    # rediss://). The API only reads and writes metas, never waits on a result's pub/sub.
+    "result_backend_thread_safe": True,
 }
 
 
