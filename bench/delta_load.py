@@ -1,12 +1,13 @@
 """``python -m bench.delta_load``: a Delta commit as the table grows, by checkpoint interval.
 
-Every batch's commit loads the table (:func:`celeray.delta_location.open_table`): from its
-last checkpoint and the commits after it. On a local table, ``--commits`` one-file batches
-are committed the way celeray commits them (one load for the schema check and the commit,
-:func:`celeray.delta_table.commit_entry`), once on a table with ``delta.checkpointInterval``
-10 (what celeray gives a table it creates) and once with 100 (delta-rs's default); the
-load and the whole commit (load included) are timed, and their mean and worst printed per
-window of ``--window`` commits.
+Every batch's commit starts from the table's newest version. On a local table, ``--commits``
+one-file batches are committed the way celeray commits them: from the snapshot the thread
+kept, brought up to date (:func:`celeray.delta_snapshot.newest`), with one commit
+(:func:`celeray.delta_table.commit_entry`); once on a table with ``delta.checkpointInterval``
+10 (what celeray gives a table it creates) and once with 100 (delta-rs's default). Timed:
+a fresh load of the table (:func:`celeray.delta_location.open_table`, what each batch did
+before snapshots were kept), the kept snapshot's update, and the whole commit (update
+included); their mean and worst are printed per window of ``--window`` commits.
 """
 
 from __future__ import annotations
@@ -35,45 +36,54 @@ def _batch(folder: Path, i: int) -> dict[str, Any]:
             "delta": {"partition_by": []}}  # fmt: skip
 
 
-def run(commits: int, interval: int) -> tuple[list[float], list[float]]:
-    """Per-commit seconds of the table load and of the whole commit, ``commits`` commits."""
-    from celeray import delta_table
+def run(commits: int, interval: int) -> tuple[list[float], list[float], list[float]]:
+    """Per-commit seconds of a fresh load, of the kept snapshot's update and of the whole
+    commit from it, ``commits`` commits."""
+    from celeray import delta_snapshot, delta_table
 
     schema = pa.schema([("id", pa.int64())])
     folder = Path(tempfile.mkdtemp(prefix=f"bench-delta-load-{interval}-"))
     sink = folder.as_uri()
+    delta_snapshot.forget()
     try:
         delta_table.commit_entry(sink, _batch(folder, 0), schema)
         table = delta_table.open_table(sink)
         table.alter.set_table_properties({delta_table.CHECKPOINT_KEY: str(interval)})
-        loads, whole = [], []
+        loads, updates, whole = [], [], []
         for i in range(1, commits + 1):
             entry = _batch(folder, i)
             t0 = time.perf_counter()
-            start = delta_table.open_table(sink)
+            delta_table.open_table(sink)
             t1 = time.perf_counter()
-            delta_table.commit_entry(sink, entry, schema, start)
+            start = delta_snapshot.newest(sink)
             t2 = time.perf_counter()
+            delta_table.commit_entry(sink, entry, schema, start)
+            t3 = time.perf_counter()
             loads.append(t1 - t0)
-            whole.append(t2 - t0)
-        return loads, whole
+            updates.append(t2 - t1)
+            whole.append(t3 - t1)
+        return loads, updates, whole
     finally:
+        delta_snapshot.forget()
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print, per interval and window of commits, the load's and the commit's mean and worst."""
+    """Print, per interval and window of commits, the mean and worst of a fresh load, of the
+    kept snapshot's update and of the commit."""
     p = argparse.ArgumentParser(prog="python -m bench.delta_load", description=__doc__)
     p.add_argument("--commits", type=int, default=300, help="batches committed per table")
     p.add_argument("--window", type=int, default=100, help="commits per printed line")
     args = p.parse_args(argv)
-    print(f"{'interval':>8} {'commits':>9} {'load ms mean/worst':>20} {'commit ms mean/worst':>22}")
+    print(f"{'interval':>8} {'commits':>9} {'fresh load ms mean/worst':>26} "
+          f"{'kept update ms mean/worst':>27} {'commit ms mean/worst':>22}")
     for interval in INTERVALS:
-        loads, whole = run(args.commits, interval)
+        loads, updates, whole = run(args.commits, interval)
         for lo in range(0, args.commits, args.window):
-            a, b = loads[lo:lo + args.window], whole[lo:lo + args.window]
+            a, u, b = (x[lo:lo + args.window] for x in (loads, updates, whole))
             print(f"{interval:>8} {f'{lo + 1}-{lo + len(a)}':>9} "
-                  f"{statistics.mean(a) * 1000:>11.1f} / {max(a) * 1000:<6.1f} "
+                  f"{statistics.mean(a) * 1000:>17.1f} / {max(a) * 1000:<6.1f} "
+                  f"{statistics.mean(u) * 1000:>18.1f} / {max(u) * 1000:<6.1f} "
                   f"{statistics.mean(b) * 1000:>13.1f} / {max(b) * 1000:<6.1f}")
     return 0
 
