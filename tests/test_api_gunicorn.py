@@ -100,7 +100,10 @@ def test_an_s3_sink_is_read_by_the_served_api(tmp_path: Path, s3: Any) -> None:
 
 def test_polling_a_run_reuses_the_workers_redis_connections(tmp_path: Path) -> None:
     """Every request is a greenlet, which Celery took for a thread of its own: each run poll
-    made a result backend and opened a Redis connection. Now 40 polls open none."""
+    made a result backend and opened a Redis connection (40 polls: 40 connections). Now a
+    gunicorn worker opens its state store's and its result backend's on its first request,
+    and no more."""
+    from celeray.api import gunicorn_conf
     from tests._stack import RedisServer
 
     server = RedisServer(tmp_path / "redis", password=None)  # counts only the API's clients
@@ -109,17 +112,17 @@ def test_polling_a_run_reuses_the_workers_redis_connections(tmp_path: Path) -> N
         with api_server(tmp_path / "api", env) as api:
             status, body = _post_chunked(api.port, "/api/v1/pipelines/flights/runs", api.token,
                                          b"{}")  # fmt: skip
-            assert status == 202, body
-            for _ in range(10):  # fresh connections: both gunicorn workers make theirs
-                assert _get(api.port, body["status_url"], api.auth)[0] == 200
 
             def opened() -> int:
                 return int(server.client(0).info("stats")["total_connections_received"])
 
+            assert status == 202, body
             before = opened()
             polls = [_get(api.port, body["status_url"], api.auth)[0] for _ in range(40)]
             assert polls == [200] * 40
             made = opened() - before - 1  # the count's own client is one
-            assert made <= 2, f"40 polls opened {made} Redis connections"
+            # Which worker answers which request is the kernel's choice: a worker that had
+            # no request before the polls opens its two now.
+            assert made <= 2 * gunicorn_conf.workers, f"40 polls opened {made} Redis connections"
     finally:
         server.stop()
