@@ -6,10 +6,11 @@ checkpoint and the commits after it, on every batch; a snapshot kept from the th
 previous batch is brought up to date with the commits made since
 (``DeltaTable.update_incremental``), which reads only those (costs in ``bench/RESULTS.md``).
 
-A kept snapshot is trusted only while the log file of its version is the file it was loaded
-with (same size, modification time and ETag): a table deleted and made again under the same
-URL, or a log rewritten by hand, is loaded afresh. A snapshot that cannot be brought up to
-date (its log cleaned past it) is loaded afresh too.
+A kept snapshot is trusted only while the log file of the version it was loaded at is the
+file it was then (same size, modification time and ETag): a table deleted and made again
+under the same URL, or a log rewritten by hand, is loaded afresh. So is a snapshot whose
+log was cleaned past that version, or that cannot be brought up to date. One look at one
+file per batch.
 
 Each thread keeps its own: a Ray-driving worker commits batches on several threads, and a
 snapshot is updated and committed from by one thread at a time. A thread keeps at most
@@ -26,6 +27,7 @@ from typing import Any
 
 from celeray import storage
 from celeray.delta_location import open_table
+from celeray.storage import FileInfo
 from celeray.table_format import DELTA_LOG
 
 __all__ = ["MAX_TABLES", "forget", "newest"]
@@ -39,10 +41,10 @@ MAX_TABLES = 4
 _local = threading.local()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Kept:
     table: Any
-    seen: tuple[int, tuple[Any, ...] | None]  # the version and its log file's signature
+    anchor: FileInfo  # the log file of the version the table was loaded at
 
 
 def _kept() -> OrderedDict[str, _Kept]:
@@ -52,8 +54,15 @@ def _kept() -> OrderedDict[str, _Kept]:
     return tables
 
 
-def _seen(sink: str, version: int) -> tuple[int, tuple[Any, ...] | None]:
-    return version, storage.signature(storage.join(sink, DELTA_LOG, f"{version:020d}.json"))
+def _brought_up_to_date(sink: str, kept: _Kept) -> bool:
+    if storage.file_info(kept.anchor.url) != kept.anchor:
+        return False
+    try:
+        kept.table.update_incremental()
+    except Exception as exc:
+        log.info("Delta table %s loaded afresh: %s", sink, exc)
+        return False
+    return True
 
 
 def newest(sink: str) -> Any:
@@ -61,22 +70,14 @@ def newest(sink: str) -> Any:
     thread's kept snapshot brought up to date, or a fresh load."""
     tables = _kept()
     kept = tables.pop(sink, None)
-    if kept is not None and _seen(sink, kept.seen[0]) == kept.seen:
-        try:
-            kept.table.update_incremental()
-        except Exception as exc:  # a log cleaned past the snapshot: load it afresh
-            log.info("Delta table %s loaded afresh: %s", sink, exc)
-            kept = None
-    else:
-        kept = None
-    if kept is None:
+    if kept is None or not _brought_up_to_date(sink, kept):
         table = open_table(sink)
         if table is None:
             return None
-        kept = _Kept(table, (-1, None))
-    version = int(kept.table.version())
-    if version != kept.seen[0]:
-        kept.seen = _seen(sink, version)
+        anchor = storage.file_info(storage.join(sink, DELTA_LOG, f"{table.version():020d}.json"))
+        if anchor is None:  # its log cleaned meanwhile: nothing to check it by next time
+            return table
+        kept = _Kept(table, anchor)
     tables[sink] = kept
     while len(tables) > MAX_TABLES:
         tables.popitem(last=False)

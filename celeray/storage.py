@@ -30,6 +30,7 @@ __all__ = [
     "create_file",
     "create_json",
     "exists",
+    "file_info",
     "is_local",
     "is_local_url",
     "join",
@@ -40,7 +41,6 @@ __all__ = [
     "read_json",
     "remove_file",
     "remove_tree",
-    "signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -191,10 +191,9 @@ def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     return bool(fs.exists(path))
 
 
-def signature(url: str, storage_options: dict[str, Any] | None = None
-              ) -> tuple[int, float | None, str | None] | None:  # fmt: skip
-    """``(size, mtime, etag)`` of the file at ``url`` as the store says now (no cached
-    listing), None when it is not there: what tells a rewritten file from the one seen."""
+def file_info(url: str, storage_options: dict[str, Any] | None = None) -> FileInfo | None:
+    """The file at ``url`` as the store says now (no cached listing), None when it is not
+    there: its size, mtime and ETag tell a rewritten file from the one seen before."""
     fs, path = open_fs(url, storage_options)
     if not is_local(fs):
         fs.invalidate_cache(path)
@@ -202,7 +201,8 @@ def signature(url: str, storage_options: dict[str, Any] | None = None
         info = fs.info(path)
     except FileNotFoundError:
         return None
-    return int(info.get("size") or 0), _mtime(info), _etag(info)
+    return FileInfo(url=url, size=int(info.get("size") or 0), mtime=_mtime(info),
+                    etag=_etag(info))  # fmt: skip
 
 
 def read_json(url: str, storage_options: dict[str, Any] | None = None) -> Any:
