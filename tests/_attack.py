@@ -24,6 +24,7 @@ __all__ = [
     "key_holder_serializer",
     "push",
     "queue_of",
+    "queued",
     "signed",
 ]
 
@@ -35,27 +36,59 @@ def queue_of(task: str) -> str:
     return str(celery_config(Settings())["task_routes"][task]["queue"])
 
 
-def push(broker: redis.Redis, task: str, payload: bytes, content_type: str | None,
+def push(broker: redis.Redis | str, task: str, payload: bytes, content_type: str | None,
          task_id: str | None = None) -> str:  # fmt: skip
-    """LPUSH one task message (kombu's envelope, Celery's protocol 2) into the task's queue,
-    as anyone who can write to Redis can; returns its task id."""
+    """Put one task message (Celery's protocol 2) into the task's queue, as anyone who can
+    write to the broker can; returns its task id.
+
+    ``broker``: a Redis client (LPUSH of kombu's envelope) or a broker URL (``redis://``
+    as before, or ``amqp://``: a raw ``basic_publish`` to the queue, no kombu serializer).
+    """
     task_id = task_id or str(uuid.uuid4())
     queue = queue_of(task)
+    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id,
+               "parent_id": None, "group": None, "retries": 0, "eta": None,
+               "expires": None, "timelimit": [None, None], "origin": "attacker@host",
+               "argsrepr": "", "kwargsrepr": "", "ignore_result": None}  # fmt: skip
+    if isinstance(broker, str) and broker.startswith(("amqp://", "amqps://")):
+        _publish_amqp(broker, queue, payload, content_type, headers, task_id)
+        return task_id
+    client = redis.Redis.from_url(broker) if isinstance(broker, str) else broker
     message = {
         "body": base64.b64encode(payload).decode(),
         "content-encoding": "utf-8",
         "content-type": content_type,
-        "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id,
-                    "parent_id": None, "group": None, "retries": 0, "eta": None,
-                    "expires": None, "timelimit": [None, None], "origin": "attacker@host",
-                    "argsrepr": "", "kwargsrepr": "", "ignore_result": None},
+        "headers": headers,
         "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
                        "delivery_info": {"exchange": "", "routing_key": queue},
                        "priority": 0, "body_encoding": "base64",
                        "delivery_tag": str(uuid.uuid4())},
     }  # fmt: skip
-    broker.lpush(queue, json.dumps(message))
+    client.lpush(queue, json.dumps(message))
     return task_id
+
+
+def _publish_amqp(url: str, queue: str, payload: bytes, content_type: str | None,
+                  headers: dict[str, Any], task_id: str) -> None:  # fmt: skip
+    """One raw message on the default exchange, routed to ``queue`` (declared by the
+    workers: a quorum queue), with the properties a Celery sender sets."""
+    from kombu import Connection
+
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        message = channel.prepare_message(
+            payload, 0, content_type, "utf-8", headers,
+            {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2})
+        channel.basic_publish(message, exchange="", routing_key=queue)
+
+
+def queued(settings: Settings, queue: str) -> int:
+    """Messages waiting in ``queue`` on ``settings``' broker (Redis or RabbitMQ)."""
+    from celeray.broker import amqp_queue_depths, is_amqp
+
+    if is_amqp(settings.broker_url):
+        return amqp_queue_depths(settings, (queue,))[queue]
+    return int(redis.Redis.from_url(settings.broker_url).llen(queue))
 
 
 def body(args: list[Any], kwargs: dict[str, Any]) -> bytes:

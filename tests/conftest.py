@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,26 +37,17 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return s3_server
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Stack]:
-    """One Ray head and two workers for the whole session, stopped by pid at the end.
-
-    Every process of it has the S3 server's endpoint and credentials in its environment.
-    """
-    s = Stack(tmp_path_factory.mktemp("stack"), extra_env=s3_server.env)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
+# CELERAY_TEST_BROKER=amqp runs every test on the session's stack with RabbitMQ as its
+# broker (a vhost of the session's own), so the whole suite, not only the variants below,
+# can be held to both brokers; the default is Redis.
+WHOLE_SUITE_BROKER = os.environ.get("CELERAY_TEST_BROKER", "redis")
 RABBIT_DBS = (5, 6)  # the RabbitMQ stack's Redis dbs (results, run state); 5 stays empty
 
 
-@pytest.fixture(scope="session")
-def rabbit_stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Stack]:
-    """The session stack's twin whose broker is RabbitMQ: a vhost of its own on the
-    machine's RabbitMQ, created here and deleted (with every queue in it) at the end."""
+@contextmanager
+def _rabbit_stack(root: Path, s3_server: S3Server) -> Iterator[Stack]:
+    """A stack whose broker is a vhost of its own on the machine's RabbitMQ, created here
+    and deleted (with every queue in it) at the end; results and run state on Redis."""
     from tests import _rabbit
 
     reason = _rabbit.missing()
@@ -67,8 +59,8 @@ def rabbit_stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) 
         # timeout), to a new driver whose Ray workers died with the old one and start cold:
         # on 2 loaded cores that took over 17 s, past the Redis stack's 20 s limit.
         limits = {"CELERAY_TASK_TIME_LIMIT": "40", "CELERAY_VISIBILITY_TIMEOUT": "45"}
-        s = Stack(tmp_path_factory.mktemp("rabbit-stack"), extra_env={**s3_server.env, **limits},
-                  broker_url=vhost.url, dbs=RABBIT_DBS)
+        s = Stack(root, extra_env={**s3_server.env, **limits}, broker_url=vhost.url,
+                  dbs=RABBIT_DBS)
         try:
             s.vhost = vhost  # type: ignore[attr-defined]
             yield s
@@ -78,9 +70,46 @@ def rabbit_stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) 
         vhost.delete()
 
 
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Stack]:
+    """One Ray head and two workers for the whole session, stopped by pid at the end.
+
+    Every process of it has the S3 server's endpoint and credentials in its environment.
+    Its broker is Redis, or RabbitMQ under ``CELERAY_TEST_BROKER=amqp``.
+    """
+    root = tmp_path_factory.mktemp("stack")
+    if WHOLE_SUITE_BROKER == "amqp":
+        with _rabbit_stack(root, s3_server) as rabbit:
+            yield rabbit
+        return
+    s = Stack(root, extra_env=s3_server.env)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 s3_server: S3Server) -> Iterator[Stack]:  # fmt: skip
+    """The session stack's twin whose broker is RabbitMQ (see :func:`_rabbit_stack`); under
+    ``CELERAY_TEST_BROKER=amqp``, the session's stack itself."""
+    if WHOLE_SUITE_BROKER == "amqp":
+        yield request.getfixturevalue("stack")
+        return
+    with _rabbit_stack(tmp_path_factory.mktemp("rabbit-stack"), s3_server) as s:
+        yield s
+
+
 @pytest.fixture(params=["redis", "amqp"])
 def any_stack(request: pytest.FixtureRequest) -> Stack:
-    """The session's stack on each broker in turn: Redis, then RabbitMQ."""
+    """The session's stack on each broker in turn: Redis, then RabbitMQ.
+
+    Under ``CELERAY_TEST_BROKER=amqp`` the session's stack is itself on RabbitMQ, and the
+    Redis variant is skipped rather than run twice on RabbitMQ.
+    """
+    if request.param == "redis" and WHOLE_SUITE_BROKER == "amqp":
+        pytest.skip("CELERAY_TEST_BROKER=amqp: the session's stack is on RabbitMQ")
     name = "stack" if request.param == "redis" else "rabbit_stack"
     found: Stack = request.getfixturevalue(name)
     return found

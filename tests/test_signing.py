@@ -1,8 +1,9 @@
-"""Signed task messages: a process that can write to Redis but holds no key cannot make a
-worker act.
+"""Signed task messages: a process that can write to the broker but holds no key cannot
+make a worker act.
 
-Against the session's real stack (Redis, an io and a ray worker, a Ray head): messages are
-pushed straight into the Redis queues with LPUSH, as an attacker with Redis access would,
+Against the session's real stack (a broker, an io and a ray worker, a Ray head): messages
+are put straight into the broker's queues (on Redis with LPUSH, on RabbitMQ with a raw
+publish under ``CELERAY_TEST_BROKER=amqp``), as an attacker with broker access would,
 unsigned in each content type a worker might take, and signed with a key of the attacker's
 own. Each is refused before any task code runs: no state in the result backend, no run
 record, nothing in the sink, the refusal and its reason in the worker's log, and the worker
@@ -34,6 +35,7 @@ from tests._attack import (
     key_holder_serializer,
     push,
     queue_of,
+    queued,
     signed,
 )
 from tests._data import SQL, write_landing
@@ -46,11 +48,7 @@ FLOWER_USER, FLOWER_PASSWORD = "watcher", "flower-pw-" + uuid.uuid4().hex[:8]
 
 def _push(stack: Stack, task: str, payload: bytes, content_type: str | None,
           task_id: str | None = None) -> str:  # fmt: skip
-    return push(_broker(stack), task, payload, content_type, task_id)
-
-
-def _broker(stack: Stack) -> redis.Redis:
-    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=stack.dbs[0])
+    return push(stack.settings.broker_url, task, payload, content_type, task_id)
 
 
 def _stack_serializer(stack: Stack) -> Any:
@@ -132,8 +130,8 @@ def test_unsigned_and_foreign_signed_messages_are_refused(
                       task_id)
             pushed[task_id] = (task, reason)
     _wait_refused(stack, pushed)
-    broker = _broker(stack)
-    wait_for(lambda: all(broker.llen(q) == 0 for q in ("io", "ray")), 30, "empty queues")
+    wait_for(lambda: all(queued(stack.settings, q) == 0 for q in ("io", "ray")), 30,
+             "empty queues")
     time.sleep(1)  # anything that had started would have a STARTED state by now
     ran = [(task, tid) for tid, (task, _) in pushed.items()
            if _backend_has(stack, tid) or stack.store.get(tid) is not None]
