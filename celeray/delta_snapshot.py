@@ -2,15 +2,21 @@
 
 Every batch's commit starts from the table's newest version: its schema check, its app
 transaction, the version it writes next. Loading a table reads its log's listing, its last
-checkpoint and the commits after it, on every batch; a snapshot kept from the thread's
-previous batch is brought up to date with the commits made since
-(``DeltaTable.update_incremental``), which reads only those (costs in ``bench/RESULTS.md``).
+checkpoint and the commits after it; bringing a kept one up to date
+(``DeltaTable.update_incremental``) still lists the whole log folder, which grows by a file
+per batch. So a thread keeps a :class:`Snapshot`: delta-rs's table as last loaded, plus the
+plain appends this thread has committed on top of it since (they change only the version
+and the app transactions). Before each batch one look tells whether the version after the
+snapshot's exists: if not, the snapshot is the table's newest and is used as it is; if so
+(another writer, or another thread, committed), the table is brought up to date. A commit
+is written only if its version is free (put-if-absent), so a writer that commits between
+that look and this thread's commit makes the commit fail and start again from the newest.
 
-A kept snapshot is trusted only while the log file of the version it was loaded at is the
-file it was then (same size, modification time and ETag): a table deleted and made again
-under the same URL, or a log rewritten by hand, is loaded afresh. So is a snapshot whose
-log was cleaned past that version, or that cannot be brought up to date. One look at one
-file per batch.
+A kept snapshot is trusted only while the log file of the version its table was loaded at is
+the file it was then (same size, modification time and ETag): a table deleted and made
+again under the same URL, or a log rewritten by hand, is loaded afresh. So is a snapshot
+whose log was cleaned past that version, or that cannot be brought up to date. Two looks at
+one file each per batch, where nothing else committed.
 
 Each thread keeps its own: a Ray-driving worker commits batches on several threads, and a
 snapshot is updated and committed from by one thread at a time. A thread keeps at most
@@ -22,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from celeray import storage
@@ -30,58 +35,103 @@ from celeray.delta_location import open_table
 from celeray.storage import FileInfo
 from celeray.table_format import DELTA_LOG
 
-__all__ = ["MAX_TABLES", "forget", "newest"]
+__all__ = ["MAX_APPENDS", "MAX_TABLES", "Snapshot", "forget", "newest"]
 
 log = logging.getLogger(__name__)
 
 # A worker commits to the few sinks of its pipelines; each snapshot holds its table's list of
 # files in memory, so a thread keeps a handful and loads any other afresh.
 MAX_TABLES = 4
+# Appends a snapshot carries on top of its table before the next batch updates the table
+# (a listing): bounds the app ids it holds, and costs one listing per this many batches.
+MAX_APPENDS = 100
 
 _local = threading.local()
 
 
-@dataclass(frozen=True)
-class _Kept:
-    table: Any
-    anchor: FileInfo  # the log file of the version the table was loaded at
+class Snapshot:
+    """A Delta table as this thread knows it: delta-rs's ``table`` and this thread's plain
+    appends since it was loaded or updated.
+
+    It answers what a commit asks of a ``DeltaTable`` (``version``, ``schema``,
+    ``protocol``, ``metadata``, ``transaction_version``) for the table with those appends;
+    ``create_write_transaction`` (delta-rs's append, for protocols celeray's commit does not
+    write) goes to ``table``, which then has no appends on top (they are celeray's own).
+    """
+
+    def __init__(self, table: Any, anchor: FileInfo | None) -> None:
+        self.table = table
+        self.anchor = anchor  # the log file of the version ``table`` was loaded at
+        self._apps: dict[str, int] = {}  # app id -> version, of this thread's appends
+
+    def version(self) -> int:
+        return int(self.table.version()) + len(self._apps)
+
+    def schema(self) -> Any:
+        return self.table.schema()
+
+    def protocol(self) -> Any:
+        return self.table.protocol()
+
+    def metadata(self) -> Any:
+        return self.table.metadata()
+
+    def transaction_version(self, app_id: str) -> int | None:
+        own = self._apps.get(app_id)
+        return own if own is not None else self.table.transaction_version(app_id)
+
+    def create_write_transaction(self, *args: Any, **kwargs: Any) -> Any:
+        return self.table.create_write_transaction(*args, **kwargs)
+
+    def appended(self, version: int, app_id: str, app_version: int) -> None:
+        """This thread committed ``version``, a plain append (no metadata, no protocol)
+        carrying ``app_id``; ignored unless it is the version right after this one."""
+        if version == self.version() + 1 and len(self._apps) < MAX_APPENDS:
+            self._apps[app_id] = app_version
+
+    def _next_log(self, sink: str) -> str:
+        return storage.join(sink, DELTA_LOG, f"{self.version() + 1:020d}.json")
+
+    def catch_up(self, sink: str) -> bool:
+        """Make this the table's newest version: False when it cannot be trusted or
+        brought up to date (the caller loads the table afresh)."""
+        if self.anchor is None or storage.file_info(self.anchor.url) != self.anchor:
+            return False
+        if storage.file_info(self._next_log(sink)) is None:
+            return True  # nothing committed after this snapshot: it is the newest
+        try:
+            self.table.update_incremental()
+        except Exception as exc:
+            log.info("Delta table %s loaded afresh: %s", sink, exc)
+            return False
+        self._apps.clear()  # the table has them now
+        return True
 
 
-def _kept() -> OrderedDict[str, _Kept]:
-    tables: OrderedDict[str, _Kept] | None = getattr(_local, "tables", None)
+def _kept() -> OrderedDict[str, Snapshot]:
+    tables: OrderedDict[str, Snapshot] | None = getattr(_local, "tables", None)
     if tables is None:
         tables = _local.tables = OrderedDict()
     return tables
 
 
-def _brought_up_to_date(sink: str, kept: _Kept) -> bool:
-    if storage.file_info(kept.anchor.url) != kept.anchor:
-        return False
-    try:
-        kept.table.update_incremental()
-    except Exception as exc:
-        log.info("Delta table %s loaded afresh: %s", sink, exc)
-        return False
-    return True
-
-
-def newest(sink: str) -> Any:
-    """The sink's ``DeltaTable`` at its newest version (None when it has no table yet): this
-    thread's kept snapshot brought up to date, or a fresh load."""
+def newest(sink: str) -> Snapshot | None:
+    """The sink's table at its newest version (None when it has no table yet): this
+    thread's kept snapshot, brought up to date when another commit came after it, or a
+    fresh load."""
     tables = _kept()
     kept = tables.pop(sink, None)
-    if kept is None or not _brought_up_to_date(sink, kept):
+    if kept is None or not kept.catch_up(sink):
         table = open_table(sink)
         if table is None:
             return None
-        anchor = storage.file_info(storage.join(sink, DELTA_LOG, f"{table.version():020d}.json"))
-        if anchor is None:  # its log cleaned meanwhile: nothing to check it by next time
-            return table
-        kept = _Kept(table, anchor)
+        # None when the log was cleaned meanwhile: nothing to check it by next time
+        kept = Snapshot(table, storage.file_info(
+            storage.join(sink, DELTA_LOG, f"{table.version():020d}.json")))
     tables[sink] = kept
     while len(tables) > MAX_TABLES:
         tables.popitem(last=False)
-    return kept.table
+    return kept
 
 
 def forget(sink: str | None = None) -> None:

@@ -69,7 +69,7 @@ import pyarrow as pa
 from celeray import delta_log, kill_points, storage
 from celeray.delta_location import delta_uri, open_table, storage_options
 from celeray.delta_schema import arrow_schema, check_protocol, delta_schema, new_fields
-from celeray.delta_snapshot import newest
+from celeray.delta_snapshot import Snapshot, newest
 from celeray.errors import LedgerError, TransientIOError
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
@@ -328,13 +328,13 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
     _check_files(sink, actions)
     batch_id = entry["batch_id"]
     now_ms = int(time.time() * 1000)
-    table = start if start is not None else newest(sink)
+    table: Any = start if start is not None else newest(sink)
     if table is None:
         if _create(sink, schema, entry, partition_by, _delta_actions(actions, now_ms)):
             # Not always version 0: delta-rs retries a create that lost version 0 to another
             # batch's create as the next version, so the log is read forward for its txn.
             return DeltaCommit(_find_from(sink, batch_id, 0), True)
-        table = newest(sink)
+        table = _existing(sink)
     for _ in range(COMMIT_TRIES):
         if _committed(table, batch_id):
             return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
@@ -346,12 +346,22 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
             check_protocol(sink, state)
         if fields or not delta_log.unsupported(state):
             if _write_commit(sink, state, entry, actions, fields, now_ms):
+                if not fields and isinstance(table, Snapshot):
+                    table.appended(before + 1, app_id(batch_id), APP_VERSION)
                 return DeltaCommit(before + 1, True)
         elif _append(sink, table, entry, actions, partition_by, now_ms):
             return DeltaCommit(_find_from(sink, batch_id, before + 1), True)
-        table = newest(sink)  # another commit took the version: start from the newest
+        table = _existing(sink)  # another commit took the version: start from the newest
     raise TransientIOError(f"Delta commit of batch {batch_id} to {sink} lost its version to "
                            f"other commits {COMMIT_TRIES} times")  # fmt: skip
+
+
+def _existing(sink: str) -> Snapshot:
+    """The newest snapshot of a table another writer has just committed to."""
+    table = newest(sink)
+    if table is None:
+        raise TransientIOError(f"the Delta table {sink} vanished while a batch committed to it")
+    return table
 
 
 def drop_files(sink: str, outputs: list[dict[str, Any]]) -> None:

@@ -1,5 +1,6 @@
 """A thread's kept Delta snapshot, on real tables on a local disk: it follows every commit,
-whoever makes it, and is never trusted for a table made again under the same URL."""
+whoever makes it, carries this thread's own appends without reloading, and is never trusted
+for a table made again under the same URL."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_the_snapshot_follows_commits_of_any_writer(tmp_path: Path) -> None:
                     partition_by=["year", "month"])  # another engine's commit: version 2
     again = delta_snapshot.newest(sink)
     assert again is first and again.version() == 2  # the same snapshot, brought up to date
-    assert sorted(again.to_pyarrow_table().column("id").to_pylist()) == [0, 1, 10, 11, 50]
+    assert again.table.version() == 2
+    assert sorted(again.table.to_pyarrow_table().column("id").to_pylist()) == [0, 1, 10, 11, 50]
 
 
 def test_a_table_made_again_under_the_same_url_is_loaded_afresh(tmp_path: Path) -> None:
@@ -53,7 +55,7 @@ def test_a_table_made_again_under_the_same_url_is_loaded_afresh(tmp_path: Path) 
     write_deltalake(str(lake), pa.table({"id": [7], "note": ["x"]}))  # version 0 again
     new = delta_snapshot.newest(sink)
     assert new is not old and new.metadata().id != old.metadata().id
-    assert new.to_pyarrow_table().column("id").to_pylist() == [7]
+    assert new.table.to_pyarrow_table().column("id").to_pylist() == [7]
 
 
 def test_each_thread_keeps_its_own_and_only_a_few(tmp_path: Path) -> None:
@@ -85,3 +87,56 @@ def test_plain_appends_written_by_celeray_read_back_in_every_reader(tmp_path: Pa
     assert (tmp_path / "lake" / "_delta_log" / "00000000000000000009.checkpoint.parquet").exists()
     history = DeltaTable(str(tmp_path / "lake")).history()
     assert {h.get("engineInfo") for h in history[:11]} == {"celeray"}  # 1..11: celeray's
+
+
+def test_own_appends_need_no_reload_until_another_writer_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    updates: list[int] = []
+    real = DeltaTable.update_incremental
+    monkeypatch.setattr(DeltaTable, "update_incremental",
+                        lambda self, *a, **k: (updates.append(1), real(self, *a, **k))[1])
+    for i in range(1, 6):  # celeray's own plain appends, one thread
+        assert _publish(sink, f"b{i}", 10 * i) == delta_table.DeltaCommit(i, True)
+    kept = delta_snapshot.newest(sink)
+    assert updates == [] and kept.version() == 5 and kept.table.version() == 0
+    assert delta_table._committed(kept, "b3")  # its own appends' app transactions
+    again = delta_table.publish(Ledger(sink), Ledger(sink).entries()[3])  # a redelivery
+    assert again == delta_table.DeltaCommit(3, False)
+    write_deltalake(str(tmp_path / "lake"), _rows(1, start=500), mode="append",
+                    partition_by=["year", "month"])  # another engine: version 6
+    assert _publish(sink, "b7", 70) == delta_table.DeltaCommit(7, True)
+    assert updates == [1] and delta_snapshot.newest(sink).version() == 7
+    expected = sorted([*(x for i in range(6) for x in (10 * i, 10 * i + 1)), 500, 70, 71])
+    assert _delta_rows(sink) == expected
+    assert sorted(DeltaTable(str(tmp_path / "lake")).to_pyarrow_table()
+                  .column("id").to_pylist()) == expected
+
+
+def test_a_commit_made_between_the_look_and_the_write_loses_and_goes_again(
+    tmp_path: Path,
+) -> None:
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    kept = delta_snapshot.newest(sink)  # version 0, nothing after it
+    assert kept is not None and kept.version() == 0
+    write_deltalake(str(tmp_path / "lake"), _rows(1, start=500), mode="append",
+                    partition_by=["year", "month"])  # version 1, after the look
+    done = delta_table.publish(Ledger(sink), _batch(sink, "b1", _rows(2, start=10)), kept)
+    assert done == delta_table.DeltaCommit(2, True)  # version 1 was taken: it went again
+    assert _delta_rows(sink) == [0, 1, 10, 11, 500]
+
+
+def test_appends_a_snapshot_carries_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delta_snapshot, "MAX_APPENDS", 3)
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    for i in range(1, 8):
+        assert _publish(sink, f"b{i}", 10 * i).version == i
+    kept = delta_snapshot.newest(sink)
+    assert kept.version() == 7 and kept.version() - kept.table.version() <= 3
+    assert _delta_rows(sink) == sorted(x for i in range(8) for x in (10 * i, 10 * i + 1))
