@@ -92,6 +92,22 @@ class Snapshot:
     def _next_log(self, sink: str) -> str:
         return storage.join(sink, DELTA_LOG, f"{self.version() + 1:020d}.json")
 
+    def adopt(self, sink: str, table: Any) -> None:
+        """Take ``table``, freshly loaded at this snapshot's version (for a checkpoint), in
+        place of the older table and the appends on top of it; ignored at another version.
+
+        A table brought up to date again and again replays every commit since it was
+        loaded on each look-up (its app transactions above all); a fresh load starts from
+        the last checkpoint, so a snapshot renewed at each checkpoint stays quick to ask.
+        """
+        version = int(table.version())
+        if version != self.version():
+            return
+        anchor = storage.file_info(storage.join(sink, DELTA_LOG, f"{version:020d}.json"))
+        if anchor is not None:
+            self.table, self.anchor = table, anchor
+            self._apps.clear()
+
     def catch_up(self, sink: str) -> bool:
         """Make this the table's newest version: False when it cannot be trusted or
         brought up to date (the caller loads the table afresh)."""

@@ -284,25 +284,30 @@ def _write_commit(sink: str, state: delta_log.TableState, entry: dict[str, Any],
     except TransientIOError as exc:  # S3's 409: a conditional write of it under way
         log.info("Delta version %s of %s: %s", version, sink, exc)
         return False
-    if made:
-        if names:
-            log.info("Delta table %s: batch %s added column(s) %s in version %s", sink,
-                     entry["batch_id"], ", ".join(names), version)  # fmt: skip
-        _checkpoint(sink, version, state.configuration)
+    if made and names:
+        log.info("Delta table %s: batch %s added column(s) %s in version %s", sink,
+                 entry["batch_id"], ", ".join(names), version)  # fmt: skip
     return made
 
 
-def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None]) -> None:
+def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None],
+                kept: Any) -> None:  # fmt: skip
     """What delta-rs does after its own commits, when ``version`` is due a checkpoint: the
     checkpoint, then the log files older than the table's log retention (30 days unless
     ``delta.logRetentionDuration`` says otherwise) deleted, unless the table turns that off
     (``delta.enableExpiredLogCleanup``). A failure is only logged: a table without them is
-    slower to load, not wrong, and the next due version tries again."""
+    slower to load, not wrong, and the next due version tries again.
+
+    ``kept``: the snapshot the commit started from; it takes the table loaded here for the
+    checkpoint (:meth:`~celeray.delta_snapshot.Snapshot.adopt`).
+    """
     interval = int(configuration.get(CHECKPOINT_KEY) or CHECKPOINT_INTERVAL)
     if (version + 1) % interval:  # after every interval-th commit, as delta-rs: 9, 19, ...
         return
     try:
         table = open_table(sink, version)
+        if isinstance(kept, Snapshot):
+            kept.adopt(sink, table)
         table.create_checkpoint()
         if str(configuration.get(LOG_CLEANUP_KEY) or "true").lower() != "false":
             table.cleanup_metadata()
@@ -311,7 +316,7 @@ def _checkpoint(sink: str, version: int, configuration: Mapping[str, str | None]
 
 
 def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
-                 start: Any = None) -> DeltaCommit:  # fmt: skip
+                 start: Any = None, *, unseen: bool = False) -> DeltaCommit:  # fmt: skip
     """Publish the files of a committed ledger ``entry`` in one Delta commit (at most once).
 
     ``schema`` is the table schema of the entry's schema version: its columns the Delta
@@ -320,6 +325,11 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
     again; a commit that meets a newer version loads the table afresh, as it does when
     another commit lands between any load and the commit. See the module docstring for
     the steps and why each is safe to repeat.
+
+    ``unseen``: ``start`` was read before the entry was written, so it cannot hold the
+    batch's commit: the first try does not look its app transaction up (delta-rs reads
+    the log's commits since the last checkpoint again for each look-up). A try after a
+    lost version always looks.
     """
     actions = entry.get("delta_actions") or []
     if not actions:
@@ -335,8 +345,8 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
             # batch's create as the next version, so the log is read forward for its txn.
             return DeltaCommit(_find_from(sink, batch_id, 0), True)
         table = _existing(sink)
-    for _ in range(COMMIT_TRIES):
-        if _committed(table, batch_id):
+    for attempt in range(COMMIT_TRIES):
+        if not (unseen and attempt == 0 and table is start) and _committed(table, batch_id):
             return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
                                              table.version()), False)  # fmt: skip
         before = table.version()
@@ -348,6 +358,7 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
             if _write_commit(sink, state, entry, actions, fields, now_ms):
                 if not fields and isinstance(table, Snapshot):
                     table.appended(before + 1, app_id(batch_id), APP_VERSION)
+                _checkpoint(sink, before + 1, state.configuration, table)
                 return DeltaCommit(before + 1, True)
         elif _append(sink, table, entry, actions, partition_by, now_ms):
             return DeltaCommit(_find_from(sink, batch_id, before + 1), True)
@@ -374,18 +385,22 @@ def drop_files(sink: str, outputs: list[dict[str, Any]]) -> None:
             storage.remove_file(storage.join(sink, path))
 
 
-def publish(ledger: Ledger, entry: dict[str, Any], start: Any = None) -> DeltaCommit:
+def publish(ledger: Ledger, entry: dict[str, Any], start: Any = None, *,
+            new_entry: bool = False) -> DeltaCommit:  # fmt: skip
     """Make a committed Delta batch visible, once, and write its version beside its entry.
 
     A batch already published (its version written down) is not looked at again.
-    ``start``: as for :func:`commit_entry`.
+    ``start``: as for :func:`commit_entry`. ``new_entry``: the caller wrote ``entry`` just
+    now, after it read ``start`` (a first delivery): the batch cannot have been published
+    yet, so neither its version record nor its app transaction in ``start`` is looked up.
     """
-    known = ledger.delta_marker(entry["batch_id"])
-    if known is not None:
-        return DeltaCommit(known.get("delta_version"), False)
+    if not new_entry:
+        known = ledger.delta_marker(entry["batch_id"])
+        if known is not None:
+            return DeltaCommit(known.get("delta_version"), False)
     schema = _schema_of(ledger.sink, entry)
-    done = commit_entry(ledger.sink, entry, schema, start) if schema is not None else DeltaCommit(
-        None, False)
+    done = commit_entry(ledger.sink, entry, schema, start, unseen=new_entry) \
+        if schema is not None else DeltaCommit(None, False)
     if done.fresh:  # the fault suite's kill between the Delta commit and its record
         kill_points.reach(kill_points.AFTER_DELTA_COMMIT, entry["batch_id"])
     ledger.record_delta(entry["batch_id"], done.version)

@@ -246,7 +246,7 @@ def commit_result(
     published: dict[str, int] = {}
     if stored.get("table_format") == DELTA:  # the entry as stored: an earlier one if not fresh
         kill_points.reach(kill_points.AFTER_LEDGER_ENTRY, batch.batch_id)  # tests only
-        done = delta_table.publish(ledger, stored, table)
+        done = delta_table.publish(ledger, stored, table, new_entry=fresh)
         published[f"{DELTA_VERSION}{batch.batch_id}:{done.version}"] = 1
     remaining = store.finish_batch(
         batch.run_id,

@@ -17,6 +17,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from celeray import delta_snapshot, delta_table
 from celeray.ledger import Ledger
+from celeray.schema_log import SchemaLog
 from tests.test_delta_table import _batch, _delta_rows, _rows
 
 
@@ -85,6 +86,8 @@ def test_plain_appends_written_by_celeray_read_back_in_every_reader(tmp_path: Pa
     assert _delta_rows(sink) == expected
     assert sorted(pl.read_delta(str(tmp_path / "lake"))["id"].to_list()) == expected
     assert (tmp_path / "lake" / "_delta_log" / "00000000000000000009.checkpoint.parquet").exists()
+    kept = delta_snapshot.newest(sink)  # renewed by the table loaded for the checkpoint
+    assert kept is not None and kept.version() == 11 and kept.table.version() == 9
     history = DeltaTable(str(tmp_path / "lake")).history()
     assert {h.get("engineInfo") for h in history[:11]} == {"celeray"}  # 1..11: celeray's
 
@@ -140,3 +143,54 @@ def test_appends_a_snapshot_carries_are_bounded(
     kept = delta_snapshot.newest(sink)
     assert kept.version() == 7 and kept.version() - kept.table.version() <= 3
     assert _delta_rows(sink) == sorted(x for i in range(8) for x in (10 * i, 10 * i + 1))
+
+
+def _no_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each app-transaction look-up (delta-rs reads the log again for each)."""
+    looked: list[str] = []
+    real = delta_snapshot.Snapshot.transaction_version
+    monkeypatch.setattr(delta_snapshot.Snapshot, "transaction_version",
+                        lambda self, app: (looked.append(app), real(self, app))[1])
+    return looked
+
+
+def test_a_first_delivery_looks_nothing_up_and_a_redelivery_finds_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``runs.commit_result`` does: the snapshot read, then the entry written, then the
+    commit from that snapshot with ``new_entry``: no version record or app transaction is
+    looked up. The same entry delivered again (not new) is found committed, not doubled."""
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    looked = _no_lookups(monkeypatch)
+    for i in range(1, 4):
+        start = delta_snapshot.newest(sink)
+        entry = _batch(sink, f"b{i}", _rows(2, start=10 * i))
+        done = delta_table.publish(Ledger(sink), entry, start, new_entry=True)
+        assert done == delta_table.DeltaCommit(i, True)
+    assert looked == []
+    b2 = next(e for e in Ledger(sink).entries() if e["batch_id"] == "b2")
+    schema = SchemaLog(sink).at(int(b2["schema_version"])).table
+    # delivered again, as after a kill between the Delta commit and its version record
+    again = delta_table.commit_entry(sink, b2, schema, delta_snapshot.newest(sink))
+    assert again == delta_table.DeltaCommit(2, False) and looked == ["celeray-b2"]
+    assert _delta_rows(sink) == [0, 1, 10, 11, 20, 21, 30, 31]
+
+
+def test_a_first_delivery_racing_a_republish_of_its_batch_commits_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry is new, but recovery publishes it between the entry and this commit: this
+    commit loses the version, looks again, and finds the batch there."""
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    start = delta_snapshot.newest(sink)
+    entry = _batch(sink, "b1", _rows(2, start=10))
+    other: list[delta_table.DeltaCommit] = []
+    worker = threading.Thread(target=lambda: other.append(delta_table.republish(Ledger(sink))))
+    worker.start()  # another thread: a snapshot of its own, as another worker's
+    worker.join()
+    assert other == [1]
+    done = delta_table.publish(Ledger(sink), entry, start, new_entry=True)
+    assert done.version == 1 and _delta_rows(sink) == [0, 1, 10, 11]
+    assert delta_table.open_table(sink).version() == 1  # one commit of b1
