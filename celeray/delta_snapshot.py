@@ -96,9 +96,9 @@ class Snapshot:
         """Take ``table``, freshly loaded at this snapshot's version (for a checkpoint), in
         place of the older table and the appends on top of it; ignored at another version.
 
-        A table brought up to date again and again replays every commit since it was
-        loaded on each look-up (its app transactions above all); a fresh load starts from
-        the last checkpoint, so a snapshot renewed at each checkpoint stays quick to ask.
+        delta-rs reads again, on each app-transaction look-up, every commit after the
+        last checkpoint the table was loaded or updated from; renewed at each checkpoint,
+        a snapshot's table has at most a checkpoint interval of them.
         """
         version = int(table.version())
         if version != self.version():
