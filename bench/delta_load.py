@@ -3,8 +3,9 @@
 Every batch's commit starts from the table's newest version. On a local table, ``--commits``
 one-file batches are committed the way celeray commits them: from the snapshot the thread
 kept, brought up to date (:func:`celeray.delta_snapshot.newest`), with one commit
-(:func:`celeray.delta_table.commit_entry`, as for a batch's first delivery: ``unseen``); once on a table with ``delta.checkpointInterval``
-10 (what celeray gives a table it creates) and once with 100 (delta-rs's default). Timed:
+(:func:`celeray.delta_table.commit_entry`, as for a batch's first delivery: ``unseen``);
+once on a table with ``delta.checkpointInterval`` 10 (what celeray gives a table it creates)
+and once with 100 (delta-rs's default). Timed:
 a fresh load of the table (:func:`celeray.delta_location.open_table`, what each batch did
 before snapshots were kept), the kept snapshot's update, and the whole commit (update
 included); their mean and worst are printed per window of ``--window`` commits.
