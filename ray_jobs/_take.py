@@ -11,9 +11,10 @@ __all__ = ["drain", "take"]
 
 def take(
     batches: Iterable[pa.RecordBatch], limit: int, size: Callable[[pa.RecordBatch], int]
-) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None]:
-    """The batches until their summed ``size`` passes ``limit``, and the rest of the stream
-    (``None`` when the stream ended within the limit: the head is all of it)."""
+) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None, int]:
+    """The batches until their summed ``size`` passes ``limit``, the rest of the stream
+    (``None`` when the stream ended within the limit: the head is all of it), and the
+    head's summed ``size`` (so a caller need not measure it again)."""
     source = iter(batches)
     head: list[pa.RecordBatch] = []
     total = 0
@@ -21,8 +22,8 @@ def take(
         head.append(batch)
         total += size(batch)
         if total > limit:
-            return head, source
-    return head, None
+            return head, source, total
+    return head, None, total
 
 
 def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -249,26 +249,28 @@ class _UnitRun:
                 skip_row=conformer.skipped_row if conformer.skips_rows and span is None
                 else None,
             )
-            head, rest = take(conformer.conform(batches), SMALL_FILE_BYTES,
-                              size=lambda b: b.nbytes)  # fmt: skip
+            head, rest, head_bytes = take(conformer.conform(batches), SMALL_FILE_BYTES,
+                                          size=lambda b: b.nbytes)  # fmt: skip
         except (InputError, SplitRefused) as exc:
             return exc
         if not head:  # a byte range without rows
             self.tally.mark_good(index, file, 0, conformer)
         elif rest is None:
-            self._add_small(index, file, pa.Table.from_batches(head), conformer)
+            self._add_small(index, file, pa.Table.from_batches(head), head_bytes, conformer)
         else:
             return self._stream_large(index, file, drain(head, rest), conformer)
         return None
 
     def _add_small(
-        self, index: int, file: dict[str, Any], table: pa.Table, conformer: Conformer
+        self, index: int, file: dict[str, Any], table: pa.Table, nbytes: int, conformer: Conformer
     ) -> None:
+        """Add a small file's ``table`` (``nbytes``: its size, measured by the caller: pyarrow
+        walks every buffer for ``Table.nbytes``) to the group written as one Parquet file."""
         if self.group and self.group_schema is not None and table.schema.equals(
             self.group_schema, check_metadata=True
         ):  # the usual case, without unify_schemas' ~0.4 ms a file
             unified = self.group_schema
-            if self.group_bytes + table.nbytes > GROUP_BYTES:
+            if self.group_bytes + nbytes > GROUP_BYTES:
                 self._flush_group()
                 unified = table.schema
         elif self.group:
@@ -278,14 +280,14 @@ class _UnitRun:
                 )
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 unified = None
-            if unified is None or self.group_bytes + table.nbytes > GROUP_BYTES:
+            if unified is None or self.group_bytes + nbytes > GROUP_BYTES:
                 self._flush_group()
                 unified = table.schema
         else:
             unified = table.schema
         self.group.append((index, file, table, conformer))
         self.group_schema = unified
-        self.group_bytes += table.nbytes
+        self.group_bytes += nbytes
 
     def _flush_group(self) -> None:
         if not self.group:
