@@ -1,4 +1,5 @@
-"""Read the head of a record batch stream, up to a limit, and keep the rest unread."""
+"""Record batch streams: read the head up to a limit and keep the rest unread; join small
+batches into larger ones."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-__all__ = ["drain", "take"]
+__all__ = ["drain", "rebatch", "take"]
 
 
 def take(
@@ -36,3 +37,29 @@ def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterato
     while head:
         yield head.pop()
     yield from rest
+
+
+def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows of ``batches``, in order, with runs of small batches joined (copied once)
+    into batches of at least ``rows`` rows (the last may be smaller); a batch of ``rows``
+    or more met between runs passes on unchanged. The batches must share one schema."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if not held and batch.num_rows >= rows:
+            yield batch
+            continue
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield _joined(held)
+            held, count = [], 0
+    if held:
+        yield _joined(held)
+
+
+def _joined(held: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(held) == 1:
+        return held[0]
+    joined = pa.Table.from_batches(held).combine_chunks().to_batches()
+    return joined[0] if joined else held[0]

@@ -53,7 +53,7 @@ from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._rejects import write_rejects
 from ray_jobs._table_plan import TablePlan
-from ray_jobs._take import drain, take
+from ray_jobs._take import drain, rebatch, take
 from ray_jobs._tap import ErrorTap
 from ray_jobs._unit_tally import UnitTally, span_of
 from ray_jobs.readers import FORMATS, detect_format, read_batches
@@ -297,7 +297,11 @@ class _UnitRun:
         basename = f"{self.prefix}-s{self.groups_written}"
         self.groups_written += 1
         table = pa.concat_tables([t for _, _, t, _ in members], promote_options="permissive")
-        self.tally.outputs += self._write(iter(table.to_batches(max_chunksize=OUT_ROWS)), basename)
+        batches: Iterator[pa.RecordBatch] = iter(table.to_batches(max_chunksize=OUT_ROWS))
+        if self.plan.get("sql") or self.plan.get("transform"):
+            # Both run once per batch: a chunk per small file would cost a call per file.
+            batches = rebatch(batches, OUT_ROWS)
+        self.tally.outputs += self._write(batches, basename)
         for index, file, t, conformer in members:
             self.tally.mark_good(index, file, t.num_rows, conformer)
 

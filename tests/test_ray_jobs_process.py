@@ -342,3 +342,19 @@ def test_sql_fast_path_writes_what_duckdb_writes(
     assert fast_table.schema == duck_table.schema
     key = [(c, "ascending") for c in fast_table.column_names]
     assert fast_table.sort_by(key).equals(duck_table.sort_by(key))
+
+
+def test_sql_and_transform_over_many_small_files_see_their_rows_joined(
+    landing: Landing,
+) -> None:
+    """Small files are grouped into one Parquet file; the SQL and the callable then run
+    over batches of many files' rows, not once per file, and every row comes out once."""
+    files = [landing.file(f"f{i:02d}.csv", csv_of(rows(20 * i, 20))) for i in range(40)]
+    plan = make_plan(sql="SELECT * FROM input WHERE dep_delay >= 0",
+                     transform="tests._sample_transforms:tag_chunk", partition_by=[])
+    result = process_unit(plan, landing.unit(files))
+    table = landing.table()
+    assert result["rows_in"] == result["rows_out"] == 800
+    assert sorted(table.column("dep_delay").to_pylist()) == sorted(
+        r["dep_delay"] for r in rows(0, 800))
+    assert set(table.column("chunk_rows").to_pylist()) == {800}  # one call, not 40

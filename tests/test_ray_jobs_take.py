@@ -1,0 +1,54 @@
+"""``ray_jobs._take``: the head of a batch stream, and small batches joined into larger ones."""
+
+import pyarrow as pa
+
+from ray_jobs._take import rebatch, take
+
+
+def batch(start: int, n: int) -> pa.RecordBatch:
+    return pa.record_batch({"i": list(range(start, start + n)), "s": [f"v{j}" for j in
+                                                                       range(start, start + n)]})
+
+
+def stream(sizes: list[int]) -> list[pa.RecordBatch]:
+    out, start = [], 0
+    for n in sizes:
+        out.append(batch(start, n))
+        start += n
+    return out
+
+
+def ids(batches: list[pa.RecordBatch]) -> list[int]:
+    return [i for b in batches for i in b.column("i").to_pylist()]
+
+
+def test_take_returns_the_head_its_size_and_the_rest() -> None:
+    head, rest, size = take(stream([3, 3, 3, 3]), 5, size=lambda b: b.num_rows)
+    assert [b.num_rows for b in head] == [3, 3] and size == 6
+    assert rest is not None and ids(list(rest)) == list(range(6, 12))
+
+
+def test_take_of_a_stream_within_the_limit_has_no_rest() -> None:
+    head, rest, size = take(stream([2, 2]), 10, size=lambda b: b.num_rows)
+    assert rest is None and size == 4 and ids(head) == [0, 1, 2, 3]
+
+
+def test_rebatch_joins_runs_of_small_batches_in_order() -> None:
+    out = list(rebatch(stream([3] * 10), 7))
+    assert [b.num_rows for b in out] == [9, 9, 9, 3]
+    assert ids(out) == list(range(30))
+    assert all(b.schema == out[0].schema for b in out)
+
+
+def test_rebatch_passes_a_large_batch_on_between_runs() -> None:
+    source = stream([2, 10, 2, 2, 10])
+    out = list(rebatch(source, 5))
+    # the 2 before the first 10 joins it (a run is held until it reaches 5 rows)
+    assert [b.num_rows for b in out] == [12, 14]
+    assert ids(out) == list(range(26))
+    passed = list(rebatch(stream([10, 2]), 5))
+    assert passed[0] is not None and [b.num_rows for b in passed] == [10, 2]
+
+
+def test_rebatch_of_nothing_is_nothing() -> None:
+    assert list(rebatch([], 5)) == []
