@@ -168,17 +168,21 @@ class TextGuard(io.RawIOBase):
     def _read_first_line(self) -> None:
         """Read the first line whole (or refuse it) and check its encoding and width."""
         self._started = True
-        buf = bytearray()
+        # The first read usually holds the first line (a small file whole): it is kept as
+        # read, without copying it into a growing buffer and out again.
+        chunks: list[bytes] = []
+        held = 0
         newline = -1
-        while newline < 0 and len(buf) <= self._max_row:
+        while newline < 0 and held <= self._max_row:
             data = self._raw.read(_SEARCH)
             if not data:
                 break
-            offset = len(buf)
-            buf += data
             found = data.find(b"\n")
-            newline = offset + found if found >= 0 else -1
-        self._prefix = bytes(buf)
+            newline = held + found if found >= 0 else -1
+            chunks.append(data)
+            held += len(data)
+        self._prefix = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else \
+            b"".join(chunks)
         for bom, name in _BOMS:
             if self._prefix.startswith(bom):
                 raise EncodingError(
@@ -188,7 +192,7 @@ class TextGuard(io.RawIOBase):
                     url=self._url,
                     line=1,
                 )
-        end = newline if newline >= 0 else len(buf)
+        end = newline if newline >= 0 else held
         if end > self._max_row:
             raise InputTooLargeError(
                 f"the first line is longer than the cap of {format_size(self._max_row)} "
