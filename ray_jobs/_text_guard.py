@@ -168,8 +168,9 @@ class TextGuard(io.RawIOBase):
     def _read_first_line(self) -> None:
         """Read the first line whole (or refuse it) and check its encoding and width."""
         self._started = True
-        # The first read usually holds the first line (a small file whole): it is kept as
-        # read, without copying it into a growing buffer and out again.
+        # The first read usually holds the first line (a small file whole): joined alone,
+        # it is kept as read (bytes.join returns a lone bytes item itself), not copied into
+        # a growing buffer and out again.
         chunks: list[bytes] = []
         held = 0
         newline = -1
@@ -181,8 +182,7 @@ class TextGuard(io.RawIOBase):
             newline = held + found if found >= 0 else -1
             chunks.append(data)
             held += len(data)
-        self._prefix = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else \
-            b"".join(chunks)
+        self._prefix = b"".join(chunks)
         for bom, name in _BOMS:
             if self._prefix.startswith(bom):
                 raise EncodingError(
