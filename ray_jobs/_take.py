@@ -39,14 +39,20 @@ def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterato
     yield from rest
 
 
-def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The rows of ``batches``, in order, with runs of small batches joined (copied once)
-    into batches of at least ``rows`` rows (the last may be smaller); a batch of ``rows``
-    or more met between runs passes on unchanged. The batches must share one schema."""
+def rebatch(
+    batches: Iterable[pa.RecordBatch], rows: int, small: int
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``batches``, in order, with runs of batches of fewer than ``small`` rows
+    joined (copied once) into batches of at least ``rows`` rows (a run's last may be
+    smaller); a batch of ``small`` rows or more passes on unchanged, ending the run before
+    it. The batches must share one schema."""
     held: list[pa.RecordBatch] = []
     count = 0
     for batch in batches:
-        if not held and batch.num_rows >= rows:
+        if batch.num_rows >= small:
+            if held:
+                yield _joined(held)
+                held, count = [], 0
             yield batch
             continue
         held.append(batch)

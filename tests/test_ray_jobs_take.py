@@ -34,21 +34,20 @@ def test_take_of_a_stream_within_the_limit_has_no_rest() -> None:
 
 
 def test_rebatch_joins_runs_of_small_batches_in_order() -> None:
-    out = list(rebatch(stream([3] * 10), 7))
+    out = list(rebatch(stream([3] * 10), 7, small=5))
     assert [b.num_rows for b in out] == [9, 9, 9, 3]
     assert ids(out) == list(range(30))
     assert all(b.schema == out[0].schema for b in out)
 
 
-def test_rebatch_passes_a_large_batch_on_between_runs() -> None:
-    source = stream([2, 10, 2, 2, 10])
-    out = list(rebatch(source, 5))
-    # the 2 before the first 10 joins it (a run is held until it reaches 5 rows)
-    assert [b.num_rows for b in out] == [12, 14]
-    assert ids(out) == list(range(26))
-    passed = list(rebatch(stream([10, 2]), 5))
-    assert passed[0] is not None and [b.num_rows for b in passed] == [10, 2]
+def test_rebatch_passes_large_batches_on_unchanged_and_ends_a_run_before_them() -> None:
+    batches = stream([2, 10, 2, 2, 10, 3])
+    out = list(rebatch(batches, 7, small=5))
+    # each 10 passes as it came (no copy); the runs of small ones before it are joined
+    assert [b.num_rows for b in out] == [2, 10, 4, 10, 3]
+    assert out[1] is batches[1] and out[3] is batches[4]
+    assert ids(out) == list(range(29))
 
 
 def test_rebatch_of_nothing_is_nothing() -> None:
-    assert list(rebatch([], 5)) == []
+    assert list(rebatch([], 5, small=2)) == []
