@@ -9,6 +9,7 @@ here too, so ``celeray.pipelines`` is the one import path of both.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import threading
 import tomllib
@@ -29,7 +30,10 @@ __all__ = [
     "format_issues",
     "get_pipeline",
     "load_pipelines",
+    "read_ahead",
 ]
+
+log = logging.getLogger(__name__)
 
 _KEYS = sorted((f.alias or n) for n, f in Pipeline.model_fields.items() if n != "name")
 _TOML_WORDS = {"a tuple": "an array", "a list": "an array", "a dictionary": "a table"}
@@ -122,6 +126,24 @@ def current_pipelines(
     if isinstance(cached[1], PipelineFileError):
         raise PipelineFileError(cached[1].path, cached[1].issues)  # a fresh traceback
     return cached[1]
+
+
+def read_ahead(path: str | Path, **rules: Any) -> int:
+    """Read and validate the pipeline file into this process's cache before its first use;
+    how many pipelines it holds, or -1 when it cannot be read now.
+
+    A pipeline with ``sql`` has it parsed by DuckDB's parser: the first time in a process
+    that imports DuckDB and opens its first database, several times a later parse (figures
+    in ``bench/RESULTS.md``), so a server process does it when it starts rather than in its
+    first request or task. A file without ``sql`` imports nothing more. A missing or broken file
+    is logged at INFO and left for the first use, which says what is wrong; this never
+    raises. ``rules``: the keywords of :func:`current_pipelines`.
+    """
+    try:
+        return len(current_pipelines(path, **rules))
+    except Exception as exc:  # a read ahead never stops a server; the first use reports it
+        log.info("pipeline file %s not read ahead (pid %d): %s", path, os.getpid(), exc)
+        return -1
 
 
 def load_pipelines(

@@ -11,30 +11,21 @@ DuckDB here. A missing or broken file is left for the run, which says what is wr
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
 
-from celeray.pipelines import current_pipelines
+from celeray.pipelines import read_ahead
 from celeray.settings import get_settings
 
 __all__: list[str] = []
 
-log = logging.getLogger(__name__)
-
 
 def read_pipeline_file() -> int:
-    """Read and validate the server's pipeline file into this process's cache; how many
-    pipelines it holds, or -1 when it cannot be read now (the run that needs it says why)."""
+    """:func:`celeray.pipelines.read_ahead` of the server's pipeline file."""
     settings = get_settings()
-    try:
-        return len(current_pipelines(settings.pipelines, **settings.pipeline_rules()))
-    except Exception as exc:  # a read ahead never stops a worker; the run reports it
-        log.info("pipeline file not read ahead of the first run (pid %d): %s", os.getpid(), exc)
-        return -1
+    return read_ahead(settings.pipelines, **settings.pipeline_rules())
 
 
 @worker_process_init.connect

@@ -57,16 +57,18 @@ def _flush() -> None:
 
 @contextlib.contextmanager
 def api_server(root: Path, env: dict[str, str] | None = None,
-               argv: list[str] | None = None) -> Iterator[ApiServer]:  # fmt: skip
+               argv: list[str] | None = None, pipelines: str = PIPELINES,
+               ) -> Iterator[ApiServer]:  # fmt: skip
     """gunicorn serving the API from ``root`` (home, pipeline file, log ``api.log``).
 
     ``env`` adds to the server's environment; ``argv`` replaces the server command
     (default: gunicorn with the deployed config): ``--bind ADDRESS:PORT`` is added to it,
     or put where it says ``{bind}`` (another server's way, as waitress's ``--listen={bind}``).
+    ``pipelines``: the pipeline file's text (default: one pipeline, ``flights``, no SQL).
     """
     _flush()
     root.mkdir(parents=True, exist_ok=True)
-    (root / "pipelines.toml").write_text(PIPELINES)
+    (root / "pipelines.toml").write_text(pipelines)
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERAY_", "RAY_"))}
     full_env |= {

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from tests._api_server import api_server
+from tests._api_server import PIPELINES, api_server
 from tests._api_server import request as api_request
+from tests._stack import wait_for
 
 GRACEFUL_TIMEOUT = 30  # s: gunicorn's graceful_timeout (its default), then it kills workers
 
@@ -61,6 +63,30 @@ def test_served_by_gunicorn(server: tuple[int, str]) -> None:
     assert status == 202 and body["run_id"]
     status, body = _get(port, body["status_url"], auth)
     assert status == 200 and json.loads(body)["state"] == "QUEUED"
+
+
+@pytest.mark.parametrize("with_sql", [True, False])
+def test_each_api_process_reads_the_pipeline_file_before_its_first_request(
+    tmp_path: Path, with_sql: bool
+) -> None:
+    """A pipeline's ``sql`` is parsed by DuckDB: both gunicorn workers have it loaded before
+    any request reads the file, so a user's first trigger does not import it; a file without
+    ``sql`` loads no DuckDB. The trigger then works as ever."""
+    text = PIPELINES + ('sql = "SELECT * FROM input WHERE dep_delay > 0"\n' if with_sql else "")
+    with api_server(tmp_path, pipelines=text) as api:
+        log = tmp_path / "api.log"
+        wait_for(lambda: log.read_text().count("read before the first request: 1 pipeline") == 2,
+                 60, "both workers' read of the pipeline file")
+        workers = psutil.Process(api.proc.pid).children()
+        assert len(workers) == 2
+
+        def loaded(pid: int) -> bool:
+            return "duckdb" in Path(f"/proc/{pid}/maps").read_text()
+
+        assert [loaded(w.pid) for w in workers] == [with_sql, with_sql]
+        status, _, body = api_request(api.port, "POST", "/api/v1/pipelines/flights/runs",
+                                      api.auth)
+        assert status == 202 and json.loads(body)["run_id"]
 
 
 @pytest.mark.parametrize("server", [{"CELERAY_API_RATE_LIMIT": "30"}], indirect=True)

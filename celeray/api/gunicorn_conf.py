@@ -30,6 +30,8 @@ were dropped and reopened 12,063 times in 20 s; the trigger still answered).
 
 from __future__ import annotations
 
+from typing import Any
+
 # A slow client holds a greenlet, not the process; its own error pages are JSON.
 worker_class = "celeray.api.gunicorn_worker.JsonErrorGeventWorker"
 # Two processes, as before: one may be restarting (or busy in C code) while the other answers.
@@ -49,3 +51,20 @@ control_socket_disable = True
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+
+def post_worker_init(worker: Any) -> None:
+    """Each API process reads the pipeline file once, before its first request.
+
+    A trigger validates the file, and a pipeline's ``sql`` goes through DuckDB's parser:
+    the first time in a process that imports DuckDB (see
+    :func:`celeray.pipelines.read_ahead`), which would land on a user's first trigger.
+    A file without ``sql`` imports nothing; a broken one is left for the request to report.
+    """
+    from celeray.api._connections import EXTENSION
+    from celeray.pipelines import read_ahead
+
+    settings = worker.wsgi.extensions[EXTENSION].settings  # the app's own, as its requests
+    found = read_ahead(settings.pipelines, **settings.pipeline_rules())
+    worker.log.info("pipeline file %s read before the first request: %s", settings.pipelines,
+                    f"{found} pipeline(s)" if found >= 0 else "not now, left to the requests")
