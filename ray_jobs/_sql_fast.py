@@ -1,7 +1,7 @@
 """Run a plain projection-and-filter query with ``pyarrow.compute``, exactly as DuckDB would.
 
 For a query :mod:`ray_jobs._sql_shape` lets through, :func:`fast_sql` compiles, for one
-input schema, a function from a record batch to the query's result batch: the WHERE
+input schema, a function from a table to the query's result table: the WHERE
 first (rows it leaves NULL or false are dropped), then the select items. DuckDB stays the
 judge of types: the query and each of its expressions are bound once against an empty
 ``input`` of the schema (on the process's confined database), and the fast path computes
@@ -45,8 +45,8 @@ from ray_jobs._sql_shape import COMPARISONS, LIKE, Node, Shape, arguments, liter
 
 __all__ = ["FastSql", "fast_sql"]
 
-Value = Any  # a pyarrow Array or Scalar
-Fn = Callable[[pa.RecordBatch], Value]
+Value = Any  # a pyarrow ChunkedArray or Scalar
+Fn = Callable[[pa.Table], Value]
 _CACHE_SIZE = 64  # (sql, schema) pairs a process keeps compiled: a pipeline has one or two
 _EXACT_DIGITS = 15  # a decimal of at most this many digits converts to DOUBLE exactly
 _INT_TO_DOUBLE = 2**53  # integers up to this convert to DOUBLE exactly
@@ -83,18 +83,22 @@ class _Expr:
 
 @dataclass(frozen=True)
 class FastSql:
-    """A compiled query: ``run(batch)`` is DuckDB's result for the batch's rows."""
+    """A compiled query: ``run(table)`` is DuckDB's result for the table's rows."""
 
     where: Fn | None
     items: tuple[Fn, ...]
     schema: pa.Schema
 
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The result rows of ``batch`` (possibly none) in the query's result schema."""
+    def run(self, table: pa.Table) -> pa.Table:
+        """The result rows of ``table`` (possibly none) in the query's result schema.
+
+        The table may have any number of chunks: pyarrow's kernels run over all of them in
+        one call, so many small batches cost one set of calls, without being joined first.
+        """
         if self.where is not None:
-            batch = batch.filter(self.where(batch))  # NULL drops the row, as in SQL
-        arrays = [fn(batch) for fn in self.items]
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+            table = table.filter(self.where(table))  # NULL drops the row, as in SQL
+        arrays = [fn(table) for fn in self.items]
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
 def fast_sql(sql: str, schema: pa.Schema, threads: int) -> FastSql | None:
@@ -255,7 +259,7 @@ class _Compiler:
         source = self.schema.field(index).type
         family = _family(duck)
 
-        def fn(b: pa.RecordBatch) -> Value:
+        def fn(b: pa.Table) -> Value:
             return b.column(index)
 
         if family in ("int", "double", "bool") and source != duck:
@@ -346,7 +350,7 @@ class _Compiler:
             raise _Refused(f"IN on {subject.type}")
         fn = subject.fn
 
-        def test(b: pa.RecordBatch) -> Value:
+        def test(b: pa.Table) -> Value:
             x = fn(b).cast(target)
             found = pc.is_in(x, value_set=value_set)
             found = pc.if_else(pc.is_valid(x), found, pa.scalar(None, pa.bool_()))

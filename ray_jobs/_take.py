@@ -1,5 +1,5 @@
-"""Record batch streams: read the head up to a limit and keep the rest unread; join small
-batches into larger ones."""
+"""Record batch streams: read the head up to a limit and keep the rest unread; hand small
+batches on in groups, or joined into larger ones."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-__all__ = ["drain", "rebatch", "take"]
+__all__ = ["drain", "groups", "rebatch", "take"]
 
 
 def take(
@@ -37,6 +37,22 @@ def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterato
     while head:
         yield head.pop()
     yield from rest
+
+
+def groups(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.RecordBatch]]:
+    """The batches, in order, in runs of consecutive ones until a run holds ``rows`` rows
+    (the last may hold fewer); nothing is copied, so a run can be worked on as one
+    ``pyarrow.Table`` of its chunks."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield held
+            held, count = [], 0
+    if held:
+        yield held
 
 
 def rebatch(

@@ -53,7 +53,7 @@ from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._rejects import write_rejects
 from ray_jobs._table_plan import TablePlan
-from ray_jobs._take import drain, rebatch, take
+from ray_jobs._take import drain, take
 from ray_jobs._tap import ErrorTap
 from ray_jobs._unit_tally import UnitTally, span_of
 from ray_jobs.readers import FORMATS, detect_format, read_batches
@@ -67,10 +67,6 @@ log = logging.getLogger(__name__)
 SMALL_FILE_BYTES = 64 * 1024**2  # Arrow bytes of one file held in memory to validate it whole
 GROUP_BYTES = 256 * 1024**2  # Arrow bytes of small files written together at most
 OUT_ROWS = 128 * 1024  # rows per batch fed from a held table
-# SQL and transform calls run per batch: a group's batches under this many rows (small
-# files' tables) are joined into batches of OUT_ROWS first; larger ones (a reader's block of
-# a 10 MB file is ~40K rows) are worth a call of their own, and copying them costs more
-JOIN_BELOW_ROWS = 16 * 1024
 # pyarrow's dataset writer pulls a streamed file's batches on an I/O thread, and the CSV
 # and JSON readers refill their read-ahead on another: with one I/O thread a compressed
 # file past ~32 blocks (32 x max_row_bytes) of text deadlocked. I/O threads mostly wait
@@ -301,10 +297,7 @@ class _UnitRun:
         basename = f"{self.prefix}-s{self.groups_written}"
         self.groups_written += 1
         table = pa.concat_tables([t for _, _, t, _ in members], promote_options="permissive")
-        batches: Iterator[pa.RecordBatch] = iter(table.to_batches(max_chunksize=OUT_ROWS))
-        if self.plan.get("sql") or self.plan.get("transform"):
-            # Both run once per batch: a chunk per small file would cost a call per file.
-            batches = rebatch(batches, OUT_ROWS, JOIN_BELOW_ROWS)
+        batches = iter(table.to_batches(max_chunksize=OUT_ROWS))
         self.tally.outputs += self._write(batches, basename)
         for index, file, t, conformer in members:
             self.tally.mark_good(index, file, t.num_rows, conformer)

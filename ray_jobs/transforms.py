@@ -27,11 +27,20 @@ from celeray.sql_policy import TABLE_NAME, sql_problems
 from celeray.transform_ref import load
 from ray_jobs._duckdb_conn import CONFINED, connect, cursor
 from ray_jobs._sql_fast import FastSql, fast_sql
+from ray_jobs._take import groups, rebatch
 from ray_jobs._tap import ErrorTap
 
 __all__ = ["CONFINED", "SQL_BATCH_ROWS", "TABLE_NAME", "apply", "connect", "load_callable"]
 
 SQL_BATCH_ROWS = 128 * 1024  # rows per batch DuckDB hands back
+# The SQL fast path runs over this many rows of consecutive batches at once: each run is a
+# fixed set of kernel calls, which over a small file's batch cost more than its rows do
+FAST_SQL_ROWS = 128 * 1024
+# A transform is called per batch: batches under JOIN_BELOW_ROWS rows (small files, or the
+# SQL's few rows of a batch) are joined into batches of TRANSFORM_ROWS first; larger ones
+# are handed on as they are, since joining copies them
+TRANSFORM_ROWS = 128 * 1024
+JOIN_BELOW_ROWS = 16 * 1024
 TableFn = Callable[[pa.Table], pa.Table]
 
 
@@ -63,6 +72,9 @@ def apply(
     ``WITH t AS MATERIALIZED (SELECT * FROM input)``. ``transform`` is called once
     per record batch of the (SQL) result, as a one-batch ``pyarrow.Table``, and must return
     a ``pyarrow.Table``: it must be row-local, since it never sees more than one chunk.
+    Runs of small batches (under :data:`JOIN_BELOW_ROWS` rows: small files' rows, or the
+    few rows SQL kept of a batch) are joined for it first, so a chunk may hold rows of
+    several files.
     The callable is loaded here, so a bad spec raises ``TransformError`` immediately.
     SQL the policy refuses (see the module) raises ``TransformError`` when the stream is
     first pulled, before DuckDB runs anything; ``pipeline`` names it in the message.
@@ -72,7 +84,8 @@ def apply(
     if sql and sql.strip():
         stream = _run_sql(stream, sql, max(1, int(threads)), pipeline)
     if fn is not None:
-        stream = _run_callable(stream, fn, transform or "")
+        stream = _run_callable(rebatch(stream, TRANSFORM_ROWS, JOIN_BELOW_ROWS), fn,
+                               transform or "")  # fmt: skip
     return stream
 
 
@@ -124,19 +137,33 @@ def _run_sql(
 def _run_fast(
     fast: FastSql, batches: Iterator[pa.RecordBatch], failed: str
 ) -> Iterator[pa.RecordBatch]:
-    """The fast path's result, batch by batch; the source's errors pass as raised."""
+    """The fast path's result, over runs of :data:`FAST_SQL_ROWS` rows of batches; the
+    source's errors pass as raised.
+
+    A run's batches are computed as one table of their chunks (not copied), and the result
+    of a run of several is joined into one batch: a copy of the rows the query kept only,
+    so what follows gets one batch per run, not a fragment per small file.
+    """
+    for run in groups(_same_schema(batches, failed), FAST_SQL_ROWS):
+        try:
+            out = fast.run(pa.Table.from_batches(run))
+        except (pa.ArrowException, ValueError) as exc:
+            raise TransformError(f"{failed}: {exc}") from exc
+        if len(run) > 1:
+            out = out.combine_chunks()
+        for batch in out.to_batches():
+            if batch.num_rows:
+                yield batch
+
+
+def _same_schema(batches: Iterator[pa.RecordBatch], failed: str) -> Iterator[pa.RecordBatch]:
     schema = None
     for batch in batches:
         if schema is None:
             schema = batch.schema
         elif not batch.schema.equals(schema):
             raise TransformError(f"{failed}: the input's schema changed midway")
-        try:
-            out = fast.run(batch)
-        except (pa.ArrowException, ValueError) as exc:
-            raise TransformError(f"{failed}: {exc}") from exc
-        if out.num_rows:
-            yield out
+        yield batch
 
 
 def _sql_error(exc: Exception, tap: ErrorTap[pa.RecordBatch], failed: str) -> Exception:

@@ -219,6 +219,7 @@ def test_large_file_bad_midway_is_quarantined_and_its_outputs_removed(
     monkeypatch.setattr(process, "SMALL_FILE_BYTES", 10_000)  # all but small.csv are "large"
     monkeypatch.setattr(writer, "MIN_ROWS_PER_GROUP", 1000)  # flush early: partial files exist
     monkeypatch.setattr(transforms, "SQL_BATCH_ROWS", 2048)
+    monkeypatch.setattr(transforms, "FAST_SQL_ROWS", 2048)  # the SQL's results stream out too
     removed: list[list[str]] = []
 
     def spy(*args: Any, **kwargs: Any) -> list[str]:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from celeray.errors import ParseError, TransformError
-from ray_jobs.transforms import apply, load_callable
+from ray_jobs.transforms import JOIN_BELOW_ROWS, apply, load_callable
 
 
 def batches(n: int = 5, rows: int = 1000) -> Iterator[pa.RecordBatch]:
@@ -104,8 +104,17 @@ def test_empty_stream_yields_nothing() -> None:
 
 
 def test_transform_callable_per_chunk() -> None:
-    table = run(batches(3, 100), transform="tests._sample_transforms:tag_chunk")
-    assert set(table.column("chunk_rows").to_pylist()) == {100}  # one batch per call
+    rows = JOIN_BELOW_ROWS
+    table = run(batches(3, rows), transform="tests._sample_transforms:tag_chunk")
+    assert table.column("chunk_rows").to_pylist() == [rows] * 3 * rows  # one batch per call
+
+
+def test_transform_sees_small_batches_joined() -> None:
+    """Small files' batches (or SQL's few rows of each) reach the callable joined, in order."""
+    table = run(batches(30, 100), sql="SELECT * FROM input WHERE k = 1",
+                transform="tests._sample_transforms:tag_chunk")
+    assert set(table.column("chunk_rows").to_pylist()) == {1000}  # 30 x 33 or 34 rows, once
+    assert table.column("v").to_pylist() == [v for v in range(3000) if v % 3 == 1]
 
 
 def test_sql_then_transform() -> None:
