@@ -39,43 +39,47 @@ def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterato
     yield from rest
 
 
-def groups(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.RecordBatch]]:
+def groups(
+    batches: Iterable[pa.RecordBatch], rows: int, nbytes: int
+) -> Iterator[list[pa.RecordBatch]]:
     """The batches, in order, in runs of consecutive ones until a run holds ``rows`` rows
-    (the last may hold fewer); nothing is copied, so a run can be worked on as one
-    ``pyarrow.Table`` of its chunks."""
+    or ``nbytes`` bytes of buffers (the last may hold less); nothing is copied, so a run
+    can be worked on as one ``pyarrow.Table`` of its chunks."""
     held: list[pa.RecordBatch] = []
-    count = 0
+    count = size = 0
     for batch in batches:
         held.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        size += batch.get_total_buffer_size()
+        if count >= rows or size >= nbytes:
             yield held
-            held, count = [], 0
+            held, count, size = [], 0, 0
     if held:
         yield held
 
 
 def rebatch(
-    batches: Iterable[pa.RecordBatch], rows: int, small: int
+    batches: Iterable[pa.RecordBatch], rows: int, nbytes: int, small: int
 ) -> Iterator[pa.RecordBatch]:
     """The rows of ``batches``, in order, with runs of batches of fewer than ``small`` rows
-    joined (copied once) into batches of at least ``rows`` rows (a run's last may be
-    smaller); a batch of ``small`` rows or more passes on unchanged, ending the run before
-    it. The batches must share one schema."""
+    joined (copied once) into batches of ``rows`` rows or ``nbytes`` bytes of buffers (a
+    run's last may be smaller); a batch of ``small`` rows or more passes on unchanged,
+    ending the run before it. The batches must share one schema."""
     held: list[pa.RecordBatch] = []
-    count = 0
+    count = size = 0
     for batch in batches:
         if batch.num_rows >= small:
             if held:
                 yield _joined(held)
-                held, count = [], 0
+                held, count, size = [], 0, 0
             yield batch
             continue
         held.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        size += batch.get_total_buffer_size()
+        if count >= rows or size >= nbytes:
             yield _joined(held)
-            held, count = [], 0
+            held, count, size = [], 0, 0
     if held:
         yield _joined(held)
 

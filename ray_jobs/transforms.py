@@ -36,9 +36,12 @@ SQL_BATCH_ROWS = 128 * 1024  # rows per batch DuckDB hands back
 # The SQL fast path runs over this many rows of consecutive batches at once: each run is a
 # fixed set of kernel calls, which over a small file's batch cost more than its rows do
 FAST_SQL_ROWS = 128 * 1024
+# ...and over at most this much Arrow data: a run is held while it fills, and a streamed
+# file's memory stays bounded whatever its rows' width (flights: 128K rows are ~20 MiB)
+RUN_BYTES = 32 * 1024**2
 # A transform is called per batch: batches under JOIN_BELOW_ROWS rows (small files, or the
-# SQL's few rows of a batch) are joined into batches of TRANSFORM_ROWS first; larger ones
-# are handed on as they are, since joining copies them
+# SQL's few rows of a batch) are joined into batches of TRANSFORM_ROWS (or RUN_BYTES)
+# first; larger ones are handed on as they are, since joining copies them
 TRANSFORM_ROWS = 128 * 1024
 JOIN_BELOW_ROWS = 16 * 1024
 TableFn = Callable[[pa.Table], pa.Table]
@@ -84,7 +87,7 @@ def apply(
     if sql and sql.strip():
         stream = _run_sql(stream, sql, max(1, int(threads)), pipeline)
     if fn is not None:
-        stream = _run_callable(rebatch(stream, TRANSFORM_ROWS, JOIN_BELOW_ROWS), fn,
+        stream = _run_callable(rebatch(stream, TRANSFORM_ROWS, RUN_BYTES, JOIN_BELOW_ROWS), fn,
                                transform or "")  # fmt: skip
     return stream
 
@@ -137,15 +140,15 @@ def _run_sql(
 def _run_fast(
     fast: FastSql, batches: Iterator[pa.RecordBatch], failed: str
 ) -> Iterator[pa.RecordBatch]:
-    """The fast path's result, over runs of :data:`FAST_SQL_ROWS` rows of batches; the
-    source's errors pass as raised.
+    """The fast path's result, over runs of :data:`FAST_SQL_ROWS` rows (or
+    :data:`RUN_BYTES`) of batches; the source's errors pass as raised.
 
     A run's batches are computed as one table of their chunks (not copied). The result of
     a run of small batches (under :data:`JOIN_BELOW_ROWS` rows on average) is joined into
     one batch, a copy of the rows the query kept only, so what follows gets one batch per
     run, not a fragment per small file; larger batches' results pass as they are.
     """
-    for run in groups(_same_schema(batches, failed), FAST_SQL_ROWS):
+    for run in groups(_same_schema(batches, failed), FAST_SQL_ROWS, RUN_BYTES):
         try:
             out = fast.run(pa.Table.from_batches(run))
         except (pa.ArrowException, ValueError) as exc:
