@@ -40,14 +40,21 @@ def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterato
 
 
 def groups(
-    batches: Iterable[pa.RecordBatch], rows: int, nbytes: int
+    batches: Iterable[pa.RecordBatch], rows: int, nbytes: int, small: int | None = None
 ) -> Iterator[list[pa.RecordBatch]]:
     """The batches, in order, in runs of consecutive ones until a run holds ``rows`` rows
-    or ``nbytes`` bytes of buffers (the last may hold less); nothing is copied, so a run
-    can be worked on as one ``pyarrow.Table`` of its chunks."""
+    or ``nbytes`` bytes of buffers (the last may hold less); with ``small``, a batch of
+    that many rows or more is a run of its own, ending the run before it. Nothing is
+    copied, so a run can be worked on as one ``pyarrow.Table`` of its chunks."""
     held: list[pa.RecordBatch] = []
     count = size = 0
     for batch in batches:
+        if small is not None and batch.num_rows >= small:
+            if held:
+                yield held
+                held, count, size = [], 0, 0
+            yield [batch]
+            continue
         held.append(batch)
         count += batch.num_rows
         size += batch.get_total_buffer_size()
@@ -64,24 +71,9 @@ def rebatch(
     """The rows of ``batches``, in order, with runs of batches of fewer than ``small`` rows
     joined (copied once) into batches of ``rows`` rows or ``nbytes`` bytes of buffers (a
     run's last may be smaller); a batch of ``small`` rows or more passes on unchanged,
-    ending the run before it. The batches must share one schema."""
-    held: list[pa.RecordBatch] = []
-    count = size = 0
-    for batch in batches:
-        if batch.num_rows >= small:
-            if held:
-                yield _joined(held)
-                held, count, size = [], 0, 0
-            yield batch
-            continue
-        held.append(batch)
-        count += batch.num_rows
-        size += batch.get_total_buffer_size()
-        if count >= rows or size >= nbytes:
-            yield _joined(held)
-            held, count, size = [], 0, 0
-    if held:
-        yield _joined(held)
+    ending the run before it (:func:`groups`). The batches must share one schema."""
+    for run in groups(batches, rows, nbytes, small):
+        yield _joined(run)
 
 
 def _joined(held: list[pa.RecordBatch]) -> pa.RecordBatch:

@@ -143,17 +143,18 @@ def _run_fast(
     """The fast path's result, over runs of :data:`FAST_SQL_ROWS` rows (or
     :data:`RUN_BYTES`) of batches; the source's errors pass as raised.
 
-    A run's batches are computed as one table of their chunks (not copied). The result of
-    a run of small batches (under :data:`JOIN_BELOW_ROWS` rows on average) is joined into
-    one batch, a copy of the rows the query kept only, so what follows gets one batch per
-    run, not a fragment per small file; larger batches' results pass as they are.
+    A run's batches are computed as one table of their chunks (not copied); a batch of
+    :data:`JOIN_BELOW_ROWS` rows or more is a run of its own. The result of a run of small
+    batches is joined into one batch, a copy of the rows the query kept only, so what
+    follows gets one batch per run, not a fragment per small file.
     """
-    for run in groups(_same_schema(batches, failed), FAST_SQL_ROWS, RUN_BYTES):
+    source = _same_schema(batches, failed)
+    for run in groups(source, FAST_SQL_ROWS, RUN_BYTES, JOIN_BELOW_ROWS):
         try:
             out = fast.run(pa.Table.from_batches(run))
         except (pa.ArrowException, ValueError) as exc:
             raise TransformError(f"{failed}: {exc}") from exc
-        if len(run) > 1 and sum(b.num_rows for b in run) < JOIN_BELOW_ROWS * len(run):
+        if len(run) > 1:
             out = out.combine_chunks()  # small batches' results: one batch, not fragments
         for batch in out.to_batches():
             if batch.num_rows:
