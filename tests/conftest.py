@@ -108,11 +108,26 @@ def any_stack(request: pytest.FixtureRequest) -> Stack:
     Under ``CELERAY_TEST_BROKER=amqp`` the session's stack is itself on RabbitMQ, and the
     Redis variant is skipped rather than run twice on RabbitMQ.
     """
-    if request.param == "redis" and WHOLE_SUITE_BROKER == "amqp":
+    return _stack_on(request, request.param)
+
+
+def _stack_on(request: pytest.FixtureRequest, broker: str) -> Stack:
+    if broker == "redis" and WHOLE_SUITE_BROKER == "amqp":
         pytest.skip("CELERAY_TEST_BROKER=amqp: the session's stack is on RabbitMQ")
-    name = "stack" if request.param == "redis" else "rabbit_stack"
-    found: Stack = request.getfixturevalue(name)
+    found: Stack = request.getfixturevalue("stack" if broker == "redis" else "rabbit_stack")
     return found
+
+
+@pytest.fixture(params=["redis", pytest.param("amqp", marks=pytest.mark.faults)])
+def any_stack_amqp_in_faults(request: pytest.FixtureRequest) -> Stack:
+    """:func:`any_stack` whose RabbitMQ variant runs with the fault suite (``-m faults``).
+
+    For the tests that wait out a time limit or a dead Ray worker: RabbitMQ's stack has
+    twice Redis's limits (see :func:`_rabbit_stack`), so each of those takes about a
+    minute there, and CI's budget keeps the Redis variant only. The fault suite's
+    ``test_sigkill`` kills the same processes on RabbitMQ (``CELERAY_TEST_FAULT_BROKER=amqp``).
+    """
+    return _stack_on(request, request.param)
 
 
 @pytest.fixture(scope="session")

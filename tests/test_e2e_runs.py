@@ -3,7 +3,8 @@
 The stack (a Ray head, an io worker with a prefork pool, a ray worker with a threads pool)
 is started once per session by the ``stack`` fixture; each test has its own pipeline. The
 core cases run on both brokers (``any_stack``): Redis, and RabbitMQ in a vhost of the
-session's own (results and run state on Redis either way).
+session's own (results and run state on Redis either way); the two that wait out a time
+limit or a dead Ray worker run on RabbitMQ with the fault suite (``-m faults``).
 """
 
 from __future__ import annotations
@@ -162,12 +163,12 @@ def _kill_when_active(stack: Stack, worker_name: str, task: str) -> int:
 
 
 def test_sigkill_of_the_ray_worker_mid_transform_loses_nothing(
-    any_stack: Stack, flights_df, tmp_path: Path
+    any_stack_amqp_in_faults: Stack, flights_df, tmp_path: Path
 ):
     """A local sink: transform_batch commits its batch itself, so the kill may land in a
     Ray fan-out or in a commit; an io child mid-commit (object stores) is killed in
     tests/test_e2e_s3.py."""
-    stack = any_stack
+    stack = any_stack_amqp_in_faults
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df, landing, 24)
     _pipeline(stack, "killed", landing, sink, batch_bytes="1MiB")
@@ -312,13 +313,13 @@ time_hour = "timestamp[s, tz=UTC]"
 
 
 def test_watchdog_resends_batches_whose_messages_were_lost(
-    any_stack: Stack, flights_df, tmp_path: Path
+    any_stack_amqp_in_faults: Stack, flights_df, tmp_path: Path
 ):
     """Celery on Redis can lose a message (a worker killed between taking it off the queue
     and recording it). Here the ray queue is emptied while no ray worker runs: the run's
     watchdog notices the silence and sends the batches again. On RabbitMQ (which loses no
     message this way) the queue is purged: the watchdog is as harmless, and as useful."""
-    stack = any_stack
+    stack = any_stack_amqp_in_faults
     landing, sink = tmp_path / "landing", tmp_path / "lake"
     files = write_landing(flights_df.iloc[:50_000], landing, 6)
     _pipeline(stack, "lost", landing, sink)
@@ -341,8 +342,9 @@ def test_watchdog_resends_batches_whose_messages_were_lost(
 
 def test_the_rabbitmq_password_is_in_no_log_or_output(rabbit_stack: Stack, flights_df,
                                                       tmp_path: Path) -> None:  # fmt: skip
-    """The broker URL holds a password (of a user made for the session's vhost): after runs,
-    a watchdog, kills and beat, no log of the stack and no CLI output holds it."""
+    """The broker URL holds a password (of a user made for the session's vhost): after the
+    runs of the tests before it on this stack (quarantines, concurrent triggers, beat) and
+    this one, no log of the stack and no CLI output holds it."""
     stack = rabbit_stack
     password = stack.vhost.password  # type: ignore[attr-defined]
     landing, sink = tmp_path / "landing", tmp_path / "lake"
