@@ -352,9 +352,12 @@ class _UnitRun:
 
 
 def _held_bytes(batch: pa.RecordBatch) -> int:
-    """The memory ``batch`` holds: its buffers whole, each once (``nbytes`` also follows
-    each array's offsets, ~45 us for a 19-column batch against ~1 us; a slice of a larger
-    batch counts the larger one's buffers, which it keeps alive)."""
+    """The memory ``batch`` holds: its buffers whole, each counted once.
+
+    Not ``nbytes``, which follows each array's offsets and costs far more per call (see
+    bench/RESULTS.md, session 18). A slice of a larger batch counts the larger one's
+    buffers, which it keeps alive.
+    """
     return int(batch.get_total_buffer_size())
 
 
