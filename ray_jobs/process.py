@@ -350,7 +350,6 @@ class _UnitRun:
         )
 
 
-
 def _held_bytes(batch: pa.RecordBatch) -> int:
     """The memory ``batch`` holds: its buffers whole, each counted once.
 
