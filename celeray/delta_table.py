@@ -69,7 +69,7 @@ import pyarrow as pa
 from celeray import delta_log, kill_points, storage
 from celeray.delta_location import delta_uri, open_table, storage_options
 from celeray.delta_schema import arrow_schema, check_protocol, delta_schema, new_fields
-from celeray.delta_snapshot import Snapshot, newest
+from celeray.delta_snapshot import Snapshot, keep, newest
 from celeray.errors import LedgerError, TransientIOError
 from celeray.ledger import Ledger
 from celeray.schema_log import SchemaLog
@@ -322,9 +322,10 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
     ``schema`` is the table schema of the entry's schema version: its columns the Delta
     table lacks join the table's schema in the same commit. ``start``: the table as loaded
     moments ago for this batch (its schema check), to begin from instead of loading it
-    again; a commit that meets a newer version loads the table afresh, as it does when
-    another commit lands between any load and the commit. See the module docstring for
-    the steps and why each is safe to repeat.
+    again; it stays the caller's to give back (:func:`celeray.delta_snapshot.keep`), while
+    a snapshot this call takes itself is given back here. A commit that meets a newer
+    version loads the table afresh, as it does when another commit lands between any load
+    and the commit. See the module docstring for the steps and why each is safe to repeat.
 
     ``unseen``: ``start`` was read before the entry was written, so it cannot hold the
     batch's commit: the first try does not look its app transaction up (delta-rs reads
@@ -347,6 +348,7 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
         table = _existing(sink)
     for attempt in range(COMMIT_TRIES):
         if not (unseen and attempt == 0 and table is start) and _committed(table, batch_id):
+            _give_back(sink, table, start)
             return DeltaCommit(_find_version(sink, batch_id, table.version() - FIND_BACK,
                                              table.version()), False)  # fmt: skip
         before = table.version()
@@ -359,12 +361,21 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
                 if not fields and isinstance(table, Snapshot):
                     table.appended(before + 1, app_id(batch_id), APP_VERSION)
                 _checkpoint(sink, before + 1, state.configuration, table)
+                _give_back(sink, table, start)
                 return DeltaCommit(before + 1, True)
         elif _append(sink, table, entry, actions, partition_by, now_ms):
+            _give_back(sink, table, start)
             return DeltaCommit(_find_from(sink, batch_id, before + 1), True)
         table = _existing(sink)  # another commit took the version: start from the newest
     raise TransientIOError(f"Delta commit of batch {batch_id} to {sink} lost its version to "
                            f"other commits {COMMIT_TRIES} times")  # fmt: skip
+
+
+def _give_back(sink: str, table: Any, start: Any) -> None:
+    """Keep the snapshot a commit took itself (:func:`newest`); ``start`` is the caller's
+    to give back."""
+    if table is not start:
+        keep(sink, table)
 
 
 def _existing(sink: str) -> Snapshot:

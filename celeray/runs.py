@@ -248,6 +248,7 @@ def commit_result(
         kill_points.reach(kill_points.AFTER_LEDGER_ENTRY, batch.batch_id)  # tests only
         done = delta_table.publish(ledger, stored, table, new_entry=fresh)
         published[f"{DELTA_VERSION}{batch.batch_id}:{done.version}"] = 1
+    delta_snapshot.keep(batch.sink, table)  # for the next batch, on whichever thread
     remaining = store.finish_batch(
         batch.run_id,
         batch.batch_id,

@@ -1,6 +1,7 @@
-"""A thread's kept Delta snapshot, on real tables on a local disk: it follows every commit,
-whoever makes it, carries this thread's own appends without reloading, and is never trusted
-for a table made again under the same URL."""
+"""The process's kept Delta snapshot, on real tables on a local disk: it follows every commit,
+whoever makes it, carries the appends made from it without reloading, is held by one thread
+at a time and passed to the next batch on any thread, and is never trusted for a table made
+again under the same URL."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_the_snapshot_follows_commits_of_any_writer(tmp_path: Path) -> None:
     assert _publish(sink, "b0", 0).version == 0
     first = delta_snapshot.newest(sink)
     assert first.version() == 0
+    delta_snapshot.keep(sink, first)
     assert _publish(sink, "b1", 10).version == 1  # celeray's own commit (a plain append)
     write_deltalake(str(tmp_path / "lake"), _rows(1, start=50), mode="append",
                     partition_by=["year", "month"])  # another engine's commit: version 2
@@ -52,6 +54,7 @@ def test_a_table_made_again_under_the_same_url_is_loaded_afresh(tmp_path: Path) 
     sink = lake.as_uri()
     write_deltalake(str(lake), pa.table({"id": [1, 2]}))
     old = delta_snapshot.newest(sink)
+    delta_snapshot.keep(sink, old)
     shutil.rmtree(lake)
     write_deltalake(str(lake), pa.table({"id": [7], "note": ["x"]}))  # version 0 again
     new = delta_snapshot.newest(sink)
@@ -59,22 +62,51 @@ def test_a_table_made_again_under_the_same_url_is_loaded_afresh(tmp_path: Path) 
     assert new.table.to_pyarrow_table().column("id").to_pylist() == [7]
 
 
-def test_each_thread_keeps_its_own_and_only_a_few(tmp_path: Path) -> None:
+def _in_another_thread(fn: Any) -> Any:
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(fn()))
+    worker.start()
+    worker.join()
+    return out[0]
+
+
+def test_one_thread_at_a_time_holds_a_snapshot_and_the_next_batch_on_any_thread_gets_it(
+    tmp_path: Path,
+) -> None:
     sinks = []
     for i in range(delta_snapshot.MAX_TABLES + 1):
         path = tmp_path / f"lake{i}"
         write_deltalake(str(path), pa.table({"id": [i]}))
         sinks.append(path.as_uri())
     mine = delta_snapshot.newest(sinks[0])
-    theirs: list[Any] = []
-    worker = threading.Thread(target=lambda: theirs.append(delta_snapshot.newest(sinks[0])))
-    worker.start()
-    worker.join()
-    assert theirs[0] is not mine and theirs[0].version() == mine.version()
-    for sink in sinks[1:]:  # one more than a thread keeps: the least recently used goes
-        delta_snapshot.newest(sink)
+    theirs = _in_another_thread(lambda: delta_snapshot.newest(sinks[0]))
+    assert theirs is not mine and theirs.version() == mine.version()  # mine is held: loaded
+    delta_snapshot.keep(sinks[0], theirs)
+    delta_snapshot.keep(sinks[0], mine)
+    assert _in_another_thread(lambda: delta_snapshot.newest(sinks[0])) is mine  # handed on
+    delta_snapshot.keep(sinks[0], mine)
+    for sink in sinks[1:]:  # one more than the process keeps: the least recently used goes
+        delta_snapshot.keep(sink, delta_snapshot.newest(sink))
     assert delta_snapshot.newest(sinks[0]) is not mine
-    assert delta_snapshot.newest(sinks[-1]) is delta_snapshot.newest(sinks[-1])
+    last = delta_snapshot.newest(sinks[-1])
+    delta_snapshot.keep(sinks[-1], last)
+    assert delta_snapshot.newest(sinks[-1]) is last
+
+
+def test_of_two_snapshots_given_back_the_newer_stays(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    sink = lake.as_uri()
+    write_deltalake(str(lake), pa.table({"id": [1]}))
+    older = delta_snapshot.newest(sink)
+    newer = delta_snapshot.newest(sink)  # the first is held: a second load
+    write_deltalake(str(lake), pa.table({"id": [2]}), mode="append")  # version 1
+    assert newer.catch_up(sink) and newer.version() == 1 and older.version() == 0
+    delta_snapshot.keep(sink, newer)
+    delta_snapshot.keep(sink, older)  # given back late: the newer one stays
+    assert delta_snapshot.newest(sink) is newer
+    delta_snapshot.keep(sink, None)  # no table: nothing to keep
+    delta_snapshot.keep(sink, delta_table.open_table(sink))  # not a snapshot: ignored
+    assert delta_snapshot.newest(sink) is not newer  # newer is still out: loaded again
 
 
 def test_plain_appends_written_by_celeray_read_back_in_every_reader(tmp_path: Path) -> None:
@@ -106,6 +138,7 @@ def test_own_appends_need_no_reload_until_another_writer_commits(
     kept = delta_snapshot.newest(sink)
     assert updates == [] and kept.version() == 5 and kept.table.version() == 0
     assert delta_table._committed(kept, "b3")  # its own appends' app transactions
+    delta_snapshot.keep(sink, kept)
     again = delta_table.publish(Ledger(sink), Ledger(sink).entries()[3])  # a redelivery
     assert again == delta_table.DeltaCommit(3, False)
     write_deltalake(str(tmp_path / "lake"), _rows(1, start=500), mode="append",
@@ -167,6 +200,7 @@ def test_a_first_delivery_looks_nothing_up_and_a_redelivery_finds_its_commit(
         start = delta_snapshot.newest(sink)
         entry = _batch(sink, f"b{i}", _rows(2, start=10 * i))
         done = delta_table.publish(Ledger(sink), entry, start, new_entry=True)
+        delta_snapshot.keep(sink, start)
         assert done == delta_table.DeltaCommit(i, True)
     assert looked == []
     b2 = next(e for e in Ledger(sink).entries() if e["batch_id"] == "b2")
@@ -188,9 +222,68 @@ def test_a_first_delivery_racing_a_republish_of_its_batch_commits_once(
     entry = _batch(sink, "b1", _rows(2, start=10))
     other: list[delta_table.DeltaCommit] = []
     worker = threading.Thread(target=lambda: other.append(delta_table.republish(Ledger(sink))))
-    worker.start()  # another thread: a snapshot of its own, as another worker's
+    worker.start()  # another thread: a snapshot of its own (this one is held)
     worker.join()
     assert other == [1]
     done = delta_table.publish(Ledger(sink), entry, start, new_entry=True)
     assert done.version == 1 and _delta_rows(sink) == [0, 1, 10, 11]
     assert delta_table.open_table(sink).version() == 1  # one commit of b1
+
+
+def test_two_threads_committing_to_one_table_hand_the_snapshot_on_and_commit_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the ray worker's threads do, batch after batch, at once: every batch commits once."""
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    entries = [_batch(sink, f"b{i}", _rows(2, start=10 * i)) for i in range(1, 41)]
+    errors: list[BaseException] = []
+
+    def commit(mine: list[dict[str, Any]]) -> None:
+        try:
+            for entry in mine:
+                start = delta_snapshot.newest(sink)  # as runs.commit_result
+                delta_table.publish(Ledger(sink), entry, start, new_entry=True)
+                delta_snapshot.keep(sink, start)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=commit, args=(entries[k::2],)) for k in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert _delta_rows(sink) == sorted(x for i in range(41) for x in (10 * i, 10 * i + 1))
+    table = delta_table.open_table(sink)
+    assert table.version() == 40  # one commit per batch
+    assert all(table.transaction_version(f"celeray-b{i}") == 1 for i in range(41))
+
+
+def test_batches_on_alternate_threads_need_no_listing_of_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch on another thread than the one before it: each starts from the snapshot
+    the one before gave back, so none loads the table or brings a snapshot up to date
+    (kept per thread, every one did one or the other: a listing of the whole log)."""
+    sink = (tmp_path / "lake").as_uri()
+    _publish(sink, "b0", 0)
+    updates: list[int] = []
+    real = DeltaTable.update_incremental
+    monkeypatch.setattr(DeltaTable, "update_incremental",
+                        lambda self, *a, **k: (updates.append(1), real(self, *a, **k))[1])
+    loads: list[str] = []
+    load = delta_snapshot.open_table
+    monkeypatch.setattr(delta_snapshot, "open_table", lambda s: (loads.append(s), load(s))[1])
+    for i in range(1, 9):
+        entry = _batch(sink, f"b{i}", _rows(2, start=10 * i))
+
+        def commit(entry: dict[str, Any] = entry) -> delta_table.DeltaCommit:
+            start = delta_snapshot.newest(sink)
+            done = delta_table.publish(Ledger(sink), entry, start, new_entry=True)
+            delta_snapshot.keep(sink, start)
+            return done
+
+        assert _in_another_thread(commit) == delta_table.DeltaCommit(i, True)
+    assert updates == [] and loads == [sink]  # one: the create made no snapshot to keep
+    assert _delta_rows(sink) == sorted(x for i in range(9) for x in (10 * i, 10 * i + 1))
