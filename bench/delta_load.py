@@ -9,6 +9,7 @@ and once with 100 (delta-rs's default). Timed:
 a fresh load of the table (:func:`celeray.delta_location.open_table`, what each batch did
 before snapshots were kept), the kept snapshot's update, and the whole commit (update
 included); their mean and worst are printed per window of ``--window`` commits.
+``--threads 2`` commits on two threads in turn, as a ray worker's pool takes batches.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,14 @@ def _batch(folder: Path, i: int) -> dict[str, Any]:
             "delta": {"partition_by": []}}  # fmt: skip
 
 
-def run(commits: int, interval: int) -> tuple[list[float], list[float], list[float]]:
+def run(commits: int, interval: int, threads: int = 1
+        ) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
     """Per-commit seconds of a fresh load, of the kept snapshot's update and of the whole
-    commit from it, ``commits`` commits."""
+    commit from it, ``commits`` commits; with ``threads`` > 1, commit ``i`` runs on thread
+    ``i % threads`` (one after another), as a ray worker's threads take batches in turn."""
     from celeray import delta_snapshot, delta_table
+
+    pools = [ThreadPoolExecutor(1) for _ in range(threads)]
 
     schema = pa.schema([("id", pa.int64())])
     folder = Path(tempfile.mkdtemp(prefix=f"bench-delta-load-{interval}-"))
@@ -51,8 +57,8 @@ def run(commits: int, interval: int) -> tuple[list[float], list[float], list[flo
         table = delta_table.open_table(sink)
         table.alter.set_table_properties({delta_table.CHECKPOINT_KEY: str(interval)})
         loads, updates, whole = [], [], []
-        for i in range(1, commits + 1):
-            entry = _batch(folder, i)
+
+        def commit(entry: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             delta_table.open_table(sink)
             t1 = time.perf_counter()
@@ -64,8 +70,13 @@ def run(commits: int, interval: int) -> tuple[list[float], list[float], list[flo
             loads.append(t1 - t0)
             updates.append(t2 - t1)
             whole.append(t3 - t1)
+
+        for i in range(1, commits + 1):
+            pools[i % threads].submit(commit, _batch(folder, i)).result()
         return loads, updates, whole
     finally:
+        for pool in pools:
+            pool.shutdown()
         delta_snapshot.forget()
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -76,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.delta_load", description=__doc__)
     p.add_argument("--commits", type=int, default=300, help="batches committed per table")
     p.add_argument("--window", type=int, default=100, help="commits per printed line")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads the commits take turns on (a ray worker's pool)")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be 1 or more")
     print(f"{'interval':>8} {'commits':>9} {'fresh load ms mean/worst':>26} "
           f"{'kept update ms mean/worst':>27} {'commit ms mean/worst':>22}")
     for interval in INTERVALS:
-        loads, updates, whole = run(args.commits, interval)
+        loads, updates, whole = run(args.commits, interval, args.threads)
         for lo in range(0, args.commits, args.window):
             a, u, b = (x[lo:lo + args.window] for x in (loads, updates, whole))
             print(f"{interval:>8} {f'{lo + 1}-{lo + len(a)}':>9} "

@@ -9,8 +9,11 @@ import pytest
 from bench import delta_load
 
 
-def test_delta_load_prints_each_interval_and_window(capsys: pytest.CaptureFixture[str]) -> None:
-    assert delta_load.main(["--commits", "12", "--window", "6"]) == 0
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_delta_load_prints_each_interval_and_window(
+    capsys: pytest.CaptureFixture[str], threads: str
+) -> None:
+    assert delta_load.main(["--commits", "12", "--window", "6", "--threads", threads]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     row = re.compile(r"\s*(\d+)\s+(\d+-\d+)(\s+[\d.]+ / [\d.]+){3}")
     found = [row.match(x) for x in lines]
