@@ -124,15 +124,21 @@ def test_plain_appends_written_by_celeray_read_back_in_every_reader(tmp_path: Pa
     assert {h.get("engineInfo") for h in history[:11]} == {"celeray"}  # 1..11: celeray's
 
 
+def _counted_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each ``update_incremental`` (a listing of the whole log)."""
+    updates: list[int] = []
+    real = DeltaTable.update_incremental
+    monkeypatch.setattr(DeltaTable, "update_incremental",
+                        lambda self, *a, **k: (updates.append(1), real(self, *a, **k))[1])
+    return updates
+
+
 def test_own_appends_need_no_reload_until_another_writer_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sink = (tmp_path / "lake").as_uri()
     _publish(sink, "b0", 0)
-    updates: list[int] = []
-    real = DeltaTable.update_incremental
-    monkeypatch.setattr(DeltaTable, "update_incremental",
-                        lambda self, *a, **k: (updates.append(1), real(self, *a, **k))[1])
+    updates = _counted_updates(monkeypatch)
     for i in range(1, 6):  # celeray's own plain appends, one thread
         assert _publish(sink, f"b{i}", 10 * i) == delta_table.DeltaCommit(i, True)
     kept = delta_snapshot.newest(sink)
@@ -268,10 +274,7 @@ def test_batches_on_alternate_threads_need_no_listing_of_the_log(
     (kept per thread, every one did one or the other: a listing of the whole log)."""
     sink = (tmp_path / "lake").as_uri()
     _publish(sink, "b0", 0)
-    updates: list[int] = []
-    real = DeltaTable.update_incremental
-    monkeypatch.setattr(DeltaTable, "update_incremental",
-                        lambda self, *a, **k: (updates.append(1), real(self, *a, **k))[1])
+    updates = _counted_updates(monkeypatch)
     loads: list[str] = []
     load = delta_snapshot.open_table
     monkeypatch.setattr(delta_snapshot, "open_table", lambda s: (loads.append(s), load(s))[1])
