@@ -46,12 +46,11 @@ def run(commits: int, interval: int, threads: int = 1
     ``i % threads`` (one after another), as a ray worker's threads take batches in turn."""
     from celeray import delta_snapshot, delta_table
 
-    pools = [ThreadPoolExecutor(1) for _ in range(threads)]
-
     schema = pa.schema([("id", pa.int64())])
     folder = Path(tempfile.mkdtemp(prefix=f"bench-delta-load-{interval}-"))
     sink = folder.as_uri()
     delta_snapshot.forget()
+    pools = [ThreadPoolExecutor(1) for _ in range(threads)]
     try:
         delta_table.commit_entry(sink, _batch(folder, 0), schema)
         table = delta_table.open_table(sink)

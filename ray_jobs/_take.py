@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-__all__ = ["drain", "groups", "rebatch", "take"]
+__all__ = ["drain", "groups", "held_bytes", "rebatch", "take"]
 
 
 def take(
@@ -25,6 +25,16 @@ def take(
         if total > limit:
             return head, source, total
     return head, None, total
+
+
+def held_bytes(batch: pa.RecordBatch) -> int:
+    """The memory ``batch`` holds: its buffers whole, each counted once.
+
+    Not ``nbytes``, which follows each array's offsets and costs far more per call (see
+    bench/RESULTS.md, session 18). A slice of a larger batch counts the larger one's
+    buffers, which it keeps alive.
+    """
+    return int(batch.get_total_buffer_size())
 
 
 def drain(head: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -57,7 +67,7 @@ def groups(
             continue
         held.append(batch)
         count += batch.num_rows
-        size += batch.get_total_buffer_size()
+        size += held_bytes(batch)
         if count >= rows or size >= nbytes:
             yield held
             held, count, size = [], 0, 0

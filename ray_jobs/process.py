@@ -53,7 +53,7 @@ from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._rejects import write_rejects
 from ray_jobs._table_plan import TablePlan
-from ray_jobs._take import drain, take
+from ray_jobs._take import drain, held_bytes, take
 from ray_jobs._tap import ErrorTap
 from ray_jobs._unit_tally import UnitTally, span_of
 from ray_jobs.readers import FORMATS, detect_format, read_batches
@@ -250,7 +250,7 @@ class _UnitRun:
                 else None,
             )
             head, rest, head_bytes = take(conformer.conform(batches), SMALL_FILE_BYTES,
-                                          size=_held_bytes)  # fmt: skip
+                                          size=held_bytes)  # fmt: skip
         except (InputError, SplitRefused) as exc:
             return exc
         if not head:  # a byte range without rows
@@ -348,16 +348,6 @@ class _UnitRun:
             threads=self.threads,
             remove_stale=False,
         )
-
-
-def _held_bytes(batch: pa.RecordBatch) -> int:
-    """The memory ``batch`` holds: its buffers whole, each counted once.
-
-    Not ``nbytes``, which follows each array's offsets and costs far more per call (see
-    bench/RESULTS.md, session 18). A slice of a larger batch counts the larger one's
-    buffers, which it keeps alive.
-    """
-    return int(batch.get_total_buffer_size())
 
 
 def _text_fallback(
