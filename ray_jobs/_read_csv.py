@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 
 from celeray.errors import EmptyInputError, InputError, InputTooLargeError, ParseError, SchemaError
 from celeray.sizes import format_size
+from ray_jobs._csv_guess import TypeGuess
 
 __all__ = ["SkipRow", "csv_batches", "csv_range_batches", "csv_sample"]
 
@@ -40,6 +41,7 @@ def csv_batches(
     max_row_bytes: int,
     reopen: Callable[[], AbstractContextManager[BinaryIO]] | None = None,
     skip_row: SkipRow | None = None,
+    guess: TypeGuess | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of the CSV in ``stream``, the columns ``types`` names already typed
     (a column it names that the file lacks is no error: the conformer fills it).
@@ -58,23 +60,72 @@ def csv_batches(
     the rest of the file is read by a second reader told those types: pyarrow (26)
     converts every later block twice while it infers (``InferringColumnDecoder``). The
     first block is cut where pyarrow cuts it
-    (after its last line break), so the types and the errors are the same.
+    (after its last line break), so the types and the errors are the same. ``guess``
+    (the unit's :class:`~ray_jobs._csv_guess.TypeGuess`) tells the first block the types
+    it provably infers, and learns this file's.
     """
     first = stream.read(max_row_bytes)
     cut = max(first.rfind(b"\n"), first.rfind(b"\r")) + 1
-    if len(first) < max_row_bytes or cut == 0:  # one block, or a first row beyond a block
-        whole = len(first) < max_row_bytes
-        source = pa.BufferReader(first) if whole else _Prefixed(first, stream)
+    whole = len(first) < max_row_bytes
+    if not whole and cut == 0:  # a first row beyond a block
         read = _Read(url, types, max_row_bytes, skip_row=skip_row)
-        yield from _blocks(read, source, reopen=reopen)
+        yield from _blocks(read, _Prefixed(first, stream), reopen=reopen)
         return
-    head = _Read(url, types, max_row_bytes, skip_row=skip_row)
-    block = pa.BufferReader(pa.py_buffer(first).slice(0, cut))  # no copy of the 4 MiB
-    yield from _blocks(head, block, reopen=reopen)
+    block = first if whole else pa.py_buffer(first).slice(0, cut)  # no copy of the 4 MiB
+    head = yield from _first_block(
+        first, block, url=url, types=types, max_row_bytes=max_row_bytes, reopen=reopen,
+        skip_row=skip_row, guess=guess,
+    )  # fmt: skip
+    if guess is not None and head.rows:
+        guess.learn(head.names, head.types)
+    if whole:
+        return
     found = dict(zip(head.names, head.types, strict=True)) if head.rows else types
     rest = _Read(url, found, max_row_bytes, names=head.names, rows_before=head.rows + head.skipped,
                  skip_row=skip_row)  # fmt: skip
     yield from _blocks(rest, _Prefixed(first[cut:], stream))
+
+
+def _first_block(
+    first: bytes,
+    block: Any,
+    *,
+    url: str,
+    types: dict[str, pa.DataType],
+    max_row_bytes: int,
+    reopen: Callable[[], AbstractContextManager[BinaryIO]] | None,
+    skip_row: SkipRow | None,
+    guess: TypeGuess | None,
+) -> Generator[pa.RecordBatch, None, _Read]:
+    """The batches of a file's first block (``block``, which ``first`` starts with); returns
+    the reader, which knows the block's names and types.
+
+    When ``guess`` proves some of the block's types (see :mod:`ray_jobs._csv_guess`), the
+    block is read told them first; if that read fails, it is read again inferring, and
+    the malformed rows the failed read met are passed to ``skip_row`` only once, by the
+    read that counts.
+    """
+    told = guess.told(first, types) if guess is not None else None
+    if told is not None:
+        held: list[tuple[int | None, str, str]] = []
+
+        def hold(line: int | None, text: str, error: str) -> None:
+            held.append((line, text, error))
+
+        attempt = _Read(url, told, max_row_bytes, skip_row=None if skip_row is None else hold)
+        try:
+            batches = list(_blocks(attempt, pa.BufferReader(block)))
+        except (InputError, pa.ArrowException):
+            pass  # read again inferring: the outcome and its errors are inference's
+        else:
+            if skip_row is not None:
+                for row in held:
+                    skip_row(*row)
+            yield from batches
+            return attempt
+    head = _Read(url, types, max_row_bytes, skip_row=skip_row)
+    yield from _blocks(head, pa.BufferReader(block), reopen=reopen)
+    return head
 
 
 class _Read:

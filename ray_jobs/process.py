@@ -49,6 +49,7 @@ from celeray.arrow_types import arrow_types
 from celeray.errors import InputError, SchemaError, StorageError, TransformError
 from celeray.roots import check_read, outside
 from ray_jobs._conform import Conformer
+from ray_jobs._csv_guess import TypeGuess
 from ray_jobs._line_range import ByteRange, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._rejects import write_rejects
@@ -163,6 +164,7 @@ class _UnitRun:
         self.groups_written = 0
         self.table: TablePlan  # once the plan is checked (run)
         self.reject_outputs: list[dict[str, Any]] = []
+        self.csv_guess = TypeGuess()  # a CSV's types, proved or refused for the next file
 
     def run(self) -> None:
         _check_plan(self.plan)
@@ -248,6 +250,7 @@ class _UnitRun:
                 # a range's lines are not known: a malformed row there reads the whole file
                 skip_row=conformer.skipped_row if conformer.skips_rows and span is None
                 else None,
+                guess=self.csv_guess,
             )
             head, rest, head_bytes = take(conformer.conform(batches), SMALL_FILE_BYTES,
                                           size=held_bytes)  # fmt: skip

@@ -22,6 +22,7 @@ import pyarrow as pa
 from celeray.arrow_types import arrow_types
 from celeray.errors import EmptyInputError, InputError, ParseError, StorageError
 from celeray.sizes import DEFAULT_MAX_COLUMNS, format_size
+from ray_jobs._csv_guess import TypeGuess
 from ray_jobs._line_range import ByteRange, LineRangeReader, SplitRefused
 from ray_jobs._open_local import LocalCheck
 from ray_jobs._read_csv import SkipRow, csv_batches, csv_range_batches, csv_sample
@@ -88,6 +89,7 @@ def read_batches(
     check: LocalCheck | None = None,
     types: dict[str, pa.DataType] | None = None,
     skip_row: SkipRow | None = None,
+    guess: TypeGuess | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the record batches of the file at ``url``; none of them is empty.
 
@@ -95,7 +97,9 @@ def read_batches(
     type names; CSV converts those columns while parsing, JSON lines and Parquet cast them
     after reading. ``types``, when given, replaces ``schema``'s types (the caller has laid
     the table's pinned types and the declared ones together). With ``skip_row`` a
-    malformed CSV row is skipped and passed to it instead of failing the file. Every
+    malformed CSV row is skipped and passed to it instead of failing the file. ``guess``
+    carries a CSV's types to the next file a unit reads, where they are told to pyarrow
+    only when provably what it would infer (:mod:`ray_jobs._csv_guess`). Every
     problem with the file's content raises an ``InputError`` subclass carrying ``url``
     and, where pyarrow tells, ``line``/``row``; a file with no data rows raises
     ``EmptyInputError`` once the stream ends. A bad ``fmt`` or type name raises
@@ -118,7 +122,7 @@ def read_batches(
         if fmt not in SPLITTABLE_FORMATS:
             raise ValueError(f"a {fmt} file cannot be read by byte ranges")
         return _read_range(url, fmt, types, limits, opener, byte_range)
-    return _read(url, fmt, types, limits, opener, max(1, int(threads)), skip_row)
+    return _read(url, fmt, types, limits, opener, max(1, int(threads)), skip_row, guess)
 
 
 def _read(
@@ -129,6 +133,7 @@ def _read(
     open_raw: Opener,
     threads: int,
     skip_row: SkipRow | None,
+    guess: TypeGuess | None,
 ) -> Iterator[pa.RecordBatch]:
     def opener() -> Any:
         return _open_text(url, fmt, limits, open_raw)
@@ -150,7 +155,7 @@ def _read(
         with opener() if fmt == "csv" else open_raw() as stream:
             batches = (
                 csv_batches(stream, url=url, types=types, max_row_bytes=max_row,
-                            reopen=opener, skip_row=skip_row)
+                            reopen=opener, skip_row=skip_row, guess=guess)
                 if fmt == "csv"
                 else parquet_batches(
                     stream,
