@@ -16,11 +16,13 @@ validate them where celeray starts.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 __all__ = [
     "S3_ENDPOINT_ENV",
@@ -75,8 +77,17 @@ def url_to_fs(url: str, extra: dict[str, Any] | None = None) -> tuple[Any, str]:
     the environment. Raises what fsspec raises (``ValueError``, ``ImportError`` when the
     protocol's package, e.g. ``s3fs``, is missing).
     """
+    if not extra and "::" not in url and url.startswith(("/", "file://")):
+        # what fsspec gives for a local file, without parsing the URL for a chain and
+        # hashing the options to find its cached instance (a unit opens hundreds of files)
+        return _local(), LocalFileSystem._strip_protocol(url)
     options = {**storage_options(url), **(extra or {})}
     return fsspec.core.url_to_fs(url, **options)
+
+
+@functools.cache
+def _local() -> LocalFileSystem:
+    return LocalFileSystem()
 
 
 def delta_options(url: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -127,24 +127,30 @@ class TypeGuess:
 
     def __init__(self) -> None:
         self.types: dict[str, pa.DataType] = {}
+        self._learnt: tuple[list[str], list[pa.DataType]] = ([], [])
+        self._kinds: dict[str, tuple[pa.DataType, int]] = {}  # the types a witness can prove
 
     def learn(self, names: list[str], types: list[pa.DataType]) -> None:
         """Keep the types a file's first block was read with (null columns prove nothing)."""
+        if (names, types) == self._learnt:
+            return  # the usual case: the unit's files are alike
+        self._learnt = (names, types)
         self.types = {n: t for n, t in zip(names, types, strict=True) if not pa.types.is_null(t)}
+        self._kinds = {n: (t, k) for n, t in self.types.items() if (k := _kind_of(t)) is not None}
 
     def told(self, data: bytes, declared: dict[str, pa.DataType]) -> dict[str, pa.DataType] | None:
         """``declared`` and the guessed types that ``data``'s first row witnesses (see the
         module's docstring); ``None`` when none is (read as before, inferring)."""
-        if not self.types or (row := first_row(data)) is None:
+        if not self._kinds or (row := first_row(data)) is None:
             return None
         told = dict(declared)
         added = False
         for name, text in zip(*row, strict=True):
-            guessed = self.types.get(name)
-            if guessed is None or name in told:
+            known = self._kinds.get(name)
+            if known is None or name in told:
                 continue
-            kind = _kind_of(guessed)
-            if kind is None or witness_kind(text) != kind:
+            guessed, kind = known
+            if witness_kind(text) != kind:
                 continue
             if kind in (TIMESTAMP, TIMESTAMP_NS) and (
                 bool(_ZONED.search(text)) != (guessed.tz is not None)

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import botocore.exceptions
+import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
@@ -62,6 +63,17 @@ def test_options_come_from_the_environment_only() -> None:
         "CELERAY_S3_ENDPOINT_URL", "CELERAY_S3_REGION"}  # fmt: skip
     with pytest.raises(ValueError, match="CELERAY_S3_ENDPOINT_URL"):
         Settings(s3_endpoint_url="127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/tmp/a b/c.csv", "file:///tmp/x.csv", "file://localhost/tmp/z", "/tmp/../etc/x",
+     "/tmp/a//b", "file:///tmp/%20x", "file://rel/x", "/"],
+)  # fmt: skip
+def test_a_local_url_gets_what_fsspec_would_give(url: str) -> None:
+    fs, path = fsoptions.url_to_fs(url)
+    assert (fs, path) == fsspec.core.url_to_fs(url)
+    assert fs is fsspec.filesystem("file")  # fsspec's cached instance, not one of its own
 
 
 def _client_error(code: str, status: int, condition: str | None = None) -> OSError:
