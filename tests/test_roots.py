@@ -12,7 +12,15 @@ import pytest
 
 from celeray.errors import OutsideRootsError
 from celeray.pipelines import load_pipelines
-from celeray.roots import check_read, inside, local_path, outside, outside_roots, resolve_roots
+from celeray.roots import (
+    _resolved,
+    check_read,
+    inside,
+    local_path,
+    outside,
+    outside_roots,
+    resolve_roots,
+)
 from celeray.settings import Settings
 from celeray.storage import list_source
 from ray_jobs.process import process_unit
@@ -123,6 +131,29 @@ def test_a_listed_symlink_out_of_the_roots_is_quarantined_not_read(tree: Path) -
     escaped = outside_roots([f.url for f in listed], roots)
     assert list(escaped) == [(tree / "allowed/landing/evil.csv").as_uri()]
     assert escaped[listed[0].url]["kind"] == "outside_roots"
+
+
+def test_many_paths_checked_at_once_resolve_as_realpath_does(tree: Path) -> None:
+    """outside_roots resolves each folder once; every path still comes out as realpath's."""
+    (tree / "allowed/landing/sub").mkdir()
+    (tree / "allowed/landing/sub/x.csv").write_text("a\n1\n")
+    (tree / "allowed/inner").symlink_to(tree / "allowed/landing", target_is_directory=True)
+    (tree / "allowed/landing/dangling.csv").symlink_to(tree / "nowhere.csv")
+    paths = [
+        "allowed/landing/good.csv", "allowed/landing/evil.csv", "allowed/escape/secret.csv",
+        "allowed/inner/good.csv", "allowed/inner/evil.csv", "allowed/inner/sub/x.csv",
+        "allowed/landing/../secret.csv", "allowed/landing/missing.csv",
+        "allowed/landing/dangling.csv", "allowed/escape/allowed/landing/good.csv",
+        "allowed/landing/sub/", "allowed/landing/.", "allowed/inner",
+    ]  # fmt: skip
+    folders: dict[str, str] = {}
+    for rel in paths * 2:  # the second time from the memo
+        path = str(tree / rel) if not rel.endswith("/") else str(tree / rel) + "/"
+        assert _resolved(path, folders) == os.path.realpath(path), rel
+    roots = resolve_roots([tree / "allowed"])
+    urls = [(tree / p).as_uri() for p in paths if not p.endswith(("/", "."))]
+    one_by_one = {u: r for u in urls if (r := outside(u, roots)) is not None}
+    assert set(outside_roots(urls, roots)) == set(one_by_one)
 
 
 def test_ray_side_quarantines_a_read_outside_its_roots(tree: Path) -> None:
