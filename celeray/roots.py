@@ -188,7 +188,7 @@ def _resolved(path: str, folders: dict[str, str] | None = None) -> str | None:
         try:
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 return os.path.realpath(path)
-        except FileNotFoundError:
+        except OSError:  # missing, or not ours to look at: realpath decides as it would
             return os.path.realpath(path)
         real = folders.get(folder)
         if real is None:
