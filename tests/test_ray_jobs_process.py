@@ -359,3 +359,43 @@ def test_sql_and_transform_over_many_small_files_see_their_rows_joined(
     assert sorted(table.column("dep_delay").to_pylist()) == sorted(
         r["dep_delay"] for r in rows(0, 800))
     assert set(table.column("chunk_rows").to_pylist()) == {800}  # one call, not 40
+
+
+def test_a_unit_told_each_files_types_writes_what_inference_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small CSVs whose kinds change from file to file: the guess (the last file's types,
+    told where the first row proves them) changes nothing a user sees, rows or results."""
+    def texts(i: int) -> list[str]:
+        delay = ["5", "2.5", "NA", "true", "7"][i % 5]  # int, float, null, bool, int again
+        stamp = ["2013-01-01T10:00:00Z", "2013-01-01 10:00:00", "2013-01-01"][i % 3]
+        return [f"{i},{delay},c{i % 3},{stamp}", f"{i + 1},{delay},x,{stamp}"]
+
+    def run(root: Path) -> tuple[dict[str, Any], list[pa.Table]]:
+        landing = Landing(root)
+        files = [landing.file(f"f{i:02d}.csv", ("id,delay,carrier,at\n" + "\n".join(texts(i))
+                                                + "\n").encode()) for i in range(15)]  # fmt: skip
+        files.append(landing.file("bad.csv", b"id,delay,carrier,at\n1,5,x,2013-01-01\n2,3\n"))
+        result = process_unit(make_plan(schema=None, partition_by=[]), landing.unit(files))
+        # the files' kinds differ, so their groups' schemas do: each output read alone
+        return result, [pq.read_table(landing.out / p) for p in landing.parquet_files()]
+
+    (tmp_path / "a").mkdir()
+    told, told_tables = run(tmp_path / "a")
+    monkeypatch.setattr(process.TypeGuess, "told", lambda self, data, declared: None)
+    (tmp_path / "b").mkdir()
+    inferred, inferred_tables = run(tmp_path / "b")
+    assert len(told_tables) == len(inferred_tables) > 1
+    for a, b in zip(told_tables, inferred_tables, strict=True):
+        assert a.schema == b.schema and a.equals(b)
+    def seen(result: dict[str, Any], root: Path) -> Any:
+        return (
+            [(Path(f["url"]).name, f["rows_in"]) for f in result["files"]],
+            [(Path(q["url"]).name, q["kind"], q["line"], q["error"].replace(str(root), "~"))
+             for q in result["quarantined"]],
+            sorted(o["rows"] for o in result["outputs"]),
+            result["rows_in"], result["rows_out"],
+        )  # fmt: skip
+
+    assert seen(told, tmp_path / "a") == seen(inferred, tmp_path / "b")
+    assert [(q["kind"], q["line"]) for q in told["quarantined"]] == [("parse", 3)]
