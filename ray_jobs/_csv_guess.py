@@ -3,7 +3,8 @@
 pyarrow infers a column's type by trying kinds in a fixed order (null, int64, bool,
 date32, time32[s], timestamp[s], timestamp[ns], float64, string, binary) and taking the
 first that every value of the block converts to; each kind that fails costs a conversion
-attempt per column, which is a fifth of a small file's read. A unit reads many files of
+attempt per column however few the rows, so a small file pays for it dearly (measured in
+``bench/RESULTS.md``). A unit reads many files of
 one pipeline, so a file's types are guessed from the file read before it
 (:class:`TypeGuess`), and a guessed type is told to pyarrow only when it is provably the
 inferred one:
