@@ -102,7 +102,11 @@ def first_row(data: bytes) -> tuple[list[str], list[bytes]] | None:
     """The header's names and the first data row's values in the start of a CSV file,
     when both lines are plain: no quote character, no blank line, no lone carriage
     return, no byte-order mark, as many values as names and no name twice. ``None``
-    otherwise (nothing is then told: a plain split would not be pyarrow's parse)."""
+    otherwise (nothing is then told: a plain split would not be pyarrow's parse).
+
+    The split is pyarrow's default parse (comma, double quote, no escapes), the one
+    celeray reads with: a reader given other parse options must not use it.
+    """
     end1 = data.find(b"\n")
     end2 = data.find(b"\n", end1 + 1) if end1 >= 0 else -1
     if end2 < 0 or data.startswith(codecs.BOM_UTF8):
