@@ -30,6 +30,7 @@ __all__ = [
     "S3_REGION_ENV",
     "delta_options",
     "is_s3",
+    "plain_local_path",
     "storage_options",
     "url_to_fs",
 ]
@@ -77,12 +78,19 @@ def url_to_fs(url: str, extra: dict[str, Any] | None = None) -> tuple[Any, str]:
     the environment. Raises what fsspec raises (``ValueError``, ``ImportError`` when the
     protocol's package, e.g. ``s3fs``, is missing).
     """
-    if not extra and "::" not in url and url.startswith(("/", "file://")):
-        # what fsspec gives for a local file, without parsing the URL for a chain and
-        # hashing the options to find its cached instance (a unit opens hundreds of files)
-        return _local(), LocalFileSystem._strip_protocol(url)
+    path = None if extra else plain_local_path(url)
+    if path is not None:  # a unit opens hundreds of files: no parse, no instance look-up
+        return _local(), path
     options = {**storage_options(url), **(extra or {})}
     return fsspec.core.url_to_fs(url, **options)
+
+
+def plain_local_path(url: str) -> str | None:
+    """The path fsspec's local file system opens for ``url`` when it is a bare absolute
+    path or a ``file://`` URL (no chain), without fsspec's parse of the URL; else None."""
+    if "::" in url or not url.startswith(("/", "file://")):
+        return None
+    return str(LocalFileSystem._strip_protocol(url))
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from fsspec.archive import AbstractArchiveFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from celeray.errors import OutsideRootsError, UncheckableURLError
+from celeray.fsoptions import plain_local_path
 
 __all__ = [
     "check_read",
@@ -75,8 +76,8 @@ def local_path(url: str) -> str | None:
     """
     if "::" in url:
         return None
-    if url.startswith(("/", "file://")):
-        return str(LocalFileSystem._strip_protocol(url))  # fsspec's path, without its parse
+    if (plain := plain_local_path(url)) is not None:
+        return plain
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ValueError, ImportError):
@@ -179,16 +180,15 @@ def _resolved(path: str, folders: dict[str, str] | None = None) -> str | None:
     path (kept in ``folders``) and its name: what ``realpath`` gives, for one ``lstat``
     instead of one per part of the path.
     """
+    folder, name = os.path.split(path)
     try:
-        if folders is None:
-            return os.path.realpath(path)
-        folder, name = os.path.split(path)
-        if not os.path.isabs(folder) or name in ("", ".", ".."):
+        if folders is None or not os.path.isabs(folder) or name in ("", ".", ".."):
             return os.path.realpath(path)
         try:
-            if stat.S_ISLNK(os.lstat(path).st_mode):
-                return os.path.realpath(path)
+            plain = not stat.S_ISLNK(os.lstat(path).st_mode)
         except OSError:  # missing, or not ours to look at: realpath decides as it would
+            plain = False
+        if not plain:
             return os.path.realpath(path)
         real = folders.get(folder)
         if real is None:
