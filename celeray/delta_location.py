@@ -8,10 +8,12 @@ through here, so the table is found with the same endpoint and credentials as th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from celeray import fsoptions, storage
+from celeray.table_format import DELTA_LOG
 
 __all__ = ["delta_uri", "open_table", "storage_options"]
 
@@ -40,8 +42,11 @@ def open_table(sink: str, version: int | None = None) -> Any:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    uri = delta_uri(sink)
+    if storage.is_local_url(sink) and not os.path.isdir(os.path.join(uri, DELTA_LOG)):
+        return None  # no log folder, no table: a stat instead of delta-rs's failed load
     try:  # one load: ``DeltaTable.is_deltatable`` first would list the log a second time
-        return DeltaTable(delta_uri(sink), version=version, storage_options=storage_options(sink))
+        return DeltaTable(uri, version=version, storage_options=storage_options(sink))
     except TableNotFoundError:
         return None
 

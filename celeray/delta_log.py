@@ -16,7 +16,8 @@ delta-rs cannot make that commit from files written elsewhere (checked on the pi
   writes its own data files.
 
 So celeray writes version ``N + 1`` itself, as the Delta protocol lays it down (a batch
-without new columns too: one file, where delta-rs's append loads the table again):
+without new columns too: one file, where delta-rs's append loads the table again; and
+version 0, :func:`create_bytes`, with the protocol and settings delta-rs would give it):
 ``commitInfo`` (a ``WRITE`` in ``Append`` mode), ``protocol`` when a new column needs a
 table feature (``timestamp_ntz`` needs ``timestampNtz``), ``metaData`` with the merged
 schema when there are new columns, the batch's app transaction ``txn`` and its ``add``
@@ -47,6 +48,7 @@ from celeray import storage
 __all__ = [
     "TableState",
     "commit_bytes",
+    "create_bytes",
     "encode_path",
     "merged_schema",
     "protocol_for",
@@ -69,6 +71,7 @@ LEGACY_WRITER = {
     4: ("appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns"),
 }
 TABLE_FEATURES_READER, TABLE_FEATURES_WRITER = 3, 7  # the versions that list features
+NEW_TABLE_WRITER = 2  # a new table's writer version without table features, as delta-rs's
 NTZ = "timestampNtz"
 ENGINE = "celeray"  # commitInfo.engineInfo: which writer made the version
 # Bytes Delta paths carry percent-encoded besides controls and non-ASCII: delta-rs's set
@@ -187,33 +190,90 @@ def commit_bytes(state: TableState, *, schema: Mapping[str, Any] | None,
     the table, size, partition values, rows, stats); ``info`` goes into commitInfo as
     custom keys (the batch id for people reading the history).
     """
-    rows = sum(int(a["rows"]) for a in adds)
-    lines: list[dict[str, Any]] = [{"commitInfo": {
-        "timestamp": now_ms, "operation": "WRITE",
-        "operationParameters": {"mode": "Append",
-                                "partitionBy": json.dumps(list(state.partition_columns))},
-        "readVersion": state.version, "isBlindAppend": schema is None, "engineInfo": ENGINE,
-        "operationMetrics": {"num_added_files": len(adds), "num_added_rows": rows},
-        **info,
-    }}]  # fmt: skip
+    lines: list[dict[str, Any]] = [_commit_info(
+        "WRITE", "Append", state.partition_columns, adds, now_ms, info,
+        readVersion=state.version, isBlindAppend=schema is None,
+    )]  # fmt: skip
     protocol = protocol_for(state, schema) if schema is not None else None
     if protocol is not None:
         lines.append({"protocol": protocol})
     if schema is not None:
-        lines.append({"metaData": {
-            "id": state.table_id, "name": state.name, "description": state.description,
-            "format": {"provider": "parquet", "options": {}},
-            "schemaString": json.dumps(schema, separators=(",", ":")),
-            "partitionColumns": list(state.partition_columns),
-            "createdTime": state.created_time, "configuration": dict(state.configuration),
-        }})  # fmt: skip
-    lines.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now_ms}})
+        lines.append(_metadata(state, schema))
+    return _encoded([*lines, *_data_lines(adds, app_id, app_version, now_ms)])
+
+
+def create_bytes(*, table_id: str, schema: Mapping[str, Any], partition_columns: Sequence[str],
+                 configuration: Mapping[str, str], adds: Sequence[Mapping[str, Any]],
+                 app_id: str, app_version: int, now_ms: int,
+                 info: Mapping[str, Any]) -> bytes:  # fmt: skip
+    """The JSON lines of version 0, a new table holding a batch's files: commitInfo (a
+    ``CREATE TABLE``), protocol, metaData, the app transaction and the add actions.
+
+    The protocol is the least one the schema needs, as delta-rs (1.6.6) creates a table:
+    reader 1 / writer 2, or reader 3 / writer 7 with the ``timestampNtz`` feature alone
+    when a column is ``timestamp_ntz``.
+    """
+    if _uses_ntz(dict(schema)):
+        protocol: dict[str, Any] = {
+            "minReaderVersion": TABLE_FEATURES_READER, "minWriterVersion": TABLE_FEATURES_WRITER,
+            "readerFeatures": [NTZ], "writerFeatures": [NTZ],
+        }  # fmt: skip
+    else:
+        protocol = {"minReaderVersion": 1, "minWriterVersion": NEW_TABLE_WRITER}
+    state = TableState(
+        version=-1, min_reader=protocol["minReaderVersion"],
+        min_writer=protocol["minWriterVersion"], reader_features=(), writer_features=(),
+        table_id=table_id, name=None, description=None,
+        partition_columns=tuple(partition_columns), created_time=now_ms,
+        configuration=dict(configuration), schema=schema,
+    )  # fmt: skip
+    lines = [
+        _commit_info("CREATE TABLE", "ErrorIfExists", state.partition_columns, adds, now_ms,
+                     info, isBlindAppend=False),
+        {"protocol": protocol},
+        _metadata(state, schema),
+    ]  # fmt: skip
+    return _encoded([*lines, *_data_lines(adds, app_id, app_version, now_ms)])
+
+
+def _commit_info(operation: str, mode: str, partition_columns: Sequence[str],
+                 adds: Sequence[Mapping[str, Any]], now_ms: int, info: Mapping[str, Any],
+                 **extra: Any) -> dict[str, Any]:  # fmt: skip
+    rows = sum(int(a["rows"]) for a in adds)
+    return {"commitInfo": {
+        "timestamp": now_ms, "operation": operation,
+        "operationParameters": {"mode": mode, "partitionBy": json.dumps(list(partition_columns))},
+        **extra, "engineInfo": ENGINE,
+        "operationMetrics": {"num_added_files": len(adds), "num_added_rows": rows},
+        **info,
+    }}  # fmt: skip
+
+
+def _metadata(state: TableState, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"metaData": {
+        "id": state.table_id, "name": state.name, "description": state.description,
+        "format": {"provider": "parquet", "options": {}},
+        "schemaString": json.dumps(schema, separators=(",", ":")),
+        "partitionColumns": list(state.partition_columns),
+        "createdTime": state.created_time, "configuration": dict(state.configuration),
+    }}  # fmt: skip
+
+
+def _data_lines(adds: Sequence[Mapping[str, Any]], app_id: str, app_version: int,
+                now_ms: int) -> list[dict[str, Any]]:  # fmt: skip
+    lines: list[dict[str, Any]] = [
+        {"txn": {"appId": app_id, "version": app_version, "lastUpdated": now_ms}}
+    ]
     for a in adds:
         lines.append({"add": {
             "path": encode_path(str(a["path"])), "partitionValues": dict(a["partition_values"]),
             "size": int(a["size"]), "modificationTime": now_ms, "dataChange": True,
             "stats": json.dumps({"numRecords": int(a["rows"]), **(a.get("stats") or {})}),
         }})  # fmt: skip
+    return lines
+
+
+def _encoded(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
 
 

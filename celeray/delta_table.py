@@ -18,9 +18,9 @@ them, and nothing is copied or moved. A batch is then committed in these steps:
    every file of the batch, carries the app transaction ``celeray-<batch_id>`` version 1,
    and, when the batch brings new columns, the new schema too. :mod:`celeray.delta_log`
    writes the version's log file itself (delta-rs drops a wider schema from an append,
-   delta-rs#3934, and its append reloads what celeray has already loaded); delta-rs
-   (``create_write_transaction``) commits only plain appends to a table whose protocol
-   celeray's commit does not write;
+   delta-rs#3934, and its append reloads what celeray has already loaded), version 0 of a
+   new table too; delta-rs (``create_write_transaction``) commits only plain appends to a
+   table whose protocol celeray's commit does not write;
 4. the Delta version, published beside the entry (``_celeray/delta/<batch_id>.json``).
 
 Why no crash between two steps loses or doubles a row:
@@ -60,6 +60,7 @@ import json
 import logging
 import posixpath
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -221,24 +222,22 @@ def _log_reader(sink: str, batch_id: str) -> Callable[[int], bool | None]:
 
 
 def _create(sink: str, schema: pa.Schema, entry: dict[str, Any], partition_by: list[str],
-            actions: list[Any]) -> bool:  # fmt: skip
-    """Create the table with the batch's files as version 0; False when another batch
-    created it first (the caller then appends)."""
-    from deltalake.transaction import create_table_with_add_actions
-
+            actions: list[dict[str, Any]], now_ms: int) -> bool:  # fmt: skip
+    """Create the table with the batch's files as version 0, written by celeray
+    (:func:`celeray.delta_log.create_bytes`); False when another batch created it first
+    (the caller then commits on top of that one's version)."""
+    data = delta_log.create_bytes(
+        table_id=str(uuid.uuid4()), schema=json.loads(delta_schema(schema).to_json()),
+        partition_columns=partition_by,
+        configuration={CHECKPOINT_KEY: str(NEW_TABLE_CHECKPOINT_INTERVAL)},
+        adds=actions, app_id=app_id(entry["batch_id"]), app_version=APP_VERSION,
+        now_ms=now_ms, info=_custom_metadata(entry),
+    )  # fmt: skip
     try:
-        create_table_with_add_actions(
-            delta_uri(sink), delta_schema(schema), actions, mode="error",
-            partition_by=partition_by or None,
-            configuration={CHECKPOINT_KEY: str(NEW_TABLE_CHECKPOINT_INTERVAL)},
-            storage_options=storage_options(sink) or None,
-            commit_properties=_commit_properties(entry),
-        )  # fmt: skip
-    except Exception as exc:
-        if open_table(sink) is not None:
-            return False
-        raise TransientIOError(f"creating the Delta table {sink} failed: {exc}") from exc
-    return True
+        return delta_log.write_version(storage.join(sink, DELTA_LOG), 0, data)
+    except TransientIOError as exc:  # S3's 409: another batch's create under way
+        log.info("Delta version 0 of %s: %s", sink, exc)
+        return False
 
 
 def _append(sink: str, table: Any, entry: dict[str, Any], actions: list[dict[str, Any]],
@@ -341,10 +340,8 @@ def commit_entry(sink: str, entry: dict[str, Any], schema: pa.Schema,
     now_ms = int(time.time() * 1000)
     table: Any = start if start is not None else newest(sink)
     if table is None:
-        if _create(sink, schema, entry, partition_by, _delta_actions(actions, now_ms)):
-            # Not always version 0: delta-rs retries a create that lost version 0 to another
-            # batch's create as the next version, so the log is read forward for its txn.
-            return DeltaCommit(_find_from(sink, batch_id, 0), True)
+        if _create(sink, schema, entry, partition_by, actions, now_ms):
+            return DeltaCommit(0, True)
         table = _existing(sink)
     for attempt in range(COMMIT_TRIES):
         if not (unseen and attempt == 0 and table is start) and _committed(table, batch_id):

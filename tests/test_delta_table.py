@@ -272,8 +272,8 @@ def test_concurrent_publishers_of_one_batch_commit_once(sink: str) -> None:
 
 
 def test_batches_creating_the_table_at_once_each_record_their_own_version(sink: str) -> None:
-    """Two batches find no table and create it at once: delta-rs commits the loser's create
-    as version 1, so each batch's version is the one holding its app transaction."""
+    """Three batches find no table and create it at once: one gets version 0, the others
+    commit on top of it, and each batch's version is the one holding its app transaction."""
     entries = [_batch(sink, f"c{i}", _rows(2, start=10 * i)) for i in range(3)]
     schema = SchemaLog(sink).current().table  # type: ignore[union-attr]
     start = threading.Barrier(len(entries))
@@ -296,6 +296,47 @@ def test_batches_creating_the_table_at_once_each_record_their_own_version(sink: 
         ids = pa.table(delta_table.open_table(sink, version).to_pyarrow_table())["id"]
         assert 10 * int(batch_id[1]) in ids.to_pylist()
     assert _delta_rows(sink) == [0, 1, 10, 11, 20, 21] and table.version() == 2
+
+
+@pytest.mark.parametrize("ntz", [False, True], ids=["timestamp", "timestamp_ntz"])
+def test_the_table_celeray_creates_is_the_one_delta_rs_would(
+    sink: str, tmp_path: Path, ntz: bool
+) -> None:
+    """Version 0 is celeray's own commit: the protocol, schema, partitioning and settings
+    that delta-rs gives a table it creates, and deltalake, Polars and pyarrow read it,
+    delta-rs appends to it and compacts it."""
+    import datetime as dt
+
+    import polars as pl
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.transaction import create_table_with_add_actions
+
+    stamps = [dt.datetime(2013, 1, 1, 5)] * 4
+    rows = _rows(4, t=pa.array(stamps, pa.timestamp("us", None if ntz else "UTC")))
+    done = delta_table.publish(Ledger(sink), _batch(sink, "b1", rows))
+    assert (done.version, done.fresh) == (0, True)
+    ours = DeltaTable(delta_table.delta_uri(sink))
+    theirs_uri = (tmp_path / "delta-rs").as_uri()
+    create_table_with_add_actions(
+        theirs_uri, delta_schema.delta_schema(rows.schema), [], mode="error",
+        partition_by=PARTS, configuration={"delta.checkpointInterval": "10"},
+    )  # fmt: skip
+    theirs = DeltaTable(theirs_uri)
+    assert ours.protocol() == theirs.protocol()
+    assert ours.schema().to_json() == theirs.schema().to_json()
+    for key in ("partition_columns", "configuration", "name", "description"):
+        assert getattr(ours.metadata(), key) == getattr(theirs.metadata(), key), key
+    created = ours.history()[-1]
+    assert (created["operation"], created["engineInfo"]) == ("CREATE TABLE", "celeray")
+    assert ours.transaction_version("celeray-b1") == delta_table.APP_VERSION
+    assert _delta_rows(sink) == [0, 1, 2, 3]
+    read = pl.read_delta(delta_table.delta_uri(sink)).sort("id")["t"].to_list()
+    assert [v.replace(tzinfo=None) for v in read] == stamps
+    assert celeray.reading.dataset(sink).count_rows() == 4
+    write_deltalake(delta_table.delta_uri(sink), _rows(2, start=10, t=rows["t"][:2]),
+                    mode="append", partition_by=PARTS)  # fmt: skip
+    DeltaTable(delta_table.delta_uri(sink)).optimize.compact()
+    assert _delta_rows(sink) == [0, 1, 2, 3, 10, 11]
 
 
 def test_new_columns_join_the_delta_schema(sink: str) -> None:
