@@ -71,12 +71,15 @@ def test_each_api_process_reads_the_pipeline_file_before_its_first_request(
 ) -> None:
     """A pipeline's ``sql`` is parsed by DuckDB: both gunicorn workers have it loaded before
     any request reads the file, so a user's first trigger does not import it; a file without
-    ``sql`` loads no DuckDB. The trigger then works as ever."""
+    ``sql`` loads no DuckDB. Both have loaded the signing key too. The trigger then works as
+    ever."""
     text = PIPELINES + ('sql = "SELECT * FROM input WHERE dep_delay > 0"\n' if with_sql else "")
     with api_server(tmp_path, pipelines=text) as api:
         log = tmp_path / "api.log"
         wait_for(lambda: log.read_text().count("read before the first request: 1 pipeline") == 2,
                  60, "both workers' read of the pipeline file")
+        wait_for(lambda: log.read_text().count("signing key loaded before the first") == 2,
+                 60, "both workers' signing key")
         workers = psutil.Process(api.proc.pid).children()
         assert len(workers) == 2
 

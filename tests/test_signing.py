@@ -314,6 +314,44 @@ def test_unusable_key_material_is_refused_with_what_to_do(tmp_path: Path) -> Non
         signing.check(signing.key_material(other_store))
 
 
+def test_a_key_that_fails_validation_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A key whose public half is the certificate's but whose private numbers are wrong
+    passes the quick check (which does not validate it) and is refused by the load that
+    signs, with the file and what to do; in a process of its own, as Celery's
+    serializers are global."""
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from celeray import credentials, signing
+
+    settings = _settings(tmp_path / "home")
+    key_path, _ = credentials.signing_keys(settings)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    n = key.private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=n.p, q=n.q, d=n.d + 2, dmp1=n.dmp1, dmq1=n.dmq1, iqmp=n.iqmp,
+        public_numbers=n.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    key_path.write_bytes(broken.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))  # fmt: skip
+    signing.check(signing.key_material(settings))  # parsed, not validated: passes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERAY_")}
+    env["CELERAY_HOME"] = str(tmp_path / "home")
+    made = subprocess.run(
+        [sys.executable, "-c", "from celeray.celeryconfig import make_client\n"
+         "from celeray.settings import Settings\nmake_client(Settings())"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode != 0
+    assert f"the signing key {key_path} is not a usable RSA key" in made.stderr, made.stderr
+    assert "celeray keys" in made.stderr
+
+
 def test_beat_signs_the_runs_it_schedules(stack: Stack, tmp_path: Path) -> None:
     """`celery -A tasks beat` with the stack's key: its scheduled start_run is accepted."""
     landing = tmp_path / "landing"
