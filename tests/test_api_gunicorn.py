@@ -155,3 +155,4 @@ def test_polling_a_run_reuses_the_workers_redis_connections(tmp_path: Path) -> N
             assert made <= 2 * gunicorn_conf.workers, f"40 polls opened {made} Redis connections"
     finally:
         server.stop()
+

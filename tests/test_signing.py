@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from celeray.celeryconfig import RAY_QUEUE, TASK_NAMES
+from tests._api_server import PIPELINES
 from tests._attack import (
     EMBED,
     attacker_serializer,
@@ -314,21 +315,15 @@ def test_unusable_key_material_is_refused_with_what_to_do(tmp_path: Path) -> Non
         signing.check(signing.key_material(other_store))
 
 
-def test_a_key_that_fails_validation_is_refused_with_what_to_do(tmp_path: Path) -> None:
-    """A key whose public half is the certificate's but whose private numbers are wrong
-    passes the quick check (which does not validate it) and is refused by the load that
-    signs, with the file and what to do; in a process of its own, as Celery's
-    serializers are global."""
-    import subprocess
-    import sys
-
+def _key_failing_validation(home: Path) -> tuple[Path, Path]:
+    """A key pair under ``home`` whose key's public half is the certificate's but whose
+    private numbers are wrong: it parses, and validation refuses it."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from celeray import credentials, signing
+    from celeray import credentials
 
-    settings = _settings(tmp_path / "home")
-    key_path, _ = credentials.signing_keys(settings)
+    key_path, cert_path = credentials.signing_keys(_settings(home))
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     n = key.private_numbers()
@@ -339,7 +334,20 @@ def test_a_key_that_fails_validation_is_refused_with_what_to_do(tmp_path: Path) 
     key_path.write_bytes(broken.private_bytes(serialization.Encoding.PEM,
                                               serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))  # fmt: skip
-    signing.check(signing.key_material(settings))  # parsed, not validated: passes
+    return key_path, cert_path
+
+
+def test_a_key_that_fails_validation_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """The quick check passes such a key (it does not validate it); the load that signs
+    refuses it, with the file and what to do. In a process of its own, as Celery's
+    serializers are global."""
+    import subprocess
+    import sys
+
+    from celeray import signing
+
+    key_path, _ = _key_failing_validation(tmp_path / "home")
+    signing.check(signing.key_material(_settings(tmp_path / "home")))  # parsed: passes
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERAY_")}
     env["CELERAY_HOME"] = str(tmp_path / "home")
     made = subprocess.run(
@@ -350,6 +358,29 @@ def test_a_key_that_fails_validation_is_refused_with_what_to_do(tmp_path: Path) 
     assert made.returncode != 0
     assert f"the signing key {key_path} is not a usable RSA key" in made.stderr, made.stderr
     assert "celeray keys" in made.stderr
+
+
+def test_an_api_whose_key_fails_validation_does_not_start(tmp_path: Path) -> None:
+    """Each API worker loads the key before its first request: one that fails validation
+    stops the API at start, naming the file, as missing key material does."""
+    import subprocess
+
+    key_path, cert_path = _key_failing_validation(tmp_path / "home")
+    (tmp_path / "pipelines.toml").write_text(PIPELINES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERAY_", "RAY_"))}
+    env.update({"CELERAY_HOME": str(tmp_path / "home"),
+                "CELERAY_PIPELINES": str(tmp_path / "pipelines.toml"),
+                "CELERAY_SIGNING_KEY": str(key_path),
+                "CELERAY_SIGNING_CERTIFICATE": str(cert_path),
+                "CELERAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/13"})
+    api = subprocess.run(
+        [str(VENV_BIN / "gunicorn"), "-c", "python:celeray.api.gunicorn_conf", "--bind",
+         f"127.0.0.1:{free_port()}", "celeray.api:create_app()"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert api.returncode != 0
+    assert f"the signing key {key_path} is not a usable RSA key" in api.stderr, api.stderr
+    assert "Worker failed to boot" in api.stderr
 
 
 def test_beat_signs_the_runs_it_schedules(stack: Stack, tmp_path: Path) -> None:

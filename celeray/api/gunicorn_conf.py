@@ -62,21 +62,18 @@ def post_worker_init(worker: Any) -> None:
     :func:`celeray.pipelines.read_ahead`), which would land on a user's first trigger.
     A file without ``sql`` imports nothing; a broken one is left for the request to report.
     The Celery client that sends the trigger's task loads and validates the RSA key (~0.1 s
-    of CPU for 3072 bits); it connects to nothing until a request sends. Missing or broken
-    key material is left for the requests to report, as before.
+    of CPU for 3072 bits); it connects to nothing until a request sends. A key that fails
+    validation (``SigningError``) stops the worker from booting, as ``create_app``'s check
+    of the key material does for a missing file: the API does not start without a key
+    that signs.
     """
     from celeray.api._connections import EXTENSION
     from celeray.pipelines import read_ahead
-    from celeray.signing import SigningError
 
     connections = worker.wsgi.extensions[EXTENSION]
     settings = connections.settings  # the app's own, as its requests
     found = read_ahead(settings.pipelines, **settings.pipeline_rules())
     worker.log.info("pipeline file %s read before the first request: %s", settings.pipelines,
                     f"{found} pipeline(s)" if found >= 0 else "not now, left to the requests")
-    try:
-        connections.client  # noqa: B018 (made now, not on the first trigger)
-    except SigningError as exc:
-        worker.log.warning("the signing key is not loaded before the first request: %s", exc)
-    else:
-        worker.log.info("signing key loaded before the first request")
+    connections.client  # noqa: B018 (made now, not on the first trigger)
+    worker.log.info("signing key loaded before the first request")
