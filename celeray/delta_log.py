@@ -198,7 +198,11 @@ def commit_bytes(state: TableState, *, schema: Mapping[str, Any] | None,
     if protocol is not None:
         lines.append({"protocol": protocol})
     if schema is not None:
-        lines.append(_metadata(state, schema))
+        lines.append(_metadata(
+            table_id=state.table_id, name=state.name, description=state.description,
+            schema=schema, partition_columns=state.partition_columns,
+            created_time=state.created_time, configuration=state.configuration,
+        ))  # fmt: skip
     return _encoded([*lines, *_data_lines(adds, app_id, app_version, now_ms)])
 
 
@@ -220,18 +224,13 @@ def create_bytes(*, table_id: str, schema: Mapping[str, Any], partition_columns:
         }  # fmt: skip
     else:
         protocol = {"minReaderVersion": 1, "minWriterVersion": NEW_TABLE_WRITER}
-    state = TableState(
-        version=-1, min_reader=protocol["minReaderVersion"],
-        min_writer=protocol["minWriterVersion"], reader_features=(), writer_features=(),
-        table_id=table_id, name=None, description=None,
-        partition_columns=tuple(partition_columns), created_time=now_ms,
-        configuration=dict(configuration), schema=schema,
-    )  # fmt: skip
     lines = [
-        _commit_info("CREATE TABLE", "ErrorIfExists", state.partition_columns, adds, now_ms,
-                     info, isBlindAppend=False),
+        _commit_info("CREATE TABLE", "ErrorIfExists", partition_columns, adds, now_ms, info,
+                     isBlindAppend=False),
         {"protocol": protocol},
-        _metadata(state, schema),
+        _metadata(table_id=table_id, name=None, description=None, schema=schema,
+                  partition_columns=partition_columns, created_time=now_ms,
+                  configuration=configuration),
     ]  # fmt: skip
     return _encoded([*lines, *_data_lines(adds, app_id, app_version, now_ms)])
 
@@ -249,13 +248,16 @@ def _commit_info(operation: str, mode: str, partition_columns: Sequence[str],
     }}  # fmt: skip
 
 
-def _metadata(state: TableState, schema: Mapping[str, Any]) -> dict[str, Any]:
+def _metadata(*, table_id: str, name: str | None, description: str | None,
+              schema: Mapping[str, Any], partition_columns: Sequence[str],
+              created_time: int | None, configuration: Mapping[str, str | None],
+              ) -> dict[str, Any]:  # fmt: skip
     return {"metaData": {
-        "id": state.table_id, "name": state.name, "description": state.description,
+        "id": table_id, "name": name, "description": description,
         "format": {"provider": "parquet", "options": {}},
         "schemaString": json.dumps(schema, separators=(",", ":")),
-        "partitionColumns": list(state.partition_columns),
-        "createdTime": state.created_time, "configuration": dict(state.configuration),
+        "partitionColumns": list(partition_columns),
+        "createdTime": created_time, "configuration": dict(configuration),
     }}  # fmt: skip
 
 
