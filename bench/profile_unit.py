@@ -10,7 +10,8 @@ same). Then every unit runs twice: timed alone, then under ``cProfile``; printed
 seconds per unit, the profile's functions by own time, and those seconds summed into phases
 (read: the text readers and decompression; conform; SQL: DuckDB; write: Parquet).
 ``--polars`` also times the bench's Polars peer on the same files with one thread
-(``POLARS_MAX_THREADS=1``), in a process of its own: the same work per core.
+(``POLARS_MAX_THREADS=1``), in a process of its own. Polars' one-thread path costs it more
+CPU than its default one (figures in ``bench/RESULTS.md``), so the ratio flatters celeray.
 """
 
 from __future__ import annotations
