@@ -143,8 +143,11 @@ def test_the_wheel_runs_the_demo_from_any_folder_with_the_bundled_redis(
     home, work, demo_dir = tmp_path / "home", tmp_path / "work", tmp_path / "demo"
     work.mkdir()
     redis_port = free_port()
+    # a user's shell: none of this checkout's settings, and Python's bytecode cache on (the
+    # install compiled nothing: without the cache, every process compiles what it imports)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CELERAY_", "RAY_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+           if not k.startswith(("CELERAY_", "RAY_"))
+           and k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")}
     env.update({
         "PATH": _system_path_without_redis(tmp_path / "bins"),
         "CELERAY_HOME": str(home),
