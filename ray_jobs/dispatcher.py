@@ -120,13 +120,17 @@ def _warm() -> int:
 
 
 def _grow_memory_pool(total: int, piece: int) -> None:
-    """Allocate ``total`` bytes of Arrow buffers of ``piece`` bytes, write a byte per page."""
-    import numpy as np
+    """Allocate ``total`` bytes of Arrow buffers of ``piece`` bytes, write a byte per page.
+
+    Through a memoryview, not numpy: pyarrow does not need numpy, and a Ray node without
+    it would skip the whole warm-up.
+    """
     import pyarrow as pa
 
     buffers = [pa.allocate_buffer(piece) for _ in range(max(1, total // piece))]
     for buffer in buffers:
-        np.frombuffer(buffer, dtype=np.uint8)[:: mmap.PAGESIZE] = 1
+        pages = memoryview(buffer).cast("B")[:: mmap.PAGESIZE]
+        pages[:] = b"\x01" * len(pages)
     del buffers
 
 
