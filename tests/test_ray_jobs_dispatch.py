@@ -226,6 +226,20 @@ def test_warming_grows_the_arrow_pool_to_a_units_size_and_gives_the_buffers_back
     assert pool.max_memory() >= before + 64 * 1024**2
 
 
+def test_warming_needs_no_numpy() -> None:
+    """A Ray node installed from celeray's node requirements has no numpy (pyarrow does not
+    need it): the pool still grows there."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['numpy'] = None\n"  # any import of numpy now fails
+            "from ray_jobs.dispatcher import _grow_memory_pool\n"
+            "_grow_memory_pool(8 * 1024**2, 4 * 1024**2)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_transform_package_is_shipped_once_with_its_env_vars(
     tmp_path: Path, probe_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
